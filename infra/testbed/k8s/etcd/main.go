@@ -1,0 +1,13 @@
+// Command etcd is a thin wrapper around the upstream etcd server entry point,
+// built from the go.etcd.io/etcd/server/v3 Go module (see ../build.sh).
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}

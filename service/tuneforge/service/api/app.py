@@ -1,0 +1,46 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tuneforge.service import __version__
+from tuneforge.service.api.routes import artifacts, files, health, internal, jobs, models
+from tuneforge.service.core.bootstrap import build_state, ensure_api_key
+from tuneforge.service.core.config import Settings
+from tuneforge.service.core.errors import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, start_executor: bool = True) -> FastAPI:
+    settings = settings or Settings.from_env()
+    state = build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ensure_api_key(state)
+        if start_executor and state.executor:
+            state.executor.start()
+        try:
+            yield
+        finally:
+            if start_executor and state.executor:
+                state.executor.stop()
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="tuneforge",
+        version=__version__,
+        summary="Managed fine-tuning: SFT, DPO, reward models and RL behind an OpenAI-shaped API.",
+        lifespan=lifespan,
+    )
+    app.state.tuneforge = state
+    install_error_handlers(app)
+    for module in (health, files, jobs, artifacts, models, internal):
+        app.include_router(module.router)
+    return app

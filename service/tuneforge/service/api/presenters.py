@@ -1,0 +1,37 @@
+"""ORM rows → API objects."""
+
+from __future__ import annotations
+
+from tuneforge.service.db.models import Checkpoint, File, Job, JobEvent
+from tuneforge.service.schemas import CheckpointObject, EventObject, FileObject, JobError, JobObject
+
+
+def file_object(row: File) -> FileObject:
+    return FileObject(
+        id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename, purpose=row.purpose,
+        format=row.format, rows=row.rows, tokens=row.tokens, sha256=row.sha256,
+    )
+
+
+def job_object(row: Job) -> JobObject:
+    error = JobError(**row.error) if row.error else None
+    return JobObject(
+        id=row.id, created_at=row.created_at, finished_at=row.finished_at, estimated_finish=row.estimated_finish,
+        model=row.model, fine_tuned_model=row.fine_tuned_model, organization_id=row.tenant_id,
+        status=row.status, error=error, method=row.method, hyperparameters=row.hyperparameters,
+        training_file=row.training_file, validation_file=row.validation_file, result_files=row.result_files or [],
+        trained_tokens=row.trained_tokens, seed=row.seed, suffix=row.suffix, metadata=row.job_metadata,
+        adapter=row.adapter, resources=row.resources, progress=row.progress or {}, attempts=row.attempts,
+    )
+
+
+def event_object(row: JobEvent) -> EventObject:
+    return EventObject(id=row.id, created_at=row.created_at, level=row.level, message=row.message,
+                       type=row.type, data=row.data)
+
+
+def checkpoint_object(row: Checkpoint) -> CheckpointObject:
+    return CheckpointObject(
+        id=row.id, created_at=row.created_at, step_number=row.step_number, metrics=row.metrics,
+        fine_tuning_job_id=row.job_id, fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
+    )

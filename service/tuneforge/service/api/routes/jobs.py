@@ -1,0 +1,94 @@
+"""``/v1/fine_tuning/jobs``: create, list, get, cancel, events, checkpoints, artifacts."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+
+from tuneforge.service.api.deps import RepoDep, StateDep
+from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
+from tuneforge.service.api.presenters import checkpoint_object, event_object, job_object
+from tuneforge.service.api.routes.artifacts import artifact_list
+from tuneforge.service.core.errors import APIError
+from tuneforge.service.domain.job_requests import create_job
+from tuneforge.service.domain.lifecycle import TERMINAL, transition
+from tuneforge.service.schemas import JobCreate, JobObject, ListObject
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+@router.post("", response_model=JobObject, summary="Create a fine-tuning job")
+def create(
+    body: JobCreate,
+    repo: RepoDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> JobObject:
+    job = create_job(repo, state.settings, body, idempotency_key)
+    if state.executor:
+        state.executor.wake()
+    return job_object(job)
+
+
+@router.get("", response_model=ListObject, summary="List fine-tuning jobs, newest first")
+def list_jobs(
+    repo: RepoDep,
+    after: AfterQuery = None,
+    limit: LimitQuery = 20,
+    metadata: Annotated[str | None, Query(description="JSON object of metadata to match")] = None,
+) -> ListObject:
+    wanted = None
+    if metadata:
+        try:
+            wanted = json.loads(metadata)
+            assert isinstance(wanted, dict)
+        except (ValueError, AssertionError):
+            raise APIError("'metadata' must be a JSON object", param="metadata") from None
+    rows, has_more = repo.list_jobs(after, limit, wanted)
+    return page(rows, has_more, job_object)
+
+
+@router.get("/{job_id}", response_model=JobObject, summary="Retrieve a fine-tuning job")
+def get_job(job_id: str, repo: RepoDep) -> JobObject:
+    return job_object(repo.get_job(job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject, summary="Cancel a fine-tuning job")
+def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
+    job = repo.get_job(job_id)
+    if job.status in TERMINAL:
+        raise APIError(f"Job {job_id} has already {job.status} and cannot be cancelled.",
+                       code="job_not_cancellable", status_code=409)
+    transition(repo.session, job, "cancelled", "Fine-tuning job cancelled by the user")
+    if state.executor:
+        state.executor.cancel(job_id)
+    return job_object(job)
+
+
+@router.get("/{job_id}/events", response_model=ListObject, summary="List a job's events")
+def list_events(
+    job_id: str,
+    repo: RepoDep,
+    after: AfterQuery = None,
+    limit: LimitQuery = 20,
+    order: Annotated[str, Query(pattern="^(asc|desc)$", description="desc (OpenAI's default) or asc")] = "desc",
+) -> ListObject:
+    job = repo.get_job(job_id)
+    rows, has_more = repo.list_events(job, after, limit, newest_first=order == "desc")
+    return page(rows, has_more, event_object)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListObject, summary="List a job's checkpoints")
+def list_checkpoints(job_id: str, repo: RepoDep, after: AfterQuery = None, limit: LimitQuery = 10) -> ListObject:
+    job = repo.get_job(job_id)
+    rows, has_more = repo.list_checkpoints(job, after, limit)
+    return page(rows, has_more, checkpoint_object)
+
+
+@router.get("/{job_id}/artifacts", response_model=ListObject,
+            summary="The tuned model's files with time-limited download links")
+def list_artifacts(job_id: str, repo: RepoDep, state: StateDep) -> ListObject:
+    job = repo.get_job(job_id)
+    return ListObject(data=artifact_list(state, job))

@@ -1,0 +1,125 @@
+"""Settings read from the environment into nested dataclasses (kopf/Kubeflow style)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: base URL the trainer uses to reach the progress route; derived from host/port when empty
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class AuthSettings:
+    #: an API key the embedded server accepts for the default tenant (stored hashed, never logged)
+    api_key: str | None = None
+    #: where the embedded server writes the key it creates on first start
+    key_file: Path = Path()
+    default_tenant: str = "default"
+
+
+@dataclass
+class StorageSettings:
+    url: str = ""
+    #: lifetime of artifact / file-content download links
+    link_expiry_seconds: int = 900
+
+
+@dataclass
+class ExecutorSettings:
+    kind: str = "local"
+    max_concurrent_jobs: int = 1
+    trainer_python: str = ""
+    #: seconds between SIGTERM and SIGKILL when a job is cancelled
+    cancel_grace_seconds: float = 10.0
+    #: how many times a job interrupted by a restart or preemption is started again
+    max_attempts: int = 3
+    poll_interval_seconds: float = 0.5
+    model_cache: Path = Path()
+    kube_namespace: str = "default"
+    kube_image: str = "tuneforge/trainer:latest"
+
+
+@dataclass
+class LimitSettings:
+    max_upload_bytes: int = 1 << 30
+    max_example_tokens: int = 8192
+    max_reported_errors: int = 50
+    max_active_jobs_per_tenant: int = 20
+
+
+@dataclass
+class Settings:
+    home: Path
+    database_url: str
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    #: HMAC key for signed download links and nothing else; generated per home when unset
+    secret_key: str = ""
+    default_base_model: str = "SmolLM2-135M-Instruct"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        import sys
+
+        home = Path(_env("TUNEFORGE_HOME", str(Path.home() / ".tuneforge"))).expanduser().resolve()
+        cache = Path(_env("TUNEFORGE_CACHE", str(Path.home() / ".cache" / "tuneforge"))).expanduser()
+        settings = cls(
+            home=home,
+            database_url=_env("TUNEFORGE_DATABASE_URL", f"sqlite:///{home / 'tuneforge.db'}"),
+            server=ServerSettings(
+                host=_env("TUNEFORGE_HOST", "127.0.0.1"),
+                port=_env_int("TUNEFORGE_PORT", 8000),
+                public_url=_env("TUNEFORGE_PUBLIC_URL", ""),
+            ),
+            auth=AuthSettings(
+                api_key=os.environ.get("TUNEFORGE_API_KEY") or None,
+                key_file=home / "api_key",
+            ),
+            storage=StorageSettings(
+                url=_env("TUNEFORGE_STORAGE_URL", (home / "objects").as_uri()),
+                link_expiry_seconds=_env_int("TUNEFORGE_LINK_EXPIRY_SECONDS", 900),
+            ),
+            executor=ExecutorSettings(
+                kind=_env("TUNEFORGE_EXECUTOR", "local"),
+                max_concurrent_jobs=_env_int("TUNEFORGE_MAX_CONCURRENT_JOBS", 1),
+                trainer_python=_env("TUNEFORGE_TRAINER_PYTHON", sys.executable),
+                cancel_grace_seconds=float(_env("TUNEFORGE_CANCEL_GRACE_SECONDS", "10")),
+                max_attempts=_env_int("TUNEFORGE_MAX_ATTEMPTS", 3),
+                model_cache=Path(_env("TUNEFORGE_MODEL_CACHE", str(cache / "models"))).expanduser(),
+                kube_namespace=_env("TUNEFORGE_KUBE_NAMESPACE", "default"),
+                kube_image=_env("TUNEFORGE_KUBE_IMAGE", "tuneforge/trainer:latest"),
+            ),
+            limits=LimitSettings(
+                max_upload_bytes=_env_int("TUNEFORGE_MAX_UPLOAD_BYTES", 1 << 30),
+                max_example_tokens=_env_int("TUNEFORGE_MAX_EXAMPLE_TOKENS", 8192),
+                max_active_jobs_per_tenant=_env_int("TUNEFORGE_MAX_ACTIVE_JOBS", 20),
+            ),
+            secret_key=os.environ.get("TUNEFORGE_SECRET_KEY", ""),
+            default_base_model=_env("TUNEFORGE_DEFAULT_MODEL", "SmolLM2-135M-Instruct"),
+        )
+        for key, value in overrides.items():
+            setattr(settings, key, value)
+        return settings

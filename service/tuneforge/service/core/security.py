@@ -1,0 +1,39 @@
+"""API keys, per-job progress tokens and signed download links."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+API_KEY_PREFIX = "tf-"
+JOB_TOKEN_PREFIX = "tfjob-"
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_job_token() -> str:
+    return JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    # keys are 256-bit random strings, so a plain SHA-256 is not brute-forceable; no salt needed
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secrets_match(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def sign_link(secret_key: str, path: str, expires_at: int) -> str:
+    message = f"{path}\n{expires_at}".encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def check_link(secret_key: str, path: str, expires_at: int, signature: str) -> bool:
+    if expires_at < int(time.time()):
+        return False
+    return hmac.compare_digest(sign_link(secret_key, path, expires_at), signature)

@@ -1,0 +1,23 @@
+"""What the API needs from an executor: a background control loop, wake-ups, and cancellation."""
+
+from __future__ import annotations
+
+import abc
+
+
+class Executor(abc.ABC):
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Reconcile jobs left over from a previous run, then start the control loop."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the loop; running trainers are asked to checkpoint so the next start resumes them."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """A job was created or changed: look at the queue now instead of at the next poll."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job's trainer (the job is already marked cancelled)."""

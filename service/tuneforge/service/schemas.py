@@ -1,0 +1,145 @@
+"""Request and response models of REST API v1 (OpenAI's shapes, plus additive extensions)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    status_details: str | None = None
+    # extensions
+    format: str | None = None
+    rows: int = 0
+    tokens: int = 0
+    sha256: str | None = None
+
+
+class DeletedObject(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None = None
+    estimated_finish: int | None = None
+    model: str
+    fine_tuned_model: str | None = None
+    organization_id: str
+    status: str
+    error: JobError | None = None
+    method: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    training_file: str
+    validation_file: str | None = None
+    result_files: list[str] = Field(default_factory=list)
+    trained_tokens: int | None = None
+    seed: int
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    # extensions
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    progress: dict[str, Any] = Field(default_factory=dict)
+    attempts: int = 0
+
+
+class EventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str = "message"
+    data: dict[str, Any] | None = None
+
+
+class CheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuning_job_id: str
+    fine_tuned_model_checkpoint: str
+
+
+class ArtifactObject(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+    url: str
+    expires_at: int
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # extensions
+    kind: Literal["base", "fine-tuned"] = "base"
+    base_model: str | None = None
+    fine_tuning_job_id: str | None = None
+
+
+class ListObject(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Any]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+# -- requests --
+
+
+class AdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["lora", "qlora", "full"] = "lora"
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ResourcesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpus: int = Field(0, ge=0, le=64)
+    gpu_type: str | None = None
+    nodes: int = Field(1, ge=1, le=64)
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    # extensions
+    adapter: AdapterRequest | None = None
+    resources: ResourcesRequest | None = None

@@ -1,0 +1,174 @@
+"""Run the real service for tests: in a thread (uvicorn) or as a separate process (`tuneforge serve`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tuneforge.service.api.app import create_app
+from tuneforge.service.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(home: Path, port: int, **executor: Any) -> Settings:
+    settings = Settings.from_env()
+    settings.home = home
+    settings.database_url = f"sqlite:///{home / 'tuneforge.db'}"
+    settings.storage.url = (home / "objects").as_uri()
+    settings.auth.api_key = None
+    settings.auth.key_file = home / "api_key"
+    settings.server.port = port
+    settings.server.host = "127.0.0.1"
+    settings.server.public_url = ""
+    settings.executor.trainer_python = sys.executable
+    for key, value in executor.items():
+        setattr(settings.executor, key, value)
+    return settings
+
+
+def wait_healthy(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not become healthy in {timeout}s")
+
+
+class ThreadServer:
+    """The real app behind a real HTTP socket, in this process (so tests can reach its state)."""
+
+    def __init__(self, settings: Settings, start_executor: bool = True) -> None:
+        self.settings = settings
+        self.app = create_app(settings, start_executor=start_executor)
+        self.url = f"http://127.0.0.1:{settings.server.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.server.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.tuneforge
+
+    @property
+    def api_key(self) -> str:
+        return self.settings.auth.key_file.read_text().strip()
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        key = api_key if api_key is not None else self.api_key
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        wait_healthy(self.url)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+class ProcessServer:
+    """`python -m tuneforge.service.cli.main serve` as a separate process, like a user runs it."""
+
+    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TUNEFORGE_HOME": str(home),
+            "TUNEFORGE_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.env.pop("TUNEFORGE_API_KEY", None) if "TUNEFORGE_API_KEY" not in (env or {}) else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "server.log"
+
+    @property
+    def api_key(self) -> str:
+        return self.env.get("TUNEFORGE_API_KEY") or (self.home / "api_key").read_text().strip()
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        key = api_key if api_key is not None else self.api_key
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    def start(self) -> ProcessServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = self._spawn(log)
+        try:
+            wait_healthy(self.url, proc=self.proc)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from exc
+        return self
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tuneforge.service.cli.main",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: str = "term") -> None:
+        if self.proc and self.proc.poll() is None:
+            if sig == "kill":
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for_status(
+    client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 300
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job.get("status") in statuses:
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} did not reach {statuses} in {timeout}s; last: {job}")

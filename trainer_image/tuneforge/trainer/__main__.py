@@ -1,0 +1,3 @@
+from tuneforge.trainer.cli import main
+
+raise SystemExit(main())

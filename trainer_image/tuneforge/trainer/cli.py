@@ -1,0 +1,104 @@
+"""``python -m tuneforge.trainer --spec jobspec.json``: run one job and exit with a contract exit code.
+
+The spec comes from ``--spec PATH`` or the environment variable ``TUNEFORGE_JOBSPEC`` (a path, or the JSON
+itself). Exit codes (``tuneforge.contracts.exit_codes``): 0 success; 65 bad spec/data/model (do not retry);
+75 preempted with a checkpoint saved (run again to resume); 1 any other failure. Every failure is reported as
+one ``error`` event with a one-line message; tracebacks go to stderr only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tuneforge.contracts.exit_codes import ExitCode
+from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.trainer.errors import BadInput, TrainerError
+from tuneforge.trainer.preempt import PreemptFlag
+from tuneforge.trainer.progress import ProgressReporter
+
+MAX_MESSAGE = 500
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
+
+
+def load_spec(value: str) -> JobSpec:
+    """``value`` is a path to a JSON file or the JSON itself."""
+    text = value if value.lstrip().startswith("{") else None
+    if text is None:
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise BadInput(f"cannot read the job spec {value!r}: {exc.strerror}") from exc
+    try:
+        return JobSpec.from_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
+        raise BadInput(f"invalid job spec: {where}: {first.get('msg')} ({exc.error_count()} errors)") from exc
+
+
+def _set_env_defaults() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _failure_message(exc: BaseException) -> tuple[str, str]:
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out_of_memory", "out of memory: lower batch_size or max_length, or use a larger GPU"
+    detail = _one_line(str(exc)) or "no details"
+    return "training_error", f"training failed: {name}: {detail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", help="path to the JobSpec JSON (default: $TUNEFORGE_JOBSPEC)")
+    parser.add_argument("spec_path", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    _set_env_defaults()
+    source = args.spec or args.spec_path or os.environ.get("TUNEFORGE_JOBSPEC")
+    if not source:
+        parser.error("no job spec: pass --spec PATH or set TUNEFORGE_JOBSPEC")
+
+    try:
+        spec = load_spec(source)
+    except BadInput as exc:
+        ProgressReporter("unknown", None).emit("error", exc.message, level="error", code=exc.code)
+        print(f"tuneforge: {exc.message}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+
+    reporter = ProgressReporter(spec.job_id, spec.progress)
+    preempt = PreemptFlag()
+    preempt.install()
+    code = ExitCode.OK
+    try:
+        from tuneforge.trainer.runner import run
+
+        run(spec, reporter, preempt)
+    except TrainerError as exc:
+        code = exc.exit_code
+        if code == ExitCode.PREEMPTED:
+            reporter.status("preempted", exc.message)
+        else:
+            if code != ExitCode.BAD_INPUT:
+                traceback.print_exc()
+            reporter.emit("error", _one_line(exc.message), level="error", code=exc.code)
+        print(f"tuneforge: {exc.message}", file=sys.stderr)
+    except BaseException as exc:
+        traceback.print_exc()
+        error_code, message = _failure_message(exc)
+        reporter.emit("error", message, level="error", code=error_code)
+        code = ExitCode.FAILURE
+    finally:
+        reporter.close()
+    return int(code)

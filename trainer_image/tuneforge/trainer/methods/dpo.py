@@ -1,0 +1,70 @@
+"""``dpo``: TRL DPOTrainer; with LoRA the frozen base (adapter disabled) is the reference model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.trainer.context import (
+    RunContext,
+    count_params,
+    lora_config,
+    quantization_config,
+    training_args_kwargs,
+)
+from tuneforge.trainer.data import ensure_chat_template
+from tuneforge.trainer.errors import BadInput
+from tuneforge.trainer.methods import preference
+from tuneforge.trainer.methods.sft import model_dtype
+from tuneforge.trainer.models import load_causal_lm, load_tokenizer
+
+LOSS_TYPES = {
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+}  # fmt: skip
+
+
+@dataclass
+class DPOBuilt:
+    trainer: Any
+    tokenizer: Any
+    flops_per_token: float | None
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        self.trainer.save_model(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def build(ctx: RunContext) -> DPOBuilt:
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    hp = ctx.hp
+    loss_type = hp.loss_type or "sigmoid"
+    if loss_type not in LOSS_TYPES:
+        raise BadInput(f"unknown DPO loss_type {loss_type!r}; expected one of {', '.join(sorted(LOSS_TYPES))}")
+    train, valid = preference.datasets(ctx)
+    tokenizer = load_tokenizer(ctx.model_dir)
+    ensure_chat_template(tokenizer)
+    set_seed(ctx.spec.seed)
+    model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
+    n_params = count_params(model)
+    args = DPOConfig(
+        **training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None),
+        beta=hp.beta if hp.beta is not None else 0.1,
+        loss_type=[loss_type],
+        max_length=hp.max_length,
+        pad_to_multiple_of=None,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        processing_class=tokenizer,
+        peft_config=lora_config(ctx, "CAUSAL_LM"),
+    )
+    # policy and reference forward on chosen and rejected: ~2x the SFT cost per token (ref is forward only)
+    return DPOBuilt(trainer, tokenizer, 8.0 * n_params, {"method": "dpo", "task": "causal_lm"})

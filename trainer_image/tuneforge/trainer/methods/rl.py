@@ -1,0 +1,127 @@
+"""``reinforcement``: GRPO or RLOO (TRL) on prompt-only data, rewarded by the job's grader.
+
+``batch_size`` counts prompts per optimizer step; each prompt gets ``num_generations`` completions.
+``kl_coef`` is TRL's ``beta``. PPO is not offered: TRL 1.16 ships no PPOTrainer (checked in the runner).
+On CUDA with vLLM installed, generation runs in vLLM (colocated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.trainer.context import (
+    RunContext,
+    count_params,
+    lora_config,
+    quantization_config,
+    training_args_kwargs,
+)
+from tuneforge.trainer.data import ensure_chat_template
+from tuneforge.trainer.device import has_module
+from tuneforge.trainer.errors import BadInput
+from tuneforge.trainer.graders import load_reward_model, make_match_reward
+from tuneforge.trainer.methods.sft import model_dtype
+from tuneforge.trainer.models import load_causal_lm, load_tokenizer
+
+
+@dataclass
+class RLBuilt:
+    trainer: Any
+    tokenizer: Any
+    flops_per_token: float | None
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        self.trainer.save_model(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+
+
+def _rows(rows: list[dict[str, Any]], reference_field: str | None) -> list[dict[str, Any]]:
+    out = []
+    for i, row in enumerate(rows, start=1):
+        item: dict[str, Any] = {"prompt": _plain(row["prompt"])}
+        if reference_field is not None:
+            if reference_field not in row:
+                raise BadInput(f"row {i} has no reference field {reference_field!r} for the grader")
+            value = row[reference_field]
+            item[reference_field] = value if isinstance(value, str) else str(value)
+        out.append(item)
+    return out
+
+
+def build(ctx: RunContext) -> RLBuilt:
+    from datasets import Dataset
+    from transformers import set_seed
+
+    spec, hp = ctx.spec, ctx.hp
+    grader = spec.method.grader
+    if grader is None:  # pragma: no cover - checked by the runner
+        raise BadInput("a reinforcement job needs a grader")
+    algorithm = spec.method.algorithm or "grpo"
+    num_generations = hp.num_generations or 4
+    if num_generations < 2:
+        raise BadInput("num_generations must be at least 2 (advantages compare completions of one prompt)")
+
+    tokenizer = load_tokenizer(ctx.model_dir)
+    ensure_chat_template(tokenizer)
+    ref_field = grader.reference_field if grader.type != "reward_model" else None
+    train = Dataset.from_list(_rows(ctx.train_rows, ref_field))
+    valid = Dataset.from_list(_rows(ctx.valid_rows, ref_field)) if ctx.valid_rows else None
+
+    reward_funcs: list[Any]
+    reward_tokenizers: list[Any] | None = None
+    if grader.type == "reward_model":
+        rm, rm_tokenizer = load_reward_model(grader, ctx.store, ctx.workdir, model_dtype(ctx))
+        reward_funcs, reward_tokenizers = [rm], [rm_tokenizer]
+    else:
+        reward_funcs = [make_match_reward(grader)]
+
+    set_seed(spec.seed)
+    model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
+    n_params = count_params(model)
+    common = training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None)
+    common["per_device_train_batch_size"] = hp.batch_size * num_generations
+    common["per_device_eval_batch_size"] = hp.batch_size * num_generations
+    rl_kwargs: dict[str, Any] = {
+        "beta": hp.kl_coef if hp.kl_coef is not None else 0.0,
+        "num_generations": num_generations,
+        "max_completion_length": hp.max_completion_length or 256,
+        "temperature": hp.temperature or 1.0,
+        "shuffle_dataset": True,
+    }
+    if ctx.device.cuda and has_module("vllm"):
+        rl_kwargs.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3)
+    if algorithm == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        trainer_cls: Any = GRPOTrainer
+        args: Any = GRPOConfig(**common, **rl_kwargs)
+    elif algorithm == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        trainer_cls = RLOOTrainer
+        args = RLOOConfig(**common, **rl_kwargs)
+    else:  # pragma: no cover - ppo refused by the runner
+        raise BadInput(f"unsupported reinforcement algorithm {algorithm!r}")
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+        peft_config=lora_config(ctx, "CAUSAL_LM"),
+    )
+    return RLBuilt(
+        trainer,
+        tokenizer,
+        6.0 * n_params,
+        {"method": "reinforcement", "algorithm": algorithm, "task": "causal_lm"},
+    )

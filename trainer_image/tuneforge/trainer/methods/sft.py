@@ -1,0 +1,109 @@
+"""``supervised``: TRL SFTTrainer on pre-tokenized rows whose labels mask everything but the trained turns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.trainer.context import (
+    RunContext,
+    count_params,
+    lora_config,
+    quantization_config,
+    training_args_kwargs,
+)
+from tuneforge.trainer.data import Tokenized, tokenize_sft
+from tuneforge.trainer.errors import BadInput
+from tuneforge.trainer.models import load_causal_lm, load_tokenizer
+
+
+@dataclass
+class SFTBuilt:
+    trainer: Any
+    tokenizer: Any
+    flops_per_token: float | None
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        self.trainer.save_model(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def _report_tokenized(ctx: RunContext, tok: Tokenized, role: str) -> None:
+    if tok.truncated:
+        ctx.reporter.warn(f"{tok.truncated} {role} examples were longer than max_length and were truncated")
+    if tok.dropped:
+        ctx.reporter.warn(
+            f"{tok.dropped} {role} examples had no trainable tokens within max_length and were skipped"
+        )
+
+
+def model_dtype(ctx: RunContext) -> Any:
+    """LoRA on a GPU keeps the frozen base in half precision; full tuning keeps fp32 master weights."""
+    import torch
+
+    if ctx.device.cuda and ctx.spec.adapter.type != "full":
+        return ctx.device.torch_dtype
+    return torch.float32
+
+
+def use_padding_free(ctx: RunContext) -> bool:
+    """Padding-free batches (one flat sequence with position ids, no cross-example attention).
+
+    On by default on CUDA, where the varlen flash/SDPA kernels make it cheaper than padding; off on the CPU,
+    where it measured slower (DESIGN.md). ``packing=true`` in the spec also implies it.
+    """
+    return bool(ctx.hp.packing) or (ctx.device.cuda and ctx.notes.get("padding_free_on_cuda", True))
+
+
+def build(ctx: RunContext) -> SFTBuilt:
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    spec, hp = ctx.spec, ctx.hp
+    tokenizer = load_tokenizer(ctx.model_dir)
+    train = tokenize_sft(tokenizer, ctx.train_format, ctx.train_rows, hp.max_length)
+    _report_tokenized(ctx, train, "training")
+    if not train.rows:
+        raise BadInput("no training example has tokens to learn from within max_length")
+    eval_ds = None
+    if ctx.valid_rows:
+        valid = tokenize_sft(tokenizer, ctx.valid_format or ctx.train_format, ctx.valid_rows, hp.max_length)
+        _report_tokenized(ctx, valid, "validation")
+        if valid.rows:
+            eval_ds = Dataset.from_list(valid.rows)
+
+    set_seed(spec.seed)
+    quant = quantization_config(ctx)
+    model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quant)
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+    n_params = count_params(model)
+    padding_free = use_padding_free(ctx)
+    args = SFTConfig(
+        **training_args_kwargs(ctx, rows=len(train.rows), has_eval=eval_ds is not None),
+        # rows are already truncated; padding-free without packing needs max_length=None
+        max_length=hp.max_length if hp.packing or not padding_free else None,
+        packing=bool(hp.packing),
+        padding_free=padding_free,
+        pad_to_multiple_of=None,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train.rows),
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(ctx, "CAUSAL_LM"),
+    )
+    return SFTBuilt(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        flops_per_token=6.0 * n_params,
+        manifest_extra={"method": "supervised", "task": "causal_lm"},
+    )

