@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from tuneforge.contracts.exit_codes import ExitCode
 from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.trainer.errors import BadInput, TrainerError
+from tuneforge.trainer.metrics_server import start_from_env as start_metrics_server
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.BAD_INPUT)
 
     reporter = ProgressReporter(spec.job_id, spec.progress)
+    metrics_server = start_metrics_server(spec.job_id, reporter)  # only with TUNEFORGE_TRAINER_METRICS_PORT
     preempt = PreemptFlag()
     preempt.install()
     code = ExitCode.OK
@@ -101,4 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         code = ExitCode.FAILURE
     finally:
         reporter.close()
+        if metrics_server is not None:
+            metrics_server.stop()
     return int(code)

@@ -16,7 +16,7 @@ from tuneforge.trainer.callbacks import CheckpointCallback, ProgressCallback
 from tuneforge.trainer.checkpoints import CheckpointInfo, download_checkpoint, latest_complete
 from tuneforge.trainer.context import RunContext
 from tuneforge.trainer.data import load_dataset_rows
-from tuneforge.trainer.device import detect_device
+from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
 from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
@@ -84,6 +84,20 @@ def _resume_point(ctx: RunContext) -> tuple[CheckpointInfo | None, Path | None]:
     local = download_checkpoint(ctx.store, ckpt, ctx.workdir / "resume" / f"checkpoint-{ckpt.step}")
     ctx.reporter.info(f"Resuming from the checkpoint at step {ckpt.step}")
     return ckpt, local
+
+
+def _describe(ctx: RunContext, built: Any) -> str:
+    hp = ctx.hp
+    parts = [
+        f"method={ctx.spec.method.type}",
+        f"adapter={ctx.spec.adapter.type}",
+        f"device={ctx.device.name}",
+        f"precision={'bf16' if ctx.device.bf16 else 'fp16' if ctx.device.fp16 else 'fp32'}",
+        f"batch_size={hp.batch_size}",
+        f"max_length={hp.max_length}",
+    ]
+    parts += [f"{k}={v}" for k, v in ctx.notes.items()]
+    return "Training setup: " + ", ".join(parts)
 
 
 def run(spec: JobSpec, reporter: ProgressReporter, preempt: PreemptFlag) -> dict[str, Any]:
@@ -160,7 +174,8 @@ def _run(
     trainer.remove_callback(BarCallback)
     trainer.add_callback(progress_cb)
     trainer.add_callback(checkpoint_cb)
-    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    reporter.info(_describe(ctx, built))
+    output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     state = trainer.state
     if checkpoint_cb.stopped_for_preemption and state.global_step < state.max_steps:
         write_metrics()
@@ -180,6 +195,10 @@ def _run(
         "files": files,
         "steps": state.global_step,
         "metrics": final_metrics,
+        "train_runtime_s": round(float(output.metrics.get("train_runtime", 0.0)), 3),
     }
+    memory = peak_memory_bytes()
+    if memory is not None:
+        result["peak_gpu_memory_bytes"] = memory
     reporter.emit("result", f"Training finished after {state.global_step} steps; model uploaded", **result)
     return result

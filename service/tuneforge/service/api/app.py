@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge.service import __version__
-from tuneforge.service.api.routes import artifacts, files, health, internal, jobs, models
+from tuneforge.service.api.routes import artifacts, events_stream, files, health, internal, jobs, models, ui
 from tuneforge.service.core.bootstrap import build_state, ensure_api_key
 from tuneforge.service.core.config import Settings
 from tuneforge.service.core.errors import install_error_handlers
+from tuneforge.service.observability import http as observability
+from tuneforge.service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ def create_app(settings: Settings | None = None, *, start_executor: bool = True)
     )
     app.state.tuneforge = state
     install_error_handlers(app)
-    for module in (health, files, jobs, artifacts, models, internal):
+    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
         app.include_router(module.router)
+    # /metrics, and ?stream=true on the events list (see routes/events_stream.py)
+    app.state.metrics = ServiceMetrics(state.sessions)
+    app.add_middleware(events_stream.EventsStreamAlias)
+    app.add_middleware(observability.MetricsMiddleware, metrics=app.state.metrics)
     return app

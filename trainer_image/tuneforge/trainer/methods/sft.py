@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,36 @@ def model_dtype(ctx: RunContext) -> Any:
     return torch.float32
 
 
-def use_padding_free(ctx: RunContext) -> bool:
-    """Padding-free batches (one flat sequence with position ids, no cross-example attention).
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
 
-    On by default on CUDA, where the varlen flash/SDPA kernels make it cheaper than padding; off on the CPU,
-    where it measured slower (DESIGN.md). ``packing=true`` in the spec also implies it.
+
+def use_padding_free(ctx: RunContext) -> bool:
+    """Padding-free batches: one flat sequence with position ids, no pad tokens, no cross-example attention
+    (transformers derives a per-example block mask from the position ids; TRL disables the KV cache).
+
+    Default on CUDA, where varlen attention makes it cheaper than padding; off on the CPU, where the flattened
+    batch makes masked SDPA quadratic in the whole batch length (measured slower, see bench/README.md).
+    ``packing=true`` implies it. ``TUNEFORGE_PADDING_FREE=0/1`` overrides (benchmarks).
     """
-    return bool(ctx.hp.packing) or (ctx.device.cuda and ctx.notes.get("padding_free_on_cuda", True))
+    forced = _env_flag("TUNEFORGE_PADDING_FREE")
+    if forced is not None:
+        return forced or bool(ctx.hp.packing)
+    return bool(ctx.hp.packing) or ctx.device.cuda
+
+
+def use_group_by_length(ctx: RunContext, padding_free: bool) -> bool:
+    """With padded batches, draw examples of similar length together (less padding); deterministic per seed,
+    so resume still restores the data position. ``TUNEFORGE_GROUP_BY_LENGTH=0/1`` overrides."""
+    forced = _env_flag("TUNEFORGE_GROUP_BY_LENGTH")
+    if forced is not None:
+        return forced and not padding_free
+    return not padding_free and ctx.hp.batch_size > 1
 
 
 def build(ctx: RunContext) -> SFTBuilt:
@@ -84,8 +108,14 @@ def build(ctx: RunContext) -> SFTBuilt:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
     n_params = count_params(model)
     padding_free = use_padding_free(ctx)
+    common = training_args_kwargs(ctx, rows=len(train.rows), has_eval=eval_ds is not None)
+    if use_group_by_length(ctx, padding_free):
+        common["train_sampling_strategy"] = "group_by_length"
+    if padding_free:
+        common["include_num_input_tokens_seen"] = "all"  # no padding at all: every token is real
+    ctx.notes.update(padding_free=padding_free, sampling=common.get("train_sampling_strategy", "random"))
     args = SFTConfig(
-        **training_args_kwargs(ctx, rows=len(train.rows), has_eval=eval_ds is not None),
+        **common,
         # rows are already truncated; padding-free without packing needs max_length=None
         max_length=hp.max_length if hp.packing or not padding_free else None,
         packing=bool(hp.packing),

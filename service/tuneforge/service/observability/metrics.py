@@ -1,0 +1,207 @@
+"""Metric definitions.
+
+Two kinds of metrics live in one :class:`prometheus_client.CollectorRegistry` per app:
+
+* request metrics, updated by the HTTP middleware as requests are served;
+* fleet metrics, read from the database at scrape time by :class:`FleetCollector`. The database is the
+  source of truth, so these are right after a restart and with several replicas, and the per-job series
+  of a job disappear by construction once it stops running (its ``job_id`` label is then never exported
+  again: the only unbounded label value, bounded in practice by the number of *running* jobs).
+
+Every label is bounded: ``route`` is the route template (``/v1/fine_tuning/jobs/{job_id}``), never the raw
+path; ``status`` and ``method`` come from fixed sets; ``tenant`` from the set of tenants with API keys.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tuneforge.service.db.models import Job
+
+JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+METHODS = ("supervised", "dpo", "reward_model", "reinforcement")
+
+#: job.progress key → (metric suffix, help). Exported per running job, labelled by job_id/tenant/method.
+JOB_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("step", "step", "Optimizer steps done"),
+    ("total_steps", "total_steps", "Optimizer steps planned"),
+    ("epoch", "epoch", "Epochs done (fractional)"),
+    ("train_loss", "train_loss", "Latest training loss"),
+    ("valid_loss", "valid_loss", "Latest validation loss"),
+    ("learning_rate", "learning_rate", "Current learning rate"),
+    ("tokens_per_second", "tokens_per_second", "Training throughput in tokens per second"),
+    ("eta_seconds", "eta_seconds", "Estimated seconds until training ends"),
+    ("trained_tokens", "trained_tokens", "Tokens trained on so far"),
+    ("gpu_memory_bytes", "gpu_memory_bytes", "Peak accelerator memory of the trainer (CUDA only)"),
+    ("mfu", "mfu", "Model FLOPs utilisation, 0..1 (CUDA only)"),
+    ("mean_reward", "mean_reward", "Mean reward (reinforcement jobs)"),
+)
+
+#: request latency buckets (seconds): API calls are fast; uploads and downloads are not
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _method_of(job_method: Any) -> str:
+    kind = (job_method or {}).get("type", "supervised") if isinstance(job_method, dict) else "supervised"
+    return kind if kind in METHODS else "other"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _gpus(resources: Any) -> int:
+    if not isinstance(resources, dict):
+        return 0
+    gpus, nodes = resources.get("gpus") or 0, resources.get("nodes") or 1
+    return int(gpus) * int(nodes) if isinstance(gpus, int) and isinstance(nodes, int) else 0
+
+
+class FleetCollector(Collector):
+    """Reads jobs from the database on every scrape (a handful of small aggregate queries)."""
+
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.sessions = sessions
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected lazily: do not query the database at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            yield from self._collect(session)
+
+    def _collect(self, session: Session) -> Iterator[Metric]:
+        now = self.clock()
+        counts: dict[tuple[str, str], int] = {(s, m): 0 for s in JOB_STATUSES for m in METHODS}
+        for status, method, n in session.execute(
+            select(Job.status, Job.method, func.count()).group_by(Job.status, Job.method)
+        ):
+            key = (str(status), _method_of(method))
+            counts[key] = counts.get(key, 0) + int(n)
+
+        jobs = GaugeMetricFamily("tuneforge_jobs", "Jobs by status and method", labels=["status", "method"])
+        created = CounterMetricFamily("tuneforge_jobs_created", "Jobs created, by method", labels=["method"])
+        finished = CounterMetricFamily("tuneforge_jobs_finished", "Jobs that reached a terminal status",
+                                       labels=["status", "method"])
+        by_method: dict[str, int] = {}
+        for (status, method), n in sorted(counts.items()):
+            jobs.add_metric([status, method], n)
+            by_method[method] = by_method.get(method, 0) + n
+            if status in TERMINAL:
+                finished.add_metric([status, method], n)
+        for method, n in sorted(by_method.items()):
+            created.add_metric([method], n)
+        yield jobs
+        yield created
+        yield finished
+
+        queued = [row for row in session.execute(
+            select(Job.created_at).where(Job.status == "queued")
+        )]
+        depth = GaugeMetricFamily("tuneforge_queue_depth", "Jobs waiting for a trainer slot (status queued)")
+        depth.add_metric([], len(queued))
+        yield depth
+        oldest = GaugeMetricFamily("tuneforge_queue_oldest_age_seconds",
+                                   "Age of the oldest queued job (0 when the queue is empty)")
+        oldest.add_metric([], max(0.0, now - min(r[0] for r in queued)) if queued else 0.0)
+        yield oldest
+
+        yield from self._running_jobs(session, now)
+        yield from self._tenants(session, now)
+
+    def _running_jobs(self, session: Session, now: float) -> Iterator[Metric]:
+        labels = ["job_id", "tenant", "method"]
+        families = {
+            key: GaugeMetricFamily(f"tuneforge_job_{suffix}", help_, labels=labels)
+            for key, suffix, help_ in JOB_GAUGES
+        }
+        running = GaugeMetricFamily("tuneforge_job_running_seconds", "Seconds since the running job started",
+                                    labels=labels)
+        ratio = GaugeMetricFamily("tuneforge_job_progress_ratio", "step / total_steps of the running job, 0..1",
+                                  labels=labels)
+        rows = session.execute(
+            select(Job.id, Job.tenant_id, Job.method, Job.progress, Job.started_at).where(Job.status == "running")
+        )
+        for job_id, tenant, method, progress, started_at in rows:
+            values = [str(job_id), str(tenant), _method_of(method)]
+            progress = progress or {}
+            for key, family in families.items():
+                if _finite(progress.get(key)):
+                    family.add_metric(values, float(progress[key]))
+            if started_at:
+                running.add_metric(values, max(0.0, now - started_at))
+            step, total = progress.get("step"), progress.get("total_steps")
+            ratio.add_metric(values, min(1.0, step / total) if _finite(step) and _finite(total) and total else 0.0)
+        yield from families.values()
+        yield running
+        yield ratio
+
+    def _tenants(self, session: Session, now: float) -> Iterator[Metric]:
+        created = CounterMetricFamily("tuneforge_tenant_jobs", "Jobs created per tenant", labels=["tenant"])
+        active = GaugeMetricFamily("tuneforge_tenant_active_jobs",
+                                   "Jobs validating, queued or running per tenant", labels=["tenant"])
+        job_seconds = CounterMetricFamily(
+            "tuneforge_tenant_job_seconds", "Wall-clock seconds of training per tenant (from first start to end)",
+            labels=["tenant"])
+        gpu_seconds = CounterMetricFamily(
+            "tuneforge_tenant_gpu_seconds", "GPU-seconds per tenant: training seconds x GPUs requested",
+            labels=["tenant"])
+        per: dict[str, list[float]] = {}
+        for tenant, status, resources, started_at, finished_at in session.execute(
+            select(Job.tenant_id, Job.status, Job.resources, Job.started_at, Job.finished_at)
+        ):
+            acc = per.setdefault(str(tenant), [0, 0, 0.0, 0.0])
+            acc[0] += 1
+            if status not in TERMINAL:
+                acc[1] += 1
+            if started_at:
+                seconds = max(0.0, (finished_at or now) - started_at)
+                acc[2] += seconds
+                acc[3] += seconds * _gpus(resources)
+        for tenant, (n, n_active, seconds, gpu) in sorted(per.items()):
+            created.add_metric([tenant], n)
+            active.add_metric([tenant], n_active)
+            job_seconds.add_metric([tenant], seconds)
+            gpu_seconds.add_metric([tenant], gpu)
+        yield created
+        yield active
+        yield job_seconds
+        yield gpu_seconds
+
+
+class ServiceMetrics:
+    """All metrics of one app, in their own registry."""
+
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]] | None = None) -> None:
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        self.requests = Counter(
+            "tuneforge_http_requests", "API requests by route template, HTTP method and status code",
+            ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "tuneforge_http_request_duration_seconds",
+            "Time to the response's first byte, by route template, HTTP method and status code "
+            "(for event streams: the time to open the stream)",
+            ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("tuneforge_http_requests_in_flight", "Requests being served (streams included)",
+                               registry=self.registry)
+        self.streams = Gauge("tuneforge_event_streams_open", "Open server-sent event streams",
+                             registry=self.registry)
+        if sessions is not None:
+            self.registry.register(FleetCollector(sessions))
