@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import threading
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -61,11 +61,12 @@ def reconcile(namespace: str, name: str) -> str | None:
                     raise
         for kind, reason, message in result.events:
             log.info("%s/%s: %s %s: %s", namespace, name, result.status["phase"], reason, message)
-            kopf.event(cr, type=kind, reason=reason, message=message[:1000])
+            kopf.event(cast(Any, cr), type=kind, reason=reason, message=message[:1000])
         return str(result.status["phase"])
 
 
-def _retrying(namespace: str, name: str) -> None:
+def _retrying(namespace: str | None, name: str) -> None:
+    assert namespace, "FineTuneJobs are namespaced"
     try:
         reconcile(namespace, name)
     except ApiException as exc:
@@ -95,22 +96,22 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
-def on_create(namespace: str, name: str, **_: Any) -> None:
+def on_create(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def on_resume(namespace: str, name: str, **_: Any) -> None:
+def on_resume(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.cancel", id="cancel")
-def on_cancel(namespace: str, name: str, **_: Any) -> None:
+def on_cancel(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend", id="suspend")
-def on_suspend(namespace: str, name: str, **_: Any) -> None:
+def on_suspend(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
@@ -119,14 +120,15 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, when=_unfinished)
-def resync(namespace: str, name: str, **_: Any) -> None:
+def resync(namespace: str | None, name: str, **_: Any) -> None:
     """Periodic safety net: catches anything a missed event left behind (and maxPendingSeconds)."""
     _retrying(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def on_delete(namespace: str, name: str, **_: Any) -> None:
+def on_delete(namespace: str | None, name: str, **_: Any) -> None:
     """Deleting a FineTuneJob stops its pods now (the garbage collector would also do it, via ownerReferences)."""
+    assert namespace, "FineTuneJobs are namespaced"
     try:
         kube().batch.delete_namespaced_job(name, namespace, propagation_policy="Background", _request_timeout=15)
     except ApiException as exc:
@@ -135,16 +137,17 @@ def on_delete(namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-def on_job_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+def on_job_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     _child_event(namespace, labels)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-def on_pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+def on_pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     _child_event(namespace, labels)
 
 
-def _child_event(namespace: str, labels: kopf.Labels) -> None:
+def _child_event(namespace: str | None, labels: kopf.Labels) -> None:
+    assert namespace, "Jobs and pods are namespaced"
     try:
         reconcile(namespace, labels[LABEL_FINETUNEJOB])
     except ApiException as exc:  # events are not retried by kopf; the timer catches up

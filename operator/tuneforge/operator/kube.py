@@ -38,7 +38,8 @@ class Kube:
 
     @staticmethod
     def _json(resp: Any) -> JSON:
-        return json.loads(resp.data)  # type: ignore[no-any-return]
+        data: JSON = json.loads(resp.data)
+        return data
 
     def get_finetunejob(self, namespace: str, name: str) -> JSON | None:
         try:
@@ -85,7 +86,7 @@ class Kube:
                                             _request_timeout=TIMEOUT)
             log.info("%s Job %s/%s", "suspended" if action.suspend else "resumed", namespace, action.name)
 
-    def _create(self, namespace: str, manifest: JSON) -> None:
+    def _create(self, namespace: str, manifest: Any) -> None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             if kind == "Job":

@@ -210,7 +210,6 @@ def observe(cr: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mappin
     """The phase a FineTuneJob is in, judged from its (existing, owned) Job and pods."""
     spec = cr.get("spec") or {}
     job_spec = job.get("spec") or {}
-    job_status = _status(job)
     pods = _sorted(pods)
     ended = [p for p in pods if _ended(p) and _status(p).get("phase") != "Succeeded"]
     last = pod_outcome(ended[-1]) if ended else None
@@ -222,8 +221,10 @@ def observe(cr: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mappin
         return Observation("Succeeded", "Completed", "The trainer finished and published the model", 0)
 
     failed = true_condition(job, "Failed") or true_condition(job, "FailureTarget")
-    counted = [pod_outcome(p) for p in ended if not pod_outcome(p).preempted and _status(p).get("phase") == "Failed"]
-    backoff_limit = int(job_spec.get("backoffLimit") if job_spec.get("backoffLimit") is not None else 6)
+    outcomes = [(p, pod_outcome(p)) for p in ended]
+    counted = [o for p, o in outcomes if not o.preempted and _status(p).get("phase") == "Failed"]
+    limit_value = job_spec.get("backoffLimit")
+    backoff_limit = int(limit_value) if limit_value is not None else 6
     if failed is not None:
         reason = failed.get("reason") or "JobFailed"
         if reason == "DeadlineExceeded":

@@ -1,11 +1,12 @@
 """Object stores: one interface, a local-directory backend and an S3 backend (DESIGN.md contract 3)."""
 
-from tuneforge.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, StoreError
+from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError
 from tuneforge.storage.factory import open_store
 from tuneforge.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry, build_manifest
 
 __all__ = [
     "MANIFEST_NAME",
+    "ChecksumMismatch",
     "Manifest",
     "ManifestEntry",
     "ObjectInfo",

@@ -24,6 +24,18 @@ class ObjectNotFound(StoreError, KeyError):
         return f"object not found: {self.key}"
 
 
+class ChecksumMismatch(StoreError):
+    """An object's bytes do not match the checksum stored with it (damaged in transit or at rest)."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        super().__init__(key, detail)
+        self.key = key
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"checksum mismatch reading {self.key}" + (f": {self.detail}" if self.detail else "")
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -47,12 +48,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlparse
 
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError, check_key
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MiB = 1 << 20
 #: S3's limits: parts 5 MiB .. 5 GiB (the last may be smaller), at most 10,000 parts
@@ -276,9 +279,12 @@ class S3Store(ObjectStore):
             response_checksum_validation=checksums,
             signature_version="s3v4",
         )
-        self._config = config
         self._client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
-        self._presign_client: Any = None
+        # presigned URLs name the endpoint clients use, which may differ from ours (made now: sessions are
+        # not thread-safe)
+        self._presign_client: Any = self._client
+        if s.public_endpoint_url:
+            self._presign_client = self._session.client("s3", endpoint_url=s.public_endpoint_url, config=config)
         # one budget for every upload of this store: at most max_inflight parts in memory / in flight
         self._slots = threading.BoundedSemaphore(s.max_inflight)
         self._pool: ThreadPoolExecutor | None = None
@@ -425,7 +431,7 @@ class S3Store(ObjectStore):
 
         return self._retrying_read(key, fetch)
 
-    def _retrying_read[T](self, key: str, fetch: Callable[[], T]) -> T:
+    def _retrying_read(self, key: str, fetch: Callable[[], _T]) -> _T:
         attempts = self.settings.download_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -472,14 +478,14 @@ class S3Store(ObjectStore):
             if skip and rel in skip:
                 continue
             jobs.append((self._full_key_checked(f"{prefix.rstrip('/')}/{rel}"), path))
-        self._run_all([lambda k=k, p=p: self.put_file(k, p) for k, p in jobs])
+        self._run_all([functools.partial(self.put_file, k, p) for k, p in jobs])
         return [k for k, _ in jobs]
 
     def download_prefix(self, prefix: str, local_dir: str | os.PathLike[str]) -> builtins.list[Path]:
         root = Path(local_dir)
         base = prefix.rstrip("/") + "/"
         pairs = [(info.key, root / info.key[len(base):]) for info in self.list(base)]
-        self._run_all([lambda k=k, d=d: self.download_file(k, d) for k, d in pairs])
+        self._run_all([functools.partial(self.download_file, k, d) for k, d in pairs])
         return [d for _, d in pairs]
 
     def _full_key_checked(self, key: str) -> str:
@@ -487,36 +493,28 @@ class S3Store(ObjectStore):
         return key
 
     def _run_all(self, tasks: builtins.list[Callable[[], object]]) -> None:
-        """Run tasks ``file_concurrency`` at a time; the first failure cancels the rest and is raised."""
-        if not tasks:
-            return
-        if len(tasks) == 1:
-            tasks[0]()
+        """Run tasks ``file_concurrency`` at a time; the first failure cancels those not started and is raised
+        once the running ones have finished."""
+        if len(tasks) <= 1:
+            for task in tasks:
+                task()
             return
         workers = min(self.settings.file_concurrency, len(tasks))
         with ThreadPoolExecutor(workers, thread_name_prefix="tuneforge-s3-file") as pool:
             futures = [pool.submit(task) for task in tasks]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
+            wait(futures, return_when=FIRST_EXCEPTION)
             for fut in futures:
-                if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                    # wait for the ones already running, then report the first failure
-                    wait(futures)
-                    raise cast(BaseException, fut.exception())
+                fut.cancel()
+        for fut in futures:
+            if not fut.cancelled() and fut.exception() is not None:
+                raise cast(BaseException, fut.exception())
 
     def presigned_url(self, key: str, expires_in: int | None = None) -> str | None:
         """A GET URL valid for ``expires_in`` seconds (default: the short ``presign_expiry``)."""
         expiry = self.settings.presign_expiry if expires_in is None else int(expires_in)
         if not 1 <= expiry <= MAX_PRESIGN_SECONDS:
             raise ValueError(f"presigned URL expiry must be 1 s .. 7 days, not {expiry}")
-        client = self._client
-        if self.settings.public_endpoint_url:
-            if self._presign_client is None:
-                self._presign_client = self._session.client(
-                    "s3", endpoint_url=self.settings.public_endpoint_url, config=self._config)
-            client = self._presign_client
-        return cast(str, client.generate_presigned_url(
+        return cast(str, self._presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expiry))
 
     # -- buckets (tests, development, `tuneforge` setup helpers) --
@@ -603,10 +601,9 @@ class S3Store(ObjectStore):
             self._slots.release()
             raise self._error("CREATE MULTIPART", key, exc) from exc
         mpu = _Multipart(key=full, upload_id=upload_id)
-        holding = True  # this thread holds a slot for ``data`` until it is handed to a part upload
+        holding = True  # this thread holds a slot for ``data`` until it hands it to a part upload
         try:
-            data = first
-            part_number = 1
+            data, eof, part_number = first, False, 1
             while True:
                 mpu.crc = zlib.crc32(data, mpu.crc)
                 mpu.size += len(data)
@@ -617,25 +614,19 @@ class S3Store(ObjectStore):
                 del data
                 failed = next((f for f in mpu.futures if f.done() and f.exception() is not None), None)
                 if failed is not None:
-                    failed.result()  # raises
+                    failed.result()  # raises: stop reading, abort
+                if eof:
+                    break
                 part_number += 1
                 if part_number > MAX_PARTS:
                     raise StoreError(f"PUT {self._where(key)}: more than {MAX_PARTS} parts; "
-                                     "raise TUNEFORGE_S3_PART_SIZE_MB or pass the size")
+                                     "raise TUNEFORGE_S3_PART_SIZE_MB or pass the object's size")
                 self._slots.acquire()
                 holding = True
                 size = self._part_size(size_hint, part_number)
-                data = carry + _read_exact(read, size - len(carry))
-                carry = b""
-                if not data:
-                    self._slots.release()
-                    holding = False
-                    break
-                if len(data) == size:
-                    carry = read(1)
-                    if not carry:
-                        # the last part: full size
-                        pass
+                data = carry + _read_exact(read, size - len(carry))  # carry is never empty here
+                carry = read(1) if len(data) == size else b""
+                eof = not carry
             parts = [f.result() for f in mpu.futures]
             self._complete(key, mpu, parts)
         except BaseException as exc:
@@ -645,7 +636,7 @@ class S3Store(ObjectStore):
                 fut.cancel()
             wait(mpu.futures)
             self._abort(mpu)
-            if isinstance(exc, StoreError | KeyboardInterrupt | SystemExit) or not isinstance(exc, Exception):
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
                 raise
             raise self._error("PUT", key, exc) from exc
         return mpu.size

@@ -218,7 +218,7 @@ class LocalExecutor(Executor):
             "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "TUNEFORGE_MODEL_CACHE": str(self.settings.executor.model_cache),
-            "TUNEFORGE_WORK_DIR": str(job_dir / "work"),
+            "TUNEFORGE_WORKDIR": str(job_dir / "work"),
         })
         env.setdefault("HF_HUB_OFFLINE", "1")
         cmd = [self.settings.executor.trainer_python, "-m", "tuneforge.trainer", "--spec", str(spec_path)]
