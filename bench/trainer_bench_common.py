@@ -127,7 +127,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, An
     result: dict[str, Any] | None = None
     for line in out.splitlines():
         if line.startswith("BENCH_RESULT "):
-            result = json.loads(line[len("BENCH_RESULT "):])
+            result = json.loads(line[len("BENCH_RESULT ") :])
         elif line.startswith("{"):
             try:
                 event = json.loads(line)

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_bench_common import (  # noqa: E402
+from trainer_bench_common import (
     BenchConfig,
     compare,
     load_gsm8k_chat,
@@ -58,9 +58,7 @@ def baseline_worker(cfg: BenchConfig, data_path: str) -> dict[str, Any]:
         disable_tqdm=True,
     )
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules="all-linear")
-    trainer = SFTTrainer(
-        model=cfg.model_path, args=args, train_dataset=Dataset.from_list(rows), peft_config=lora
-    )
+    trainer = SFTTrainer(model=cfg.model_path, args=args, train_dataset=Dataset.from_list(rows), peft_config=lora)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     output = trainer.train()

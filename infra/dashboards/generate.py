@@ -29,8 +29,13 @@ CUDA_ONLY = frozenset({
     "tuneforge_trainer_cuda_memory_allocated_bytes", "tuneforge_trainer_cuda_memory_reserved_bytes",
     "tuneforge_trainer_cuda_memory_total_bytes", "tuneforge_trainer_cuda_utilization_ratio",
 })
-#: request-latency panels leave out the routes whose duration is not an API call's
-SLOW_ROUTES = 'route!~"/metrics|.*/events/stream|/v1/files|/v1/files/\\\\{file_id\\\\}/content|/artifacts/.*"'
+#: request-latency panels leave out streams and downloads, whose duration is not an API call's
+SLOW_ROUTES = 'route!~"/metrics|.*/events/stream|.*/content|.*/artifacts/.+"'
+
+
+def latency_quantile(q: float) -> str:
+    bucket = f"tuneforge_http_request_duration_seconds_bucket{{{SLOW_ROUTES}}}"
+    return f"histogram_quantile({q}, sum by (le) (rate({bucket}[$__rate_interval])))"
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict[str, Any]:
@@ -125,7 +130,7 @@ def dashboard(uid: str, title: str, description: str, layout: Layout, variables:
 
 # ---------------------------------------------------------------------------------------------------------
 def fleet() -> dict[str, Any]:
-    jobs_by = 'max by (status, method) (tuneforge_jobs{status=~"%s"})'
+    active = 'max by (status, method) (tuneforge_jobs{status=~"validating_files|queued|running"})'
     lay = Layout()
     lay.row("Jobs")
     lay.add(stat("Running jobs", 'sum(max by (method) (tuneforge_jobs{status="running"}))',
@@ -142,7 +147,7 @@ def fleet() -> dict[str, Any]:
                  "sum(max by (job_id) (tuneforge_job_tokens_per_second)) or vector(0)", unit="short",
                  decimals=0), 4, 4)
     lay.add(timeseries("Active jobs by status", [
-        target("sum by (status) (%s)" % (jobs_by % "validating_files|queued|running"), "{{status}}"),
+        target(f"sum by (status) ({active})", "{{status}}"),
     ], stack=True, min_zero=True), 12, 8)
     lay.add(timeseries("Queue", [
         target("max(tuneforge_queue_depth)", "queued jobs"),
@@ -181,12 +186,9 @@ def fleet() -> dict[str, Any]:
         target("sum by (route) (rate(tuneforge_http_requests_total[$__rate_interval]))", "{{route}}"),
     ], unit="reqps", min_zero=True), 12, 8)
     lay.add(timeseries("Request latency (API calls)", [
-        target("histogram_quantile(0.5, sum by (le) (rate(tuneforge_http_request_duration_seconds_bucket{%s}"
-               "[$__rate_interval])))" % SLOW_ROUTES, "p50"),
-        target("histogram_quantile(0.95, sum by (le) (rate(tuneforge_http_request_duration_seconds_bucket{%s}"
-               "[$__rate_interval])))" % SLOW_ROUTES, "p95", ref="B"),
-        target("histogram_quantile(0.99, sum by (le) (rate(tuneforge_http_request_duration_seconds_bucket{%s}"
-               "[$__rate_interval])))" % SLOW_ROUTES, "p99", ref="C"),
+        target(latency_quantile(0.5), "p50"),
+        target(latency_quantile(0.95), "p95", ref="B"),
+        target(latency_quantile(0.99), "p99", ref="C"),
     ], unit="s", min_zero=True), 12, 8)
     lay.add(timeseries("p95 latency by route", [
         target("histogram_quantile(0.95, sum by (le, route) "

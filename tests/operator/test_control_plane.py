@@ -2,88 +2,16 @@
 kube-controller-manager, kube-scheduler and kwok fake GPU nodes
 (tests/support/k8s_testbed.py, binaries from infra/testbed/k8s/build.sh).
 
-The first run builds the binaries from Go modules (cached afterwards under
-~/.cache/tuneforge/k8s); the tests skip only when no Go toolchain exists.
+Fixtures (one testbed per session) are in conftest.py.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client as k8s
-from kubernetes.config import new_client_from_config
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # make `tests.support` importable however pytest is started
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.k8s_testbed import K8sTestbed, go_available  # noqa: E402
-
-TIMEOUT = 60.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-@pytest.fixture(scope="session")
-def testbed():
-    if not go_available():
-        pytest.skip(
-            "no Go toolchain (go on PATH or /usr/local/go/bin/go): cannot build the Kubernetes control plane"
-        )
-    bin_dir = K8sTestbed.build()
-    tb = K8sTestbed(bin_dir)
-    tb.start()
-    try:
-        yield tb
-    finally:
-        tb.stop()
-
-
-@pytest.fixture(scope="session")
-def api_client(testbed):
-    c = new_client_from_config(config_file=str(testbed.kubeconfig_path))
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="session")
-def core(api_client):
-    return k8s.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="session")
-def batch(api_client):
-    return k8s.BatchV1Api(api_client)
-
-
-@pytest.fixture(scope="session")
-def gpu_node(testbed):
-    name = "gpu-node-a"
-    testbed.add_gpu_node(name, gpus=2, labels={"tuneforge.dev/gpu-type": "h100"})
-    return name
-
-
-@pytest.fixture
-def namespace(testbed, core):
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    testbed.create_namespace(name)
-    yield name
-    core.delete_namespace(name, _request_timeout=10)
+from tests.operator.helpers import wait_for
 
 
 def gpu_job(name: str, gpus: int = 1, gpu_type: str = "h100", **spec: Any) -> k8s.V1Job:

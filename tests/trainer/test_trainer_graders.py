@@ -27,9 +27,7 @@ def test_gsm8k_regex_takes_last_number() -> None:
 def test_string_check_eq_and_contains() -> None:
     eq = make_match_reward(GraderSpec(type="string_check", reference_field="label"))
     assert eq([None, None], ["  Paris. ", "paris is it"], label=["paris", "Paris"]) == [1.0, 0.0]
-    contains = make_match_reward(
-        GraderSpec(type="string_check", reference_field="label", operation="contains")
-    )
+    contains = make_match_reward(GraderSpec(type="string_check", reference_field="label", operation="contains"))
     assert contains([None], ["I think Paris is it"], label=["paris"]) == [1.0]
 
 

@@ -23,9 +23,7 @@ class Collector:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                collector.requests.append(
-                    (self.path, self.headers.get("Authorization", ""), json.loads(body))
-                )
+                collector.requests.append((self.path, self.headers.get("Authorization", ""), json.loads(body)))
                 self.send_response(collector.status)
                 self.end_headers()
                 self.wfile.write(b"{}")

@@ -32,7 +32,7 @@ def test_sft_lora_end_to_end(make_job, tiny_model: Path) -> None:
         for key in ("learning_rate", "tokens_per_second", "eta_seconds", "epoch"):
             assert key in m, key
     valid = [e["data"] for e in result.of("metrics") if "valid_loss" in e["data"]]
-    assert [m["step"] for m in valid] == [4, 8, 12]
+    assert [m["step"] for m in valid] == [0, 4, 8, 12]  # step 0: the base model, before training
 
     checkpoints = result.of("checkpoint")
     assert [c["data"]["step"] for c in checkpoints] == [4, 8, 12]
@@ -52,9 +52,7 @@ def test_sft_lora_end_to_end(make_job, tiny_model: Path) -> None:
     assert data["model_prefix"] == "jobs/ftjob-test/model"
     assert data["trained_tokens"] == train_metrics[-1]["trained_tokens"] > 0
     model_dir = job.job_dir / "model"
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "manifest.json"} <= set(
-        data["files"]
-    )
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "manifest.json"} <= set(data["files"])
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["job_id"] == "ftjob-test" and manifest["adapter"] == "lora"
     assert manifest["base_model"] == str(tiny_model)

@@ -205,10 +205,15 @@ def pod_outcome(pod: Mapping[str, Any]) -> Outcome:
 # --------------------------------------------------------------------------- observation
 
 
+#: reasons that stay while the Job replaces a pod that is already gone (evicted pods are deleted)
+STICKY_REASONS = frozenset({"Preempted", "Retrying", "JobRecreated", "Resuming"})
+
+
 def observe(cr: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
             attempts: int) -> Observation:
     """The phase a FineTuneJob is in, judged from its (existing, owned) Job and pods."""
     spec = cr.get("spec") or {}
+    prior = _status(cr)
     job_spec = job.get("spec") or {}
     pods = _sorted(pods)
     ended = [p for p in pods if _ended(p) and _status(p).get("phase") != "Succeeded"]
@@ -261,6 +266,10 @@ def observe(cr: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mappin
         if last is not None:
             reason = "Resumed" if last.preempted else "Retrying"
             return Observation("Running", reason, f"{where} (attempt {attempts}); before: {last.message}")
+        if attempts > 1:  # the previous pod is gone: evicted, preempted or deleted (failed pods are kept)
+            before = prior.get("message") if prior.get("reason") in STICKY_REASONS else None
+            return Observation("Running", "Resumed", f"{where} (attempt {attempts}); before: "
+                               f"{before or 'the previous pod was deleted (evicted, preempted or drained)'}")
         return Observation("Running", "PodRunning", where)
     if active:
         pod = active[-1]
@@ -288,6 +297,11 @@ def observe(cr: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mappin
             return Observation("Queued", "Preempted",
                                f"{last.message}; a new pod will resume from the latest checkpoint")
         return Observation("Queued", "Retrying", f"{last.message}; retrying")
+    if attempts > 0:
+        if prior.get("reason") in STICKY_REASONS:
+            return Observation("Queued", str(prior["reason"]), str(prior.get("message") or ""))
+        return Observation("Queued", "Preempted", "The trainer pod was deleted (evicted, preempted or drained); "
+                                                  "a new pod will resume from the latest checkpoint")
     name = _meta(job).get("name")
     return Observation("Queued", "JobCreated", f"Job {name} created; waiting for its pod")
 

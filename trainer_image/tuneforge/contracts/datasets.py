@@ -347,10 +347,12 @@ def read_rows(lines: Iterable[bytes | str]) -> tuple[str, list[dict[str, Any]]]:
     """Parse an already-validated file into canonical rows (the trainer's entry point)."""
     texts = [(n, _decode(raw)) for n, raw in enumerate(lines, start=1)]
     texts = [(n, t) for n, t in texts if t.strip()]
-    try:
-        objects = [(n, json.loads(t)) for n, t in texts]
-    except json.JSONDecodeError as exc:
-        raise InvalidLine(f"not valid JSON: {exc}") from exc
+    objects = []
+    for lineno, text in texts:
+        try:
+            objects.append((lineno, json.loads(text)))
+        except json.JSONDecodeError as exc:
+            raise InvalidLine(f"line {lineno}: not valid JSON: {exc.msg} at column {exc.colno}") from exc
     fmt = decide_format(obj for _, obj in objects[:LOOKAHEAD])
     rows = []
     for lineno, obj in objects:

@@ -133,8 +133,10 @@ class ObjectStore(abc.ABC):
             paths.append(dest)
         return paths
 
-    def presigned_url(self, key: str, expires_in: int) -> str | None:
-        """A time-limited GET URL, or None when the backend cannot make one (the service serves it)."""
+    def presigned_url(self, key: str, expires_in: int | None = None) -> str | None:
+        """A time-limited GET URL, or None when the backend cannot make one (the service serves it).
+
+        ``expires_in`` seconds; None: the backend's short default."""
         return None
 
 

@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError, check_key
 
 log = logging.getLogger(__name__)
@@ -140,13 +142,15 @@ def _b64_crc32(crc: int) -> str:
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
-def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
-    """Up to ``n`` bytes: fewer only at end of stream (streams may return short reads)."""
-    first = read(n)
-    if not first or len(first) >= n:
-        return first or b""
-    chunks = [first]
-    got = len(first)
+def _read_exact(read: Callable[[int], bytes], n: int, head: bytes = b"") -> bytes:
+    """``head`` and then bytes from ``read`` up to ``n`` in all: fewer only at end of stream (streams may return
+    short reads)."""
+    if not head:
+        head = read(n) or b""
+        if not head or len(head) >= n:
+            return head
+    chunks = [head]
+    got = len(head)
     while got < n:
         chunk = read(n - got)
         if not chunk:
@@ -358,11 +362,12 @@ class S3Store(ObjectStore):
         return self.put_stream(key, io.BytesIO(data), len(data))
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> int:
+        self._full(key)
         with open(path, "rb") as fh:
             return self.put_stream(key, fh, os.fstat(fh.fileno()).st_size)
 
     def _get(self, key: str) -> tuple[Any, int]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}  # ValueError before any request
         if self.settings.checksum != "off":
             args["ChecksumMode"] = "ENABLED"
         try:
@@ -376,8 +381,9 @@ class S3Store(ObjectStore):
         return cast(BinaryIO, _Reader(body, key, self._where(key), length))
 
     def stat(self, key: str) -> ObjectInfo:
+        full = self._full(key)
         try:
-            response = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+            response = self._client.head_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             raise self._error("HEAD", key, exc) from exc
         return ObjectInfo(key=key, size=int(response["ContentLength"]))
@@ -395,8 +401,9 @@ class S3Store(ObjectStore):
             raise self._error("LIST", prefix, exc) from exc
 
     def delete(self, key: str) -> None:
+        full = self._full(key)
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+            self._client.delete_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             err = self._error("DELETE", key, exc)
             if not isinstance(err, ObjectNotFound):
@@ -586,11 +593,13 @@ class S3Store(ObjectStore):
             finally:
                 self._slots.release()
             return len(first)
-        return self._multipart(key, read, size_hint, first, carry)
+        holder = [first]
+        del first  # the multipart loop owns the first part now: no second reference keeps it in memory
+        return self._multipart(key, read, size_hint, holder, carry)
 
-    def _multipart(self, key: str, read: Callable[[int], bytes], size_hint: int | None, first: bytes,
+    def _multipart(self, key: str, read: Callable[[int], bytes], size_hint: int | None, holder: builtins.list[bytes],
                    carry: bytes) -> int:
-        """Upload ``first`` (holding one slot), then the rest of the stream, as one multipart upload."""
+        """Upload ``holder``'s first part (holding one slot), then the rest of the stream, as one multipart upload."""
         full = self._full(key)
         create: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
         if self.settings.checksum != "off":
@@ -603,7 +612,7 @@ class S3Store(ObjectStore):
         mpu = _Multipart(key=full, upload_id=upload_id)
         holding = True  # this thread holds a slot for ``data`` until it hands it to a part upload
         try:
-            data, eof, part_number = first, False, 1
+            data, eof, part_number = holder.pop(), False, 1
             while True:
                 mpu.crc = zlib.crc32(data, mpu.crc)
                 mpu.size += len(data)
@@ -624,7 +633,7 @@ class S3Store(ObjectStore):
                 self._slots.acquire()
                 holding = True
                 size = self._part_size(size_hint, part_number)
-                data = carry + _read_exact(read, size - len(carry))  # carry is never empty here
+                data = _read_exact(read, size, head=carry)  # carry is never empty here
                 carry = read(1) if len(data) == size else b""
                 eof = not carry
             parts = [f.result() for f in mpu.futures]
@@ -636,9 +645,9 @@ class S3Store(ObjectStore):
                 fut.cancel()
             wait(mpu.futures)
             self._abort(mpu)
-            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
-                raise
-            raise self._error("PUT", key, exc) from exc
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise self._error("PUT", key, exc) from exc
+            raise  # the source stream's own errors, StoreErrors, interrupts: as they are
         return mpu.size
 
     def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> dict[str, Any]:

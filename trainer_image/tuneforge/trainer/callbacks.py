@@ -80,9 +80,7 @@ def rename_metrics(logs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 class ProgressCallback(TrainerCallback):
     """Reports ``status`` at the start and one ``metrics`` event per logging step / evaluation."""
 
-    def __init__(
-        self, reporter: ProgressReporter, device: DeviceInfo, flops_per_token: float | None = None
-    ) -> None:
+    def __init__(self, reporter: ProgressReporter, device: DeviceInfo, flops_per_token: float | None = None) -> None:
         self.reporter = reporter
         self.device = device
         self.flops_per_token = flops_per_token
@@ -99,9 +97,7 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.reporter.status(
-            "running", f"Training started: {state.max_steps} steps", total_steps=state.max_steps
-        )
+        self.reporter.status("running", f"Training started: {state.max_steps} steps", total_steps=state.max_steps)
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -113,9 +109,7 @@ class ProgressCallback(TrainerCallback):
             self._step_start = state.global_step
             self._tokens_prev = int(state.num_input_tokens_seen or 0)
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._t_step is not None:
             self._busy += time.perf_counter() - self._t_step
             self._t_step = None
@@ -137,9 +131,7 @@ class ProgressCallback(TrainerCallback):
         if valid:
             self.last_valid = valid
             parts = ", ".join(f"{k}={valid[k]:.4f}" for k in MESSAGE_KEYS if k in valid) or "evaluated"
-            self.reporter.emit(
-                "metrics", f"Step {state.global_step}/{state.max_steps}: {parts}", **base, **valid
-            )
+            self.reporter.emit("metrics", f"Step {state.global_step}/{state.max_steps}: {parts}", **base, **valid)
         if "train_loss" not in train and "mean_reward" not in train:
             return
         now = time.perf_counter()
@@ -163,9 +155,7 @@ class ProgressCallback(TrainerCallback):
         self.last_train = train
         loss = train.get("train_loss", train.get("mean_reward"))
         label = "training loss" if "train_loss" in train else "mean reward"
-        self.reporter.emit(
-            "metrics", f"Step {state.global_step}/{state.max_steps}: {label}={loss:.4f}", **data
-        )
+        self.reporter.emit("metrics", f"Step {state.global_step}/{state.max_steps}: {label}={loss:.4f}", **data)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -193,18 +183,14 @@ class CheckpointCallback(TrainerCallback):
         self.saved_steps: list[int] = []
         self.stopped_for_preemption = False
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.preempt.requested and not self.stopped_for_preemption:
             self.stopped_for_preemption = True
             control.should_log = True
             control.should_save = True
             control.should_training_stop = True
 
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         step = state.global_step
         local = Path(str(args.output_dir)) / f"checkpoint-{step}"
         if not local.is_dir():

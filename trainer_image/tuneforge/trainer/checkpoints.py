@@ -104,9 +104,7 @@ def download_checkpoint(store: ObjectStore, ckpt: CheckpointInfo, dest: Path) ->
     for entry in ckpt.manifest.files:
         path = dest / entry.name
         if not path.resolve().is_relative_to(dest.resolve()):
-            raise TrainerError(
-                f"checkpoint step {ckpt.step}: file name {entry.name!r} escapes the checkpoint"
-            )
+            raise TrainerError(f"checkpoint step {ckpt.step}: file name {entry.name!r} escapes the checkpoint")
         store.download_file(f"{ckpt.prefix}/{entry.name}", path)
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
             raise TrainerError(f"checkpoint step {ckpt.step}: {entry.name} does not match its manifest")
@@ -117,9 +115,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def apply_retention(
-    store: ObjectStore, output_prefix: str, keep_last: int, metric: str = "valid_loss"
-) -> list[int]:
+def apply_retention(store: ObjectStore, output_prefix: str, keep_last: int, metric: str = "valid_loss") -> list[int]:
     """Keep the last ``keep_last`` complete checkpoints and the best one by ``metric`` (lower is better);
     delete the rest, and any incomplete step directory older than the newest complete one. Returns the
     deleted steps."""
@@ -142,9 +138,7 @@ def apply_retention(
         if step in keep or step > newest:
             continue
         prefix = f"{base}step-{step}"
-        store.delete(
-            f"{prefix}/{MARKER}"
-        )  # unmark first: a half-deleted checkpoint is incomplete, not corrupt
+        store.delete(f"{prefix}/{MARKER}")  # unmark first: a half-deleted checkpoint is incomplete, not corrupt
         store.delete_prefix(prefix + "/")
         deleted.append(step)
     return deleted

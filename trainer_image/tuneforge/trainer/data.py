@@ -24,9 +24,7 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def load_dataset_rows(
-    store: ObjectStore, ref: DatasetRef, method: str, role: str
-) -> tuple[str, list[dict[str, Any]]]:
+def load_dataset_rows(store: ObjectStore, ref: DatasetRef, method: str, role: str) -> tuple[str, list[dict[str, Any]]]:
     """Read and normalise one data file; ``role`` is ``training`` or ``validation`` (for messages)."""
     try:
         raw = store.get_bytes(ref.key)
@@ -39,8 +37,7 @@ def load_dataset_rows(
     allowed = METHOD_FORMATS.get(method, ())
     if fmt not in allowed:
         raise BadInput(
-            f"{role} file {ref.file_id} is in {fmt} format, "
-            f"but method {method!r} needs {' or '.join(allowed)} data"
+            f"{role} file {ref.file_id} is in {fmt} format, but method {method!r} needs {' or '.join(allowed)} data"
         )
     return fmt, rows
 
@@ -73,9 +70,7 @@ def _chat_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, li
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
             continue
-        before = tokenizer.apply_chat_template(
-            _plain(messages[:i]), tokenize=False, add_generation_prompt=True
-        )
+        before = tokenizer.apply_chat_template(_plain(messages[:i]), tokenize=False, add_generation_prompt=True)
         through = tokenizer.apply_chat_template(_plain(messages[: i + 1]), tokenize=False)
         if full.startswith(before) and full.startswith(through) and len(through) > len(before):
             spans.append((len(before), len(through)))
@@ -95,9 +90,7 @@ def _chat_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, li
     return full, spans
 
 
-def _labels_from_offsets(
-    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
-) -> list[int]:
+def _labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
     labels = []
     for tok, (start, end) in zip(ids, offsets, strict=True):
         inside = any(a <= start < b or (start == end and a < end <= b) for a, b in spans)

@@ -11,6 +11,7 @@ trainers on one machine) is reported on stderr and training goes on without the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -90,12 +91,18 @@ class TrainerMetrics:
         for key, name, help_ in PROGRESS_GAUGES:
             if key in latest:
                 gauge(name, help_, [(job, latest[key])])
-        gauge("tuneforge_trainer_uptime_seconds", "Seconds since the trainer started",
-              [(job, round(time.time() - self.started, 3))])
+        gauge(
+            "tuneforge_trainer_uptime_seconds",
+            "Seconds since the trainer started",
+            [(job, round(time.time() - self.started, 3))],
+        )
         rss = _resident_bytes()
         if rss is not None:
-            gauge("tuneforge_trainer_process_resident_memory_bytes", "Resident memory of the trainer process",
-                  [(job, float(rss))])
+            gauge(
+                "tuneforge_trainer_process_resident_memory_bytes",
+                "Resident memory of the trainer process",
+                [(job, float(rss))],
+            )
         for name, help_, samples in _cuda_samples(job):
             gauge(name, help_, samples)
         return "\n".join(out) + "\n"
@@ -124,10 +131,8 @@ def _cuda_samples(job: str) -> list[tuple[str, str, list[tuple[str, float]]]]:
             reserved.append((labels, float(torch.cuda.memory_reserved(i))))
             peak.append((labels, float(torch.cuda.max_memory_allocated(i))))
             total.append((labels, float(torch.cuda.get_device_properties(i).total_memory)))
-            try:  # needs NVML (nvidia-ml-py); absent → no utilisation series
+            with contextlib.suppress(Exception):  # needs NVML (nvidia-ml-py); absent → no utilisation series
                 util.append((labels, float(torch.cuda.utilization(i)) / 100.0))
-            except Exception:
-                pass
     except Exception:
         return []
     return [

@@ -46,9 +46,7 @@ CONVERTED_MARKER = "tuneforge-model.json"
 
 
 def model_cache_dir() -> Path:
-    root = os.environ.get("TUNEFORGE_MODEL_CACHE") or os.path.join(
-        Path.home(), ".cache", "tuneforge", "models"
-    )
+    root = os.environ.get("TUNEFORGE_MODEL_CACHE") or os.path.join(Path.home(), ".cache", "tuneforge", "models")
     path = Path(root).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -26,18 +26,14 @@ def fix_adapter_config(directory: Path, base_model: str) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def publish_model(
-    store: ObjectStore, spec: JobSpec, directory: Path, extra: dict[str, Any] | None = None
-) -> list[str]:
+def publish_model(store: ObjectStore, spec: JobSpec, directory: Path, extra: dict[str, Any] | None = None) -> list[str]:
     """Upload every file, then the manifest; returns the published file names (manifest included)."""
     for name in SKIP:
         (directory / name).unlink(missing_ok=True)
     prefix = model_prefix(spec)
     store.delete_prefix(prefix + "/")  # a retried publish must not leave a stale manifest behind
     store.upload_dir(directory, prefix)
-    manifest = build_manifest(
-        directory, base_model=spec.base_model, adapter=spec.adapter.type, job_id=spec.job_id
-    )
+    manifest = build_manifest(directory, base_model=spec.base_model, adapter=spec.adapter.type, job_id=spec.job_id)
     body = json.loads(manifest.to_json())
     if extra:
         body.update(extra)

@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.storage import ObjectNotFound, ObjectStore, open_store
-from tuneforge.trainer.callbacks import CheckpointCallback, ProgressCallback
+from tuneforge.trainer.callbacks import MESSAGE_KEYS, CheckpointCallback, ProgressCallback, rename_metrics
 from tuneforge.trainer.checkpoints import CheckpointInfo, download_checkpoint, latest_complete
 from tuneforge.trainer.context import RunContext
 from tuneforge.trainer.data import load_dataset_rows
@@ -84,6 +84,15 @@ def _resume_point(ctx: RunContext) -> tuple[CheckpointInfo | None, Path | None]:
     local = download_checkpoint(ctx.store, ckpt, ctx.workdir / "resume" / f"checkpoint-{ckpt.step}")
     ctx.reporter.info(f"Resuming from the checkpoint at step {ckpt.step}")
     return ckpt, local
+
+
+def _baseline_eval(ctx: RunContext, trainer: Any) -> None:
+    """Validation metrics of the untouched base model (step 0), so every job shows what training bought."""
+    metrics = trainer.evaluate()
+    _, valid = rename_metrics(metrics)
+    if valid:
+        parts = ", ".join(f"{k}={valid[k]:.4f}" for k in MESSAGE_KEYS if k in valid)
+        ctx.reporter.emit("metrics", f"Before training: {parts}", step=0, **valid)
 
 
 def _describe(ctx: RunContext, built: Any) -> str:
@@ -166,6 +175,8 @@ def _run(
         after_upload=write_metrics,
     )
     trainer = built.trainer
+    if ckpt is None and ctx.valid_rows and not os.environ.get("TUNEFORGE_SKIP_BASELINE_EVAL"):
+        _baseline_eval(ctx, trainer)
     # HF's printer/progress-bar callbacks would write to stdout, which carries JSON events without a channel
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as BarCallback

@@ -1,10 +1,18 @@
-"""Live job progress in the terminal: a bar with step, loss and ETA, plus the job's messages."""
+"""Live job progress in the terminal: a bar with step, loss and ETA, plus the job's messages.
+
+Progress comes from the job's Server-Sent Events stream (``…/events/stream``): each event once, as it
+happens, resuming with ``Last-Event-ID`` after a dropped connection. Against a server without the stream
+it falls back to polling the JSON routes.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -20,8 +28,122 @@ def _fmt_eta(seconds: Any) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+class StreamUnavailable(Exception):
+    """The server has no event stream (an older version): poll instead."""
+
+
+def iter_stream(client: Client, job_id: str, *, heartbeat: float = 5.0, max_retries: int = 30,
+                status: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every event of the job once, oldest first, until the job ends (then ``status["final"]`` is set).
+    Reconnects with ``Last-Event-ID`` when the connection drops."""
+    last_id: str | None = None
+    retries = 0
+    path = f"/v1/fine_tuning/jobs/{job_id}/events/stream"
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        try:
+            with client.http.stream("GET", path, headers=headers, params={"heartbeat": heartbeat},
+                                    timeout=httpx.Timeout(30, read=max(30.0, heartbeat * 4))) as response:
+                if response.status_code in (404, 405) and last_id is None:
+                    response.read()
+                    client.get(f"/v1/fine_tuning/jobs/{job_id}")  # raises for a job that does not exist
+                    raise StreamUnavailable()
+                if response.status_code >= 400:
+                    response.read()
+                    client._json(response)  # raises APIError
+                data: list[str] = []
+                event_type, event_id = "message", None
+                for line in response.iter_lines():
+                    if line == "":
+                        if data:
+                            payload = json.loads("\n".join(data))
+                            if event_type == "end":
+                                if status is not None:
+                                    status["final"] = payload.get("status")
+                                return
+                            if event_id:
+                                last_id = event_id
+                            retries = 0
+                            yield payload
+                        data, event_type, event_id = [], "message", None
+                    elif line.startswith(":"):
+                        continue
+                    else:
+                        field, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if field == "data":
+                            data.append(value)
+                        elif field == "event":
+                            event_type = value
+                        elif field == "id":
+                            event_id = value
+        except (httpx.TransportError, httpx.RemoteProtocolError):
+            pass
+        retries += 1  # the connection dropped (or closed without the end): resume after the last event
+        if retries > max_retries:
+            raise RuntimeError(f"lost the event stream of {job_id} {max_retries} times in a row")
+        time.sleep(min(5.0, 0.5 * retries))
+
+
 def follow(client: Client, job_id: str, console: Console, poll: float = 1.0) -> dict[str, Any]:
     """Show progress until the job ends; returns the final job object."""
+    progress = _progress(console)
+    task = progress.add_task("queued", total=None, loss="-", tps="-", eta="--:--")
+    job = client.get(f"/v1/fine_tuning/jobs/{job_id}")
+    progress.update(task, description=job["status"])
+    state: dict[str, Any] = {}
+    try:
+        with progress:
+            for event in iter_stream(client, job_id, status=state):
+                data = event.get("data") or {}
+                if event.get("type") == "metrics":
+                    _apply_metrics(progress, task, data)
+                    if not console.is_terminal:  # no live bar in a log file: one line per report
+                        progress.console.print(_metrics_line(data))
+                    continue
+                if isinstance(data.get("status"), str):
+                    progress.update(task, description=data["status"])
+                    if data["status"] != "running":
+                        progress.update(task, eta="--:--")
+                style = "red" if event["level"] == "error" else "yellow" if event["level"] == "warn" else "dim"
+                progress.console.print(f"[{style}]{event['message']}")
+    except StreamUnavailable:
+        return _follow_polling(client, job_id, console, poll)
+    return dict(client.get(f"/v1/fine_tuning/jobs/{job_id}"))
+
+
+def _apply_metrics(progress: Progress, task: Any, data: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {}
+    if isinstance(data.get("total_steps"), int | float):
+        fields["total"] = data["total_steps"]
+    if isinstance(data.get("step"), int | float):
+        fields["completed"] = data["step"]
+    if isinstance(data.get("train_loss"), int | float):
+        fields["loss"] = f"{data['train_loss']:.4f}"
+    if isinstance(data.get("tokens_per_second"), int | float):
+        fields["tps"] = f"{data['tokens_per_second']:.0f}"
+    if isinstance(data.get("eta_seconds"), int | float):
+        fields["eta"] = _fmt_eta(data["eta_seconds"])
+    progress.update(task, description="running", **fields)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _follow_polling(client: Client, job_id: str, console: Console, poll: float = 1.0) -> dict[str, Any]:
+    """For servers without the event stream: poll the job and its events."""
     seen: set[str] = set()
     progress = Progress(
         TextColumn("[bold]{task.description}"),

@@ -57,6 +57,15 @@ class ExecutorSettings:
     model_cache: Path = Path()
     kube_namespace: str = "default"
     kube_image: str = "tuneforge/trainer:latest"
+    #: kubeconfig file; empty: $KUBECONFIG, else the in-cluster service account, else ~/.kube/config
+    kubeconfig: str = ""
+    #: Secret whose keys become the trainer pods' environment (object-store settings and credentials)
+    kube_storage_secret: str = ""
+    #: GPUs per pod when a job's request does not say (resources.gpus = 0)
+    kube_default_gpus: int = 1
+    #: Kueue LocalQueue for the jobs (empty: no Kueue) and their PriorityClass
+    kube_queue_name: str = ""
+    kube_priority_class: str = ""
 
 
 @dataclass
@@ -111,6 +120,11 @@ class Settings:
                 model_cache=Path(_env("TUNEFORGE_MODEL_CACHE", str(cache / "models"))).expanduser(),
                 kube_namespace=_env("TUNEFORGE_KUBE_NAMESPACE", "default"),
                 kube_image=_env("TUNEFORGE_KUBE_IMAGE", "tuneforge/trainer:latest"),
+                kubeconfig=_env("TUNEFORGE_KUBECONFIG", ""),
+                kube_storage_secret=_env("TUNEFORGE_KUBE_STORAGE_SECRET", ""),
+                kube_default_gpus=_env_int("TUNEFORGE_KUBE_DEFAULT_GPUS", 1),
+                kube_queue_name=_env("TUNEFORGE_KUBE_QUEUE", ""),
+                kube_priority_class=_env("TUNEFORGE_KUBE_PRIORITY_CLASS", ""),
             ),
             limits=LimitSettings(
                 max_upload_bytes=_env_int("TUNEFORGE_MAX_UPLOAD_BYTES", 1 << 30),

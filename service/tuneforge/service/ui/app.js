@@ -138,13 +138,15 @@
     const pct = isNum(p.step) && isNum(p.total_steps) && p.total_steps > 0 ? Math.min(100, 100 * p.step / p.total_steps) : (job.status === 'succeeded' ? 100 : 0);
     const badge = el('span');
     statusBadge(badge, job.status);
+    const bar = el('div', { class: 'bar' });
+    bar.style.width = pct.toFixed(1) + '%';  // CSSOM, not a style attribute: the page's CSP forbids those
     return el('tr', { 'data-job-id': job.id },
       el('td', null, el('a', { href: '#/jobs/' + encodeURIComponent(job.id) }, job.id)),
       el('td', { title: job.model }, shortModel(job.model)),
       el('td', null, methodOf(job)),
       el('td', null, badge),
       el('td', null,
-        el('div', { class: 'mini-progress' }, el('div', { class: 'bar', style: 'width:' + pct.toFixed(1) + '%' })),
+        el('div', { class: 'mini-progress' }, bar),
         el('span', { class: 'small muted' }, isNum(p.step) ? p.step + (isNum(p.total_steps) ? '/' + p.total_steps : '') : '')),
       el('td', null, fmtNum(p.train_loss)),
       el('td', { class: 'small' }, fmtTime(job.created_at)));

@@ -15,8 +15,7 @@ def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def to_trl_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Canonical preference rows → TRL's conversational explicit-prompt format."""
     return [
-        {"prompt": _plain(r["prompt"]), "chosen": _plain(r["chosen"]), "rejected": _plain(r["rejected"])}
-        for r in rows
+        {"prompt": _plain(r["prompt"]), "chosen": _plain(r["chosen"]), "rejected": _plain(r["rejected"])} for r in rows
     ]
 
 

@@ -35,9 +35,7 @@ def _report_tokenized(ctx: RunContext, tok: Tokenized, role: str) -> None:
     if tok.truncated:
         ctx.reporter.warn(f"{tok.truncated} {role} examples were longer than max_length and were truncated")
     if tok.dropped:
-        ctx.reporter.warn(
-            f"{tok.dropped} {role} examples had no trainable tokens within max_length and were skipped"
-        )
+        ctx.reporter.warn(f"{tok.dropped} {role} examples had no trainable tokens within max_length and were skipped")
 
 
 def model_dtype(ctx: RunContext) -> Any:

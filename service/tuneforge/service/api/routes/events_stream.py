@@ -21,10 +21,10 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -83,7 +83,18 @@ class _Reader:
             return status, frames, len(rows) == BATCH
 
 
-async def _stream(reader: _Reader, heartbeat: float, retry_ms: int) -> AsyncIterator[bytes]:
+async def _stream(reader: _Reader, heartbeat: float, retry_ms: int, gauge: Any = None) -> AsyncIterator[bytes]:
+    if gauge is not None:
+        gauge.inc()
+    try:
+        async for chunk in _frames(reader, heartbeat, retry_ms):
+            yield chunk
+    finally:
+        if gauge is not None:
+            gauge.dec()
+
+
+async def _frames(reader: _Reader, heartbeat: float, retry_ms: int) -> AsyncIterator[bytes]:
     yield f"retry: {retry_ms}\n\n".encode()
     seen_version = -1
     last_db = 0.0
@@ -124,6 +135,7 @@ async def _stream(reader: _Reader, heartbeat: float, retry_ms: int) -> AsyncIter
 )
 async def stream_events(
     job_id: str,
+    request: Request,
     repo: RepoDep,
     state: StateDep,
     last_event_id: Annotated[str | None, Header(max_length=128)] = None,
@@ -133,7 +145,8 @@ async def stream_events(
     job = await run_in_threadpool(repo.get_job, job_id)  # 404 before the stream starts
     reader = _Reader(state, repo.tenant_id, job.id, last_event_id or after)
     return StreamingResponse(
-        _stream(reader, heartbeat, retry_ms=2000),
+        _stream(reader, heartbeat, retry_ms=2000, gauge=getattr(getattr(request.app.state, "metrics", None),
+                                                                 "streams", None)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,160 @@
+"""Every training method on the bundled SmolLM2-135M-Instruct, straight through the trainer (no service).
+
+    PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 python examples/trainer_methods.py sft
+    ... dpo | reward | grpo        (add --rows/--valid-rows/--steps to trade time for quality)
+
+Each run writes a JobSpec over a local object store, runs ``python -m tuneforge.trainer`` and prints the
+held-out figures before training (step 0, the base model) and after:
+
+- ``sft``: GSM8K (question → answer), validation loss and token accuracy on GSM8K test questions;
+- ``dpo``: HH-RLHF harmless-base pairs, validation preference accuracy and reward margin;
+- ``reward``: the same pairs, pairwise accuracy of the reward model on held-out pairs;
+- ``grpo``: GSM8K prompts, regex grader on the number after ``####``, mean reward on held-out prompts.
+
+Through the REST API the same jobs are ``method.type`` supervised / dpo / reward_model / reinforcement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TUNEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+PYTHONPATH = os.pathsep.join(str(REPO / p) for p in ("service", "operator", "trainer_image"))
+GSM8K_GRADER = {
+    "type": "regex",
+    "reference_field": "answer",
+    "pattern": r"(-?[\d,]*\.?\d+)",
+    "reference_pattern": r"####\s*(-?[\d,]*\.?\d+)",
+}
+
+
+def gsm8k(split: str, n: int) -> list[dict[str, Any]]:
+    with open(DATA / "gsm8k" / f"{split}.jsonl") as fh:
+        return [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
+
+
+def hh_pairs(n: int, offset: int) -> list[dict[str, Any]]:
+    with gzip.open(DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
+        lines = [json.loads(line) for line in fh]
+    # the trainer accepts whole HH-RLHF dialogues directly: {"chosen": "...", "rejected": "..."}
+    return [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in lines[offset : offset + n]]
+
+
+def build(method: str, rows: int, valid_rows: int) -> tuple[dict[str, Any], list[Any], list[Any], str]:
+    if method == "sft":
+
+        def chat(r: dict[str, Any]) -> dict[str, Any]:
+            return {"messages": [{"role": "user", "content": r["question"]},
+                                 {"role": "assistant", "content": r["answer"]}]}  # fmt: skip
+
+        return (
+            {"type": "supervised"},
+            [chat(r) for r in gsm8k("train", rows)],
+            [chat(r) for r in gsm8k("test", valid_rows)],
+            "chat",
+        )
+    if method in ("dpo", "reward"):
+        kind = {"type": "dpo"} if method == "dpo" else {"type": "reward_model"}
+        return kind, hh_pairs(rows, 0), hh_pairs(valid_rows, 2000), "preference"
+    if method == "grpo":
+
+        def prompt(r: dict[str, Any]) -> dict[str, Any]:
+            content = r["question"] + "\nEnd your answer with '#### <number>'."
+            return {"prompt": [{"role": "user", "content": content}], "answer": r["answer"]}
+
+        return (
+            {"type": "reinforcement", "algorithm": "grpo", "grader": GSM8K_GRADER},
+            [prompt(r) for r in gsm8k("train", rows)],
+            [prompt(r) for r in gsm8k("test", valid_rows)],
+            "prompt_only",
+        )
+    raise SystemExit(f"unknown method {method!r}")
+
+
+HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "sft": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 512},
+    "dpo": {"n_epochs": 1, "batch_size": 4, "learning_rate": 5e-5, "max_length": 384, "beta": 0.1},
+    "reward": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "max_length": 384},
+    "grpo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-5, "max_length": 512, "num_generations": 4,
+             "max_completion_length": 96, "kl_coef": 0.0, "temperature": 1.0},
+}  # fmt: skip
+DEFAULT_ROWS = {"sft": (96, 32), "dpo": (64, 64), "reward": (128, 64), "grpo": (16, 8)}
+HEADLINE = {
+    "sft": ("valid_loss", "valid_mean_token_accuracy"),
+    "dpo": ("valid_preference_accuracy", "valid_reward_margin", "valid_loss"),
+    "reward": ("valid_preference_accuracy", "valid_loss"),
+    "grpo": ("valid_mean_reward",),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("method", choices=sorted(HYPERPARAMETERS))
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--valid-rows", type=int)
+    parser.add_argument("--steps", type=int, default=-1, help="max optimizer steps (default: one epoch)")
+    parser.add_argument("--keep", help="keep the store in this directory")
+    ns = parser.parse_args()
+    rows, valid_rows = DEFAULT_ROWS[ns.method]
+    kind, train, valid, fmt = build(ns.method, ns.rows or rows, ns.valid_rows or valid_rows)
+    root = Path(ns.keep or tempfile.mkdtemp(prefix=f"tuneforge-example-{ns.method}-"))
+    store = root / "store"
+    (store / "files").mkdir(parents=True, exist_ok=True)
+    for name, data in (("train", train), ("valid", valid)):
+        (store / "files" / name).write_text("".join(json.dumps(r) + "\n" for r in data))
+    job_id = f"ftjob-example-{ns.method}"
+    spec = {
+        "job_id": job_id,
+        "tenant_id": "example",
+        "method": kind,
+        "base_model": ns.model,
+        "training_file": {"file_id": "train", "key": "files/train", "format": fmt, "rows": len(train)},
+        "validation_file": {"file_id": "valid", "key": "files/valid", "format": fmt, "rows": len(valid)},
+        "hyperparameters": {**HYPERPARAMETERS[ns.method], "max_steps": ns.steps, "checkpoint_every_steps": 0},
+        "storage_url": store.as_uri(),
+        "output_prefix": f"jobs/{job_id}",
+        "seed": 42,
+    }
+    spec_path = root / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.trainer", "--spec", str(spec_path)], env=env, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first: dict[str, Any] = {}
+    last: dict[str, Any] = {}
+    for line in proc.stdout:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        print(f"[{event['kind']}] {event['message']}", flush=True)
+        data = event.get("data", {})
+        if event["kind"] == "metrics" and any(k.startswith("valid_") for k in data):
+            if data.get("step") == 0:
+                first = data
+            last = data
+    if proc.wait() != 0:
+        return proc.returncode
+    print(f"\n{ns.method} on {ns.model}: {len(train)} training rows, {len(valid)} held-out rows")
+    for key in HEADLINE[ns.method]:
+        if key in first and key in last:
+            print(f"  {key:28} base {first[key]:.4f} -> tuned {last[key]:.4f}")
+    print(f"tuned model: {store / spec['output_prefix'] / 'model'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

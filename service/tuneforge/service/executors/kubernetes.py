@@ -1,0 +1,520 @@
+"""Kubernetes executor: every job becomes a ``FineTuneJob`` custom resource; the operator runs it as pods.
+
+The service never talks to pods. It
+
+* submits: a per-job progress-token Secret (owned by the CR) and the FineTuneJob (name = job id, labels job id
+  and tenant, spec = the stored JobSpec with an empty token + scheduling), then marks the job ``queued``;
+* watches FineTuneJobs (list, then watch from the list's resourceVersion; after a watch error, an expired
+  resourceVersion or an apiserver restart it lists again, with back-off) and maps their status onto the job:
+  ``Queued``/``Suspended`` -> queued, ``Running`` -> running, ``Succeeded`` -> :func:`finish_job` (exit 0: the
+  model's manifest must be in the store), ``Failed`` -> failed with the operator's reason and message,
+  ``Cancelled`` -> cancelled. Pod trouble the user should know about (unschedulable, image pull, preempted)
+  becomes a warning event;
+* cancels by setting ``spec.cancel: true`` (the operator deletes the Job and its pods);
+* mirrors the trainer's progress (``status.progress``, ``status.lastCheckpoint``) into the FineTuneJob so
+  ``kubectl get finetunejobs`` shows it.
+
+The trainer's own events still arrive over the progress channel. The token is per job (not per attempt: a
+retried pod reads the same Secret), and never stored in the FineTuneJob.
+
+Kubernetes access: ``TUNEFORGE_KUBECONFIG`` (settings.executor.kubeconfig), else ``$KUBECONFIG``, else the
+in-cluster service account, else ``~/.kube/config``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.operator import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_JOB_ID,
+    LABEL_MANAGED_BY,
+    LABEL_TENANT,
+    PLURAL,
+    TERMINAL_PHASES,
+    VERSION,
+)
+from tuneforge.service.core.config import Settings
+from tuneforge.service.core.security import hash_secret, new_job_token
+from tuneforge.service.db.models import Checkpoint, Job, JobEvent
+from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.finish import finish_job
+from tuneforge.service.domain.lifecycle import TERMINAL, add_event, transition
+from tuneforge.service.executors.base import Executor
+from tuneforge.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+MANAGED_BY = "tuneforge-service"
+TOKEN_KEY = "token"
+REQUEST_TIMEOUT = 15
+#: the apiserver ends each watch after this long; the executor re-watches from the last resourceVersion
+WATCH_SECONDS = 60
+MAX_BACKOFF = 5.0
+PROGRESS_PUSH_SECONDS = 2.0
+#: CR reasons worth a warning event on a queued job (the user is waiting and should know why)
+NOTABLE_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ContainerConfigError", "WaitingForAdmission",
+                             "Suspended", "Preempted", "Retrying", "JobRecreated"})
+#: CR failure reasons -> the job's ``error.code``
+ERROR_CODES = {
+    "BadInput": "invalid_training_file",
+    "OOMKilled": "out_of_memory",
+    "DeadlineExceeded": "deadline_exceeded",
+    "Unschedulable": "unschedulable",
+    "ImagePullBackOff": "image_pull_error",
+    "InvalidSpec": "executor_error",
+}
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def label_value(value: str) -> str:
+    return _LABEL_VALUE.sub("-", value)[:63].strip("-_.")
+
+
+def token_secret_name(job_id: str) -> str:
+    return f"{job_id}-progress-token"
+
+
+def build_finetunejob(job: Job, settings: Settings) -> JSON:
+    """The FineTuneJob for ``job`` (pure). The JobSpec's progress token is emptied: pods read the Secret."""
+    ex = settings.executor
+    jobspec = dict(job.spec)
+    progress = dict(jobspec.get("progress") or {})
+    progress["url"] = progress.get("url") or settings.server.base_url
+    progress["token"] = ""
+    jobspec["progress"] = progress
+    resources = dict(job.resources or {})
+    gpus = int(resources.get("gpus") or 0) or ex.kube_default_gpus
+    scheduling: JSON = {"gpus": gpus, "nodes": int(resources.get("nodes") or 1)}
+    if resources.get("gpu_type"):
+        scheduling["gpuType"] = str(resources["gpu_type"])
+    if ex.kube_queue_name:
+        scheduling["queueName"] = ex.kube_queue_name
+    if ex.kube_priority_class:
+        scheduling["priorityClassName"] = ex.kube_priority_class
+    spec: JSON = {
+        "jobSpec": jobspec,
+        "image": ex.kube_image,
+        "scheduling": scheduling,
+        "progressTokenSecret": {"name": token_secret_name(job.id), "key": TOKEN_KEY},
+        # the cluster retries real failures itself; preemptions are retried without counting
+        "backoffLimit": max(0, ex.max_attempts - 1),
+    }
+    if ex.kube_storage_secret:
+        spec["storageSecret"] = ex.kube_storage_secret
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": job.id,
+            "namespace": ex.kube_namespace,
+            "labels": {LABEL_JOB_ID: label_value(job.id), LABEL_TENANT: label_value(job.tenant_id),
+                       LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "spec": spec,
+    }
+
+
+def progress_text(progress: Mapping[str, Any] | None) -> str | None:
+    """``120/300 (40%)`` from the job's live progress, or None before the first step."""
+    progress = progress or {}
+    step, total = progress.get("step"), progress.get("total_steps")
+    if not isinstance(step, int):
+        return None
+    if isinstance(total, int) and total > 0:
+        return f"{step}/{total} ({min(100, round(100 * step / total))}%)"
+    return f"step {step}"
+
+
+def load_api_client(kubeconfig: str = "") -> client.ApiClient:
+    path = kubeconfig or os.environ.get("KUBECONFIG", "")
+    if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=path or None, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+class _Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class KubernetesExecutor(Executor):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore,
+                 api_client: client.ApiClient | None = None) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.namespace = settings.executor.kube_namespace
+        self._api_client = api_client
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._cancels: set[str] = set()
+        self._pushed: dict[str, tuple[Any, ...]] = {}
+        self._last_push = 0.0
+        self._signatures: dict[str, tuple[Any, ...]] = {}
+        #: set while a watch is open (tests wait on it); ``relists`` counts (re)connections
+        self.watching = threading.Event()
+        self.relists = 0
+        self._response: Any = None
+        self.custom: client.CustomObjectsApi | None = None
+        self.core: client.CoreV1Api | None = None
+
+    # -- lifecycle --
+    def start(self) -> None:
+        api = self._api_client or load_api_client(self.settings.executor.kubeconfig)
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self._stop.clear()
+        for target, name in ((self._loop, "tuneforge-k8s-executor"), (self._watch_loop, "tuneforge-k8s-watch")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop watching; the jobs keep running in the cluster and are picked up again on the next start."""
+        self._stop.set()
+        self._wake.set()
+        response = self._response
+        if response is not None:  # unblock the watch thread's read
+            with contextlib.suppress(Exception):
+                response.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._threads.clear()
+        self.watching.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            self._cancels.add(job_id)
+        self._wake.set()
+
+    # -- control loop: submit, cancel, mirror progress --
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the loop alive; the next tick retries
+                log.exception("kubernetes executor tick failed")
+            self._wake.wait(self.settings.executor.poll_interval_seconds)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        with self.sessions() as session:
+            for job in SystemRepo(session).jobs_with_status("validating_files"):
+                self._submit(session, job)
+        self._send_cancels()
+        if time.monotonic() - self._last_push >= PROGRESS_PUSH_SECONDS:
+            self._last_push = time.monotonic()
+            with self.sessions() as session:
+                for job in SystemRepo(session).jobs_with_status("running"):
+                    self._push_progress(session, job)
+
+    def _submit(self, session: Session, job: Job) -> None:
+        assert self.custom is not None and self.core is not None
+        refs = [job.spec["training_file"], job.spec.get("validation_file")]
+        missing = [r["file_id"] for r in refs if r and not self.store.exists(r["key"])]
+        if missing:
+            transition(session, job, "failed", f"Training file {missing[0]} is no longer available",
+                       error={"code": "invalid_training_file", "param": "training_file",
+                              "message": f"File {missing[0]} was deleted before the job started."})
+            return
+        manifest = build_finetunejob(job, self.settings)
+        try:
+            token = self._ensure_token_secret(job)
+            try:
+                created = self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                created = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job.id, _request_timeout=REQUEST_TIMEOUT)
+            self._own_secret(job.id, cast(JSON, created)["metadata"]["uid"])
+        except ApiException as exc:
+            if exc.status and 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 409, 429):
+                message = f"The cluster rejected the job: {_api_message(exc)}"
+                transition(session, job, "failed", message, error={"code": "executor_error", "message": message})
+                return
+            log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, _api_message(exc))
+            return
+        except Exception as exc:  # apiserver unreachable: stay validating_files, retry next tick
+            log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, exc)
+            return
+        job.token_hash = hash_secret(token)
+        transition(session, job, "queued", f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}")
+
+    def _ensure_token_secret(self, job: Job) -> str:
+        """Create the job's token Secret; if it exists (a submit interrupted earlier), reuse its token."""
+        assert self.core is not None
+        name = token_secret_name(job.id)
+        token = new_job_token()
+        body: Any = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "labels": {LABEL_JOB_ID: label_value(job.id), LABEL_MANAGED_BY: MANAGED_BY}},
+            "stringData": {TOKEN_KEY: token},
+        }
+        try:
+            self.core.create_namespaced_secret(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            return token
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.core.read_namespaced_secret(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+        return base64.b64decode((existing.data or {})[TOKEN_KEY]).decode()
+
+    def _own_secret(self, job_id: str, uid: str) -> None:
+        """The Secret goes when the FineTuneJob goes (garbage collection through the owner reference)."""
+        assert self.core is not None
+        owner = {"apiVersion": API_VERSION, "kind": KIND, "name": job_id, "uid": uid}
+        self.core.patch_namespaced_secret(token_secret_name(job_id), self.namespace,
+                                          {"metadata": {"ownerReferences": [owner]}},
+                                          _request_timeout=REQUEST_TIMEOUT)
+
+    def _send_cancels(self) -> None:
+        assert self.custom is not None
+        with self._lock:
+            pending = sorted(self._cancels)
+        for job_id in pending:
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job_id, {"spec": {"cancel": True}},
+                    _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status not in (404, 422):  # gone already / finished: nothing to cancel
+                    log.warning("cannot cancel %s yet: %s", job_id, _api_message(exc))
+                    continue
+            except Exception as exc:
+                log.warning("cannot cancel %s yet: %s", job_id, exc)
+                continue
+            with self._lock:
+                self._cancels.discard(job_id)
+
+    def _push_progress(self, session: Session, job: Job, final: bool = False) -> None:
+        assert self.custom is not None
+        text = progress_text(job.progress)
+        if final:
+            total = (job.progress or {}).get("total_steps")
+            text = f"{total}/{total} (100%)" if isinstance(total, int) and total > 0 else "done"
+        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id)
+                              .order_by(Checkpoint.step_number.desc()).limit(1))
+        last = None
+        if ckpt is not None:
+            last = {"step": ckpt.step_number, "prefix": ckpt.prefix,
+                    "time": dt.datetime.fromtimestamp(ckpt.created_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        key = (text, last and last["step"])
+        if (text is None and last is None) or self._pushed.get(job.id) == key:
+            return
+        status: JSON = {"progress": text}
+        if last is not None:
+            status["lastCheckpoint"] = last
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, job.id, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
+            self._pushed[job.id] = key
+        except Exception as exc:  # cosmetic: retried on the next push
+            log.debug("cannot mirror progress of %s: %s", job.id, exc)
+
+    # -- watch: FineTuneJob status -> job status --
+    def _watch_loop(self) -> None:
+        backoff = 0.5
+        rv: str | None = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist()
+                    backoff = 0.5
+                self.watching.set()
+                rv = self._watch_once(rv)
+            except _Expired:
+                rv = None
+            except Exception as exc:
+                self.watching.clear()
+                rv = None
+                if self._stop.is_set():
+                    break
+                log.warning("FineTuneJob watch interrupted (%s); reconnecting in %.1fs", _api_message(exc), backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self.watching.clear()
+
+    def _relist(self) -> str:
+        assert self.custom is not None
+        listing: JSON = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+            _request_timeout=REQUEST_TIMEOUT)
+        self.relists += 1
+        seen = set()
+        for cr in listing.get("items") or []:
+            seen.add(cr["metadata"]["name"])
+            self._handle(cr)
+        self._check_vanished(seen)
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _check_vanished(self, seen: set[str]) -> None:
+        """Jobs whose FineTuneJob disappeared while nobody watched (e.g. deleted while the service was down)."""
+        assert self.custom is not None
+        with self.sessions() as session:
+            active = [j.id for j in SystemRepo(session).jobs_with_status("queued", "running")]
+        for job_id in active:
+            if job_id in seen:
+                continue
+            try:
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, job_id,
+                                                         _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status == 404:
+                    self._handle_deleted(job_id)
+
+    def _watch_once(self, rv: str) -> str:
+        """One watch request from ``rv``; returns the last resourceVersion seen when the server ends it."""
+        assert self.custom is not None
+        resp: Any = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+            resource_version=rv, allow_watch_bookmarks=True, watch=True, timeout_seconds=WATCH_SECONDS,
+            _preload_content=False, _request_timeout=(5, WATCH_SECONDS + 15))
+        self._response = resp
+        try:
+            for line in iter_resp_lines(resp):
+                if self._stop.is_set():
+                    break
+                if not line or not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                kind = event.get("type")
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Expired()
+                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                if kind == "DELETED":
+                    self._handle_deleted(obj["metadata"]["name"])
+                elif kind in ("ADDED", "MODIFIED"):
+                    self._handle(obj)
+        finally:
+            self._response = None
+            resp.release_conn()
+        return rv
+
+    def _handle(self, cr: JSON) -> None:
+        try:
+            with self.sessions() as session:
+                job = SystemRepo(session).job(cr["metadata"]["name"])
+                if job is not None:
+                    self.apply_status(session, job, cr)
+        except Exception:
+            log.exception("cannot apply the status of FineTuneJob %s", cr["metadata"].get("name"))
+
+    def _handle_deleted(self, job_id: str) -> None:
+        with self.sessions() as session:
+            job = SystemRepo(session).job(job_id)
+            if job is None or job.status in TERMINAL or job.status == "validating_files":
+                return
+            message = f"The FineTuneJob {self.namespace}/{job_id} was deleted from the cluster"
+            transition(session, job, "failed", message, error={"code": "executor_error", "message": message})
+
+    def _signature(self, session: Session, job: Job) -> tuple[Any, ...] | None:
+        if job.id not in self._signatures:
+            # after a restart: the last cluster state this job's events recorded
+            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
+                                     .order_by(JobEvent.seq.desc()).limit(50))
+            for event in events:
+                k8s = (event.data or {}).get("kubernetes")
+                if isinstance(k8s, dict):
+                    self._signatures[job.id] = (k8s.get("phase"), k8s.get("reason"), k8s.get("attempts"))
+                    break
+        return self._signatures.get(job.id)
+
+    def apply_status(self, session: Session, job: Job, cr: Mapping[str, Any]) -> None:
+        """Map one FineTuneJob's status onto its job (idempotent: replaying a status changes nothing)."""
+        status = cr.get("status") or {}
+        phase = status.get("phase")
+        if job.status == "validating_files" or not phase:
+            return
+        if job.status in TERMINAL:
+            if job.status == "cancelled" and phase not in TERMINAL_PHASES and not (cr.get("spec") or {}).get("cancel"):
+                self.cancel(job.id)  # cancelled while the service could not reach the cluster
+            return
+        reason = str(status.get("reason") or phase)
+        message = str(status.get("message") or phase)
+        attempts = int(status.get("attempts") or 0)
+        signature = (phase, reason, attempts)
+        if self._signature(session, job) == signature and phase not in TERMINAL_PHASES:
+            return
+        self._signatures[job.id] = signature
+        k8s = {"kubernetes": {"phase": phase, "reason": reason, "attempts": attempts}}
+        if attempts > job.attempts:
+            job.attempts = attempts
+            session.commit()
+
+        if phase in ("Pending", "Queued", "Suspended"):
+            if job.status == "running":
+                transition(session, job, "queued", message, level="warn")
+                add_event(session, job, f"Kubernetes: {phase} ({reason})", level="info", data=k8s)
+            elif reason in NOTABLE_REASONS:
+                add_event(session, job, message, level="warn", data=k8s)
+        elif phase == "Running":
+            if job.status == "queued":
+                verb = "resumed" if reason == "Resumed" else "started"
+                transition(session, job, "running", f"Fine-tuning job {verb}: {message}")
+            elif reason in ("Resumed", "Retrying"):
+                add_event(session, job, message, level="warn", data=k8s)
+        elif phase == "Succeeded":
+            self._ensure_running(session, job, message)
+            finish_job(session, job, self.store, exit_code=0, cancelled=False,
+                       max_attempts=self.settings.executor.max_attempts, fallback_message=None)
+            if job.status == "succeeded":
+                self._push_progress(session, job, final=True)
+        elif phase == "Failed":
+            exit_code = status.get("exitCode")
+            if isinstance(exit_code, int) and exit_code not in (0, 75) and reason in ("BadInput", "TrainerError"):
+                # the trainer decided: its own error report (progress channel) is the best message
+                self._ensure_running(session, job, message)
+                finish_job(session, job, self.store, exit_code=exit_code, cancelled=False,
+                           max_attempts=self.settings.executor.max_attempts, fallback_message=message)
+            else:
+                code = ERROR_CODES.get(reason, "training_error")
+                transition(session, job, "failed", f"Fine-tuning failed: {message}",
+                           error={"code": code, "message": message})
+        elif phase == "Cancelled":
+            transition(session, job, "cancelled", f"Cancelled in the cluster: {message}")
+
+    @staticmethod
+    def _ensure_running(session: Session, job: Job, message: str) -> None:
+        if job.status == "queued":  # it ran between two looks at the cluster
+            transition(session, job, "running", f"Fine-tuning job started: {message}")
+
+
+def _api_message(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        try:
+            return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        except ValueError:
+            return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

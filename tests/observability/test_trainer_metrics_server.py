@@ -1,0 +1,62 @@
+"""The trainer's own /metrics endpoint (stdlib http.server), without a training run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.observability.support import free_port
+from tuneforge.trainer.metrics_server import ENV_ADDR, ENV_PORT, start_from_env
+
+
+class FakeReporter:
+    def __init__(self) -> None:
+        self.metrics_rows: list[dict[str, object]] = []
+
+
+def test_serves_the_latest_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv(ENV_PORT, str(port))
+    monkeypatch.setenv(ENV_ADDR, "127.0.0.1")
+    reporter = FakeReporter()
+    server = start_from_env("ftjob-abc", reporter)
+    assert server is not None and server.port == port
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = httpx.get(url, timeout=5).text
+        assert "tuneforge_trainer_step" not in text and 'tuneforge_trainer_uptime_seconds{job_id="ftjob-abc"}' in text
+        reporter.metrics_rows += [
+            {"step": 1, "total_steps": 10, "train_loss": 2.0, "tokens_per_second": 100.0},
+            {"step": 2, "valid_loss": 1.75},
+            {"step": 3, "total_steps": 10, "train_loss": 1.5, "tokens_per_second": 120.0, "eta_seconds": 7.0},
+        ]
+        response = httpx.get(url, timeout=5)
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        lines = set(response.text.splitlines())
+        for expected in ('tuneforge_trainer_step{job_id="ftjob-abc"} 3.0',
+                         'tuneforge_trainer_train_loss{job_id="ftjob-abc"} 1.5',
+                         'tuneforge_trainer_valid_loss{job_id="ftjob-abc"} 1.75',
+                         'tuneforge_trainer_tokens_per_second{job_id="ftjob-abc"} 120.0',
+                         "# TYPE tuneforge_trainer_step gauge"):
+            assert expected in lines, response.text
+        assert any(line.startswith("tuneforge_trainer_process_resident_memory_bytes") for line in lines)
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+        # a second trainer on the same port runs on without an endpoint
+        assert start_from_env("ftjob-other", reporter) is None
+    finally:
+        server.stop()
+
+
+def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_PORT, raising=False)
+    assert start_from_env("ftjob-abc", FakeReporter()) is None
+
+
+def test_imports_no_web_framework_and_no_torch() -> None:
+    code = ("import sys, tuneforge.trainer.metrics_server as m; "
+            "bad = [n for n in ('torch', 'fastapi', 'starlette', 'prometheus_client') if n in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

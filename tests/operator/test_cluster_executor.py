@@ -1,0 +1,250 @@
+"""The service in cluster mode (executor ``kubernetes``) with the operator, on the real control plane.
+
+Jobs are created through the REST API; the service submits FineTuneJobs, the operator runs them as pods on
+kwok GPU nodes, and the tests play the trainer: kwok pods do not really train, so for the succeeded path a
+test posts the trainer's progress events with the job's token (read from the Secret the service created) and
+writes ``jobs/{id}/model/manifest.json`` into the store before it lets the pod exit 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client as k8s
+
+from tests.operator.helpers import GROUP, PLURAL, VERSION, wait_for
+from tests.service.helpers import chat_file, upload
+from tests.support.k8s_testbed import K8sTestbed
+from tests.support.live_server import ThreadServer, wait_for_status
+
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_pool")
+
+
+def submit(server: ThreadServer, **body: Any) -> tuple[httpx.Client, dict[str, Any]]:
+    client = server.client()
+    file = upload(client, chat_file(4))
+    body.setdefault("resources", {"gpus": 1, "gpu_type": "h100"})
+    resp = client.post("/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct",
+                                                     "training_file": file["id"], **body})
+    assert resp.status_code == 200, resp.text
+    return client, resp.json()
+
+
+def get_cr(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
+
+
+def pods_of(core: k8s.CoreV1Api, namespace: str, name: str) -> list[k8s.V1Pod]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"tuneforge.dev/finetunejob={name}",
+                                    _request_timeout=10).items
+    return sorted(pods, key=lambda p: (p.metadata.creation_timestamp, p.metadata.name))
+
+
+def running_pod(core: k8s.CoreV1Api, namespace: str, name: str, exclude: frozenset[str] = frozenset()) -> k8s.V1Pod:
+    def check() -> k8s.V1Pod | None:
+        pods = [p for p in pods_of(core, namespace, name) if p.metadata.name not in exclude
+                and p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        return pods[-1] if pods else None
+
+    return wait_for(f"a Running pod of {name}", check, 30)
+
+
+def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    resp = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100, "order": "asc"})
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["data"])
+
+
+def messages(client: httpx.Client, job_id: str) -> str:
+    return "\n".join(f"{e['level']}: {e['message']}" for e in events(client, job_id))
+
+
+def token_of(core: k8s.CoreV1Api, namespace: str, job_id: str) -> str:
+    secret = core.read_namespaced_secret(f"{job_id}-progress-token", namespace, _request_timeout=10)
+    return base64.b64decode(secret.data["token"]).decode()
+
+
+def report(server: ThreadServer, job_id: str, token: str, *events: dict[str, Any]) -> httpx.Response:
+    batch = {"events": [{"seq": i + 1, **e} for i, e in enumerate(events)]}
+    return httpx.post(f"{server.url}/internal/v1/jobs/{job_id}/progress", json=batch,
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def publish_model(server: ThreadServer, job_id: str) -> None:
+    """What the trainer does before exiting 0: the model's files, then manifest.json."""
+    store = server.state.store
+    store.put_bytes(f"jobs/{job_id}/model/adapter_model.safetensors", b"weights")
+    manifest = {"format": "tuneforge.model/v1", "job_id": job_id,
+                "files": [{"name": "adapter_model.safetensors", "bytes": 7, "sha256": "0" * 64}]}
+    store.put_bytes(f"jobs/{job_id}/model/manifest.json", json.dumps(manifest).encode())
+
+
+def test_job_runs_queued_running_succeeded(testbed: K8sTestbed, make_service, custom, core, namespace):
+    server = make_service()
+    client, job = submit(server, suffix="k8s")
+    job_id = job["id"]
+    pod = running_pod(core, namespace, job_id)
+    running = wait_for_status(client, job_id, {"running"}, timeout=30)
+    assert running["status"] == "running"
+
+    cr = get_cr(custom, namespace, job_id)
+    assert cr["metadata"]["labels"]["tuneforge.dev/job-id"] == job_id
+    assert cr["metadata"]["labels"]["tuneforge.dev/tenant"] == "default"
+    assert cr["spec"]["jobSpec"]["progress"]["token"] == ""  # the token lives in a Secret only
+    assert cr["spec"]["scheduling"] == {"gpus": 1, "gpuType": "h100", "nodes": 1}
+    assert cr["spec"]["image"] == "tuneforge/trainer:test"
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    secret = core.read_namespaced_secret(f"{job_id}-progress-token", namespace, _request_timeout=10)
+    assert secret.metadata.owner_references[0].uid == cr["metadata"]["uid"]
+
+    # the trainer (played by the test) reports over the progress channel with the token from the Secret
+    token = token_of(core, namespace, job_id)
+    assert report(server, job_id, "wrong-token", {"kind": "log", "message": "x"}).status_code == 401
+    resp = report(server, job_id, token,
+                  {"kind": "status", "data": {"phase": "running", "total_steps": 10}},
+                  {"kind": "metrics", "data": {"step": 4, "total_steps": 10, "train_loss": 1.25}},
+                  {"kind": "checkpoint", "data": {"step": 4, "prefix": f"jobs/{job_id}/checkpoints/step-4"}})
+    assert resp.status_code == 200, resp.text
+    status = wait_for("progress mirrored into the FineTuneJob",
+                      lambda: (get_cr(custom, namespace, job_id).get("status") or {}).get("progress") == "4/10 (40%)"
+                      and get_cr(custom, namespace, job_id)["status"], 15)
+    assert status["lastCheckpoint"]["step"] == 4
+
+    publish_model(server, job_id)
+    assert report(server, job_id, token, {"kind": "result", "seq": 10,
+                                          "data": {"trained_tokens": 1234}}).status_code == 200
+    testbed.finish_pod(namespace, pod.metadata.name, exit_code=0)
+    done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=30)
+    assert done["status"] == "succeeded", done
+    assert done["fine_tuned_model"] and done["trained_tokens"] == 1234
+    text = messages(client, job_id)
+    for expected in ("Created fine-tuning job", f"Submitted to Kubernetes as FineTuneJob {namespace}/{job_id}",
+                     "Fine-tuning job started: Pod", "successfully completed"):
+        assert expected in text, text
+    order = [e["data"].get("status") for e in events(client, job_id) if (e.get("data") or {}).get("status")]
+    assert order == ["validating_files", "queued", "running", "succeeded"]
+    assert get_cr(custom, namespace, job_id)["status"]["phase"] == "Succeeded"
+
+
+def test_bad_input_exit_fails_the_job_at_once(testbed, make_service, core, namespace):
+    server = make_service()
+    client, job = submit(server)
+    pod = running_pod(core, namespace, job["id"])
+    testbed.finish_pod(namespace, pod.metadata.name, exit_code=65,
+                       message="Traceback ...\ntuneforge: training_file line 3: 'messages' is missing")
+    done = wait_for_status(client, job["id"], {"failed", "succeeded"}, timeout=30)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "invalid_training_file"
+    assert "line 3: 'messages' is missing" in done["error"]["message"]
+    assert len(pods_of(core, namespace, job["id"])) == 1  # no retry
+
+
+def test_preempted_pod_is_retried_on_a_new_pod(testbed, make_service, core, custom, namespace):
+    server = make_service()
+    client, job = submit(server)
+    job_id = job["id"]
+    first = running_pod(core, namespace, job_id)
+    wait_for_status(client, job_id, {"running"}, timeout=30)
+
+    # 1) eviction (as on a node drain or preemption): DisruptionTarget -> replaced without counting a failure
+    core.create_namespaced_pod_eviction(
+        first.metadata.name, namespace,
+        k8s.V1Eviction(metadata=k8s.V1ObjectMeta(name=first.metadata.name, namespace=namespace)),
+        _request_timeout=10)
+    second = running_pod(core, namespace, job_id, exclude=frozenset({first.metadata.name}))
+    wait_for("attempt 2 running", lambda: client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "running"
+             and "attempt 2" in messages(client, job_id), 30)
+
+    # 2) the trainer saves a checkpoint on SIGTERM and exits 75 ("preempted"): also retried, not counted
+    testbed.finish_pod(namespace, second.metadata.name, exit_code=75)
+    third = running_pod(core, namespace, job_id, exclude=frozenset({first.metadata.name, second.metadata.name}))
+    cr = wait_for("attempt 3 in the FineTuneJob",
+                  lambda: (c := get_cr(custom, namespace, job_id))["status"].get("attempts") == 3 and
+                  c["status"]["phase"] == "Running" and c, 30)
+    assert cr["status"]["reason"] == "Resumed"
+    assert third.metadata.name in cr["status"]["podNames"]
+    wait_for("the job knows attempt 3",
+             lambda: client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "running"
+             and "attempt 3" in messages(client, job_id), 30)
+    text = messages(client, job_id)
+    assert f"warn: Pod {first.metadata.name} was preempted (EvictionByEvictionAPI" in text, text
+    assert f"Pod {second.metadata.name} was preempted" in text and "exit 75" in text, text
+
+    publish_model(server, job_id)
+    testbed.finish_pod(namespace, third.metadata.name, exit_code=0)
+    done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=30)
+    assert done["status"] == "succeeded", done
+    assert server.state.sessions().get_bind() is not None
+    from tuneforge.service.db.repo import SystemRepo
+
+    with server.state.sessions() as session:
+        assert SystemRepo(session).job(job_id).attempts == 3
+
+
+def test_no_fitting_gpu_node_stays_queued_with_a_warning(make_service, core, custom, namespace):
+    server = make_service()
+    client, job = submit(server, resources={"gpus": 8, "gpu_type": "b200"})
+    job_id = job["id"]
+    text = wait_for("an unschedulable warning",
+                    lambda: "No node can run pod" in (m := messages(client, job_id)) and m, 30)
+    assert "warn: No node can run pod" in text
+    assert "nvidia.com/gpu" in text or "node affinity/selector" in text, text
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "queued"
+    cr = get_cr(custom, namespace, job_id)
+    assert (cr["status"]["phase"], cr["status"]["reason"]) == ("Queued", "Unschedulable")
+    # it can still be cancelled
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    wait_for("FineTuneJob Cancelled", lambda: get_cr(custom, namespace, job_id)["status"]["phase"] == "Cancelled", 30)
+    wait_for("pending pod removed", lambda: not pods_of(core, namespace, job_id), 30)
+
+
+def test_cancel_removes_the_pods(make_service, core, batch, custom, namespace):
+    server = make_service()
+    client, job = submit(server)
+    job_id = job["id"]
+    running_pod(core, namespace, job_id)
+    wait_for_status(client, job_id, {"running"}, timeout=30)
+    resp = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    wait_for("pods and Job deleted", lambda: not pods_of(core, namespace, job_id) and not batch.list_namespaced_job(
+        namespace, label_selector=f"tuneforge.dev/finetunejob={job_id}", _request_timeout=10).items, 40)
+    cr = get_cr(custom, namespace, job_id)
+    assert cr["spec"]["cancel"] is True
+    assert (cr["status"]["phase"], cr["status"]["reason"]) == ("Cancelled", "Cancelled")
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_service_reconnects_after_an_apiserver_restart(testbed, make_service, core, namespace):
+    server = make_service()
+    executor = server.state.executor
+    client, job = submit(server)
+    pod = running_pod(core, namespace, job["id"])
+    wait_for_status(client, job["id"], {"running"}, timeout=30)
+    relists = executor.relists
+
+    testbed.restart_apiserver(downtime=1.0, grace=0)  # a crash: connections drop at once
+    wait_for("the watch re-listed", lambda: executor.relists > relists and executor.watching.is_set(), 60)
+
+    # status changes after the restart still reach the job ...
+    publish_model(server, job["id"])
+    testbed.finish_pod(namespace, pod.metadata.name, exit_code=0)
+    assert wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"
+    # ... and new jobs are submitted and run
+    client2, job2 = submit(server)
+    running_pod(core, namespace, job2["id"])
+    assert wait_for_status(client2, job2["id"], {"running"}, timeout=30)["status"] == "running"
+
+
+def test_deleted_finetunejob_fails_its_job(make_service, core, custom, namespace):
+    server = make_service()
+    client, job = submit(server)
+    running_pod(core, namespace, job["id"])
+    wait_for_status(client, job["id"], {"running"}, timeout=30)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job["id"], _request_timeout=10)
+    done = wait_for_status(client, job["id"], {"failed", "cancelled", "succeeded"}, timeout=30)
+    assert done["status"] == "failed" and "was deleted from the cluster" in done["error"]["message"]
+    wait_for("pods garbage-collected", lambda: not pods_of(core, namespace, job["id"]), 60)
