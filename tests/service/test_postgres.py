@@ -43,8 +43,8 @@ def test_api_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
             }, headers={"Idempotency-Key": f"k{i}"})
             assert job.status_code == 200, job.text
             ids.append(job.json()["id"])
-        again = client.post("/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct",
-                                                          "training_file": file["id"]}, headers={"Idempotency-Key": "k1"})
+        again = client.post("/v1/fine_tuning/jobs", headers={"Idempotency-Key": "k1"},
+                            json={"model": "SmolLM2-135M-Instruct", "training_file": file["id"]})
         assert again.json()["id"] == ids[1]
         page = client.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
         assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
