@@ -142,3 +142,30 @@ def test_status_result_and_error_events(api_server: ThreadServer, client: httpx.
     levels = {e["message"]: e["level"] for e in events(client, job_id)}
     assert levels["CUDA out of memory"] == "error"
     assert levels["slow disk"] == "warn"
+
+
+def test_retention_removes_checkpoints_from_the_listing(api_server) -> None:  # type: ignore[no-untyped-def]
+    """The trainer deletes old checkpoints from the store; the checkpoints API follows."""
+    from tuneforge.service.core.security import hash_secret
+    from tuneforge.service.db.repo import SystemRepo
+
+    client = api_server.client()
+    lines = "".join('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+                    for _ in range(3))
+    file_id = client.post("/v1/files", files={"file": ("t.jsonl", lines.encode())}).json()["id"]
+    job_id = client.post("/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct",
+                                                       "training_file": file_id}).json()["id"]
+    with api_server.state.sessions() as session:
+        job = SystemRepo(session).job(job_id)
+        job.token_hash = hash_secret("tok")
+        session.commit()
+    events = [{"kind": "checkpoint", "seq": i, "data": {"step": step, "prefix": f"jobs/{job_id}/checkpoints/step-{step}",
+                                                        "metrics": {"train_loss": 1.0}}}
+              for i, step in enumerate((10, 20, 30), start=1)]
+    events.append({"kind": "log", "seq": 4, "message": "Removed old checkpoints: steps 10, 20",
+                   "data": {"deleted_checkpoint_steps": [10, 20]}})
+    response = client.post(f"/internal/v1/jobs/{job_id}/progress", json={"events": events},
+                           headers={"Authorization": "Bearer tok"})
+    assert response.status_code == 200, response.text
+    listed = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in listed] == [30]

@@ -38,8 +38,9 @@ def make_s3_store(endpoint: str, prefix: str | None = None, **settings: Any) -> 
     """A store on its own prefix of the test bucket; small parts so multipart paths run on small data."""
     from tuneforge.storage.s3 import S3Settings, S3Store
 
-    defaults: dict[str, Any] = {"part_size": 5 * MiB, "max_inflight": 4, "file_concurrency": 4,
-                                "max_attempts": 4, "retry_mode": "standard"}
+    defaults: dict[str, Any] = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB, "max_inflight": 4,
+                                "memory_budget": 15 * MiB, "file_concurrency": 4, "max_attempts": 4,
+                                "retry_mode": "standard"}
     defaults.update(settings)
     store = S3Store(BUCKET, prefix if prefix is not None else f"t-{uuid.uuid4().hex[:12]}",
                     settings=S3Settings(**defaults), endpoint_url=endpoint, session=boto_session())

@@ -6,14 +6,14 @@
 
 Uploads
     One engine serves ``put_stream``, ``put_bytes``, ``put_file`` and ``upload_dir``. It reads the source
-    sequentially, one part at a time, and never holds more than ``max_inflight`` parts of ``part_size`` bytes
-    in memory across the whole store (every concurrent upload shares that budget). An object of at most one
-    part goes up as a single ``PutObject``; a larger one as a multipart upload whose parts are sent by a
-    shared thread pool. Every request carries a CRC32 of its bytes (the server rejects a damaged part), and a
-    multipart upload is completed with a ``FULL_OBJECT`` CRC32 of the whole object, computed while reading,
-    which the server checks against the parts. boto3's own transfer manager cannot do the latter while
-    streaming (it needs the whole-object checksum before it starts), hence this engine; its knobs are those
-    of a ``TransferConfig`` (part size = threshold, concurrency, in-memory parts).
+    sequentially, one part at a time, and holds at most ``memory_budget`` bytes of upload data across the
+    whole store (every concurrent upload shares that budget). An object of at most ``multipart_threshold``
+    bytes goes up as a single ``PutObject``; a larger one as a multipart upload of ``part_size`` parts sent
+    by a shared pool of ``max_inflight`` threads. Every request carries a CRC32 of its bytes (the server
+    rejects a damaged part), and a multipart upload is completed with a ``FULL_OBJECT`` CRC32 of the whole
+    object, computed while reading, which the server checks against the parts. boto3's transfer manager
+    cannot do the latter while streaming (it wants the whole-object checksum before it starts), hence this
+    engine; its knobs are those of a ``TransferConfig`` (threshold, chunk size, concurrency, memory).
 
 Atomic visibility
     An object appears under its key only when its ``PutObject`` or ``CompleteMultipartUpload`` succeeds. Any
@@ -82,10 +82,14 @@ def _env_int(env: dict[str, str], name: str, default: int) -> int:
 class S3Settings:
     """Transfer and client tuning; defaults measured in ``bench/object_store.py`` (see bench/README.md)."""
 
-    #: objects up to this size go up in one PutObject; larger ones in parts of this size
+    #: objects up to this size go up in one PutObject (one request: the cheapest for the server)
+    multipart_threshold: int = 64 * MiB
+    #: larger objects go up in parts of this size (grown when 10,000 parts would not hold the object)
     part_size: int = 16 * MiB
-    #: parts (or single-request objects) in memory and in flight, across every upload of this store
+    #: part uploads in flight at once, across every upload of this store
     max_inflight: int = 16
+    #: bytes of upload data held in memory at once, across every upload of this store
+    memory_budget: int = 512 * MiB
     #: files transferred at once by ``upload_dir`` and ``download_prefix``
     file_concurrency: int = 8
     #: "crc32": per-request and full-object CRC32 on upload, verified on download; "off" for servers
@@ -109,6 +113,10 @@ class S3Settings:
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise ValueError(f"S3 part size must be between 5 MiB and 5 GiB, not {self.part_size} bytes")
+        if not MIN_PART_SIZE <= self.multipart_threshold <= MAX_PART_SIZE:
+            raise ValueError(f"S3 multipart threshold must be between 5 MiB and 5 GiB, not {self.multipart_threshold}")
+        if self.memory_budget < self.part_size:
+            raise ValueError("the S3 memory budget must hold at least one part")
         if self.max_inflight < 1 or self.file_concurrency < 1 or self.download_attempts < 1:
             raise ValueError("S3 concurrency settings and download attempts must be at least 1")
         if self.checksum not in ("crc32", "off"):
@@ -123,7 +131,10 @@ class S3Settings:
         e = dict(os.environ if env is None else env)
         default = cls()
         values: dict[str, Any] = {
+            "multipart_threshold": _env_int(e, "TUNEFORGE_S3_MULTIPART_THRESHOLD_MB",
+                                            default.multipart_threshold // MiB) * MiB,
             "part_size": _env_int(e, "TUNEFORGE_S3_PART_SIZE_MB", default.part_size // MiB) * MiB,
+            "memory_budget": _env_int(e, "TUNEFORGE_S3_MEMORY_MB", default.memory_budget // MiB) * MiB,
             "max_inflight": _env_int(e, "TUNEFORGE_S3_MAX_INFLIGHT", default.max_inflight),
             "file_concurrency": _env_int(e, "TUNEFORGE_S3_FILE_CONCURRENCY", default.file_concurrency),
             "checksum": e.get("TUNEFORGE_S3_CHECKSUM", "").strip().lower() or default.checksum,
@@ -225,6 +236,28 @@ class _Reader(io.RawIOBase):
         super().close()
 
 
+class _ByteBudget:
+    """Bytes of upload data in memory. A reader acquires what it is about to read and the request that sends
+    those bytes gives them back; a reader holds at most one part while it waits for more, and requests always
+    finish, so waiting here cannot deadlock."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.capacity:
+                self._cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
 @dataclass
 class _Multipart:
     key: str
@@ -289,8 +322,8 @@ class S3Store(ObjectStore):
         self._presign_client: Any = self._client
         if s.public_endpoint_url:
             self._presign_client = self._session.client("s3", endpoint_url=s.public_endpoint_url, config=config)
-        # one budget for every upload of this store: at most max_inflight parts in memory / in flight
-        self._slots = threading.BoundedSemaphore(s.max_inflight)
+        # one memory budget for every upload of this store
+        self._budget = _ByteBudget(s.memory_budget)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -575,31 +608,42 @@ class S3Store(ObjectStore):
 
     def _upload(self, key: str, read: Callable[[int], bytes], size_hint: int | None) -> int:
         full = self._full(key)
-        self._slots.acquire()
+        threshold = self.settings.multipart_threshold
+        if size_hint is None:
+            want = threshold  # read up to the threshold: one request if the stream ends by then
+        elif size_hint <= threshold:
+            want = max(size_hint, 0)
+        else:
+            want = self._part_size(size_hint, 1)
+        self._budget.acquire(want)
         try:
-            part_size = self._part_size(size_hint, 1)
-            first = _read_exact(read, part_size)
-            carry = read(1) if len(first) == part_size else b""
+            first = _read_exact(read, want) if want else b""
+            carry = read(1) if len(first) == want else b""
+            if carry and len(first) < MIN_PART_SIZE:
+                # the size hint was too small: a first part must be at least 5 MiB (over budget, but rare)
+                first = _read_exact(read, threshold, head=first + carry)
+                carry = read(1) if len(first) == threshold else b""
         except BaseException:
-            self._slots.release()
+            self._budget.release(want)
             raise
         if not carry:
-            # the whole object fits one request
+            # the whole object in one request
             try:
                 args, _ = self._checksum_args(first)
                 self._client.put_object(Bucket=self.bucket, Key=full, Body=first, **args)
             except Exception as exc:
                 raise self._error("PUT", key, exc) from exc
             finally:
-                self._slots.release()
+                self._budget.release(want)
             return len(first)
         holder = [first]
         del first  # the multipart loop owns the first part now: no second reference keeps it in memory
-        return self._multipart(key, read, size_hint, holder, carry)
+        return self._multipart(key, read, size_hint, holder, want, carry)
 
-    def _multipart(self, key: str, read: Callable[[int], bytes], size_hint: int | None, holder: builtins.list[bytes],
-                   carry: bytes) -> int:
-        """Upload ``holder``'s first part (holding one slot), then the rest of the stream, as one multipart upload."""
+    def _multipart(self, key: str, read: Callable[[int], bytes], size_hint: int | None,
+                   holder: builtins.list[bytes], held: int, carry: bytes) -> int:
+        """Upload ``holder``'s first part (``held`` bytes of budget), then the rest of the stream, as one
+        multipart upload."""
         full = self._full(key)
         create: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
         if self.settings.checksum != "off":
@@ -607,18 +651,17 @@ class S3Store(ObjectStore):
         try:
             upload_id = self._client.create_multipart_upload(**create)["UploadId"]
         except Exception as exc:
-            self._slots.release()
+            self._budget.release(held)
             raise self._error("CREATE MULTIPART", key, exc) from exc
         mpu = _Multipart(key=full, upload_id=upload_id)
-        holding = True  # this thread holds a slot for ``data`` until it hands it to a part upload
         try:
             data, eof, part_number = holder.pop(), False, 1
             while True:
                 mpu.crc = zlib.crc32(data, mpu.crc)
                 mpu.size += len(data)
                 fut = self._parts.submit(self._upload_part, mpu, part_number, data)
-                fut.add_done_callback(lambda _f: self._slots.release())
-                holding = False
+                fut.add_done_callback(functools.partial(self._release_after, held))
+                held = 0  # handed to the part upload
                 mpu.futures.append(fut)
                 del data
                 failed = next((f for f in mpu.futures if f.done() and f.exception() is not None), None)
@@ -630,17 +673,17 @@ class S3Store(ObjectStore):
                 if part_number > MAX_PARTS:
                     raise StoreError(f"PUT {self._where(key)}: more than {MAX_PARTS} parts; "
                                      "raise TUNEFORGE_S3_PART_SIZE_MB or pass the object's size")
-                self._slots.acquire()
-                holding = True
                 size = self._part_size(size_hint, part_number)
+                self._budget.acquire(size)
+                held = size
                 data = _read_exact(read, size, head=carry)  # carry is never empty here
                 carry = read(1) if len(data) == size else b""
                 eof = not carry
             parts = [f.result() for f in mpu.futures]
             self._complete(key, mpu, parts)
         except BaseException as exc:
-            if holding:
-                self._slots.release()
+            if held:
+                self._budget.release(held)
             for fut in mpu.futures:
                 fut.cancel()
             wait(mpu.futures)
@@ -649,6 +692,9 @@ class S3Store(ObjectStore):
                 raise self._error("PUT", key, exc) from exc
             raise  # the source stream's own errors, StoreErrors, interrupts: as they are
         return mpu.size
+
+    def _release_after(self, n: int, _future: Future[Any]) -> None:
+        self._budget.release(n)
 
     def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> dict[str, Any]:
         args, _ = self._checksum_args(data)

@@ -175,14 +175,14 @@ def _run(
         after_upload=write_metrics,
     )
     trainer = built.trainer
-    if ckpt is None and ctx.valid_rows and not os.environ.get("TUNEFORGE_SKIP_BASELINE_EVAL"):
-        _baseline_eval(ctx, trainer)
     # HF's printer/progress-bar callbacks would write to stdout, which carries JSON events without a channel
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as BarCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(BarCallback)
+    if ckpt is None and ctx.valid_rows and not os.environ.get("TUNEFORGE_SKIP_BASELINE_EVAL"):
+        _baseline_eval(ctx, trainer)
     trainer.add_callback(progress_cb)
     trainer.add_callback(checkpoint_cb)
     reporter.info(_describe(ctx, built))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.progress import ProgressEvent
@@ -74,6 +75,12 @@ def apply_events(session: Session, job: Job, events: list[ProgressEvent], checkp
             add_event(session, job, event.message or "Trainer reported an error", level="error", data=data,
                       commit=False)
         else:
+            deleted = data.get("deleted_checkpoint_steps")
+            if isinstance(deleted, list) and deleted:
+                # retention removed these from the store: the checkpoints API must not list them any more
+                session.execute(delete(Checkpoint).where(
+                    Checkpoint.job_id == job.id, Checkpoint.step_number.in_([int(s) for s in deleted])
+                ))
             add_event(session, job, event.message, level=event.level, data=data or None, commit=False)
     if job.status in TERMINAL:
         job.estimated_finish = None
