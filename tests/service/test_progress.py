@@ -159,9 +159,11 @@ def test_retention_removes_checkpoints_from_the_listing(api_server) -> None:  # 
         job = SystemRepo(session).job(job_id)
         job.token_hash = hash_secret("tok")
         session.commit()
-    events = [{"kind": "checkpoint", "seq": i, "data": {"step": step, "prefix": f"jobs/{job_id}/checkpoints/step-{step}",
-                                                        "metrics": {"train_loss": 1.0}}}
-              for i, step in enumerate((10, 20, 30), start=1)]
+    events = [
+        {"kind": "checkpoint", "seq": i,
+         "data": {"step": step, "prefix": f"jobs/{job_id}/checkpoints/step-{step}", "metrics": {"train_loss": 1.0}}}
+        for i, step in enumerate((10, 20, 30), start=1)
+    ]
     events.append({"kind": "log", "seq": 4, "message": "Removed old checkpoints: steps 10, 20",
                    "data": {"deleted_checkpoint_steps": [10, 20]}})
     response = client.post(f"/internal/v1/jobs/{job_id}/progress", json={"events": events},
