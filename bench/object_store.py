@@ -107,24 +107,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-large-download", action="store_true",
                         help="skip downloading the large file (moto reads a whole object for every ranged GET "
                              "the naive client sends: slow and memory-hungry for large objects)")
+    parser.add_argument("--threshold-mb", type=int, default=None, help="tuneforge single-request limit")
+    parser.add_argument("--checksum", choices=["full", "composite", "off"], default=None,
+                        help="tuneforge checksum mode")
+    parser.add_argument("--moto-buffer-mb", type=int, default=0,
+                        help="objects up to this size stay in moto's memory (its default spills objects over 5 MiB "
+                             "to temporary files)")
     parser.add_argument("--verbose", "-v", action="store_true", help="print every measurement with CPU times")
     parser.add_argument("--workdir", type=Path, default=None, help="where to generate the files (default: a temp dir)")
     args = parser.parse_args(argv)
 
     from tests.storage.conftest import boto_session
+
     from tuneforge.storage.s3 import S3Settings, S3Store
 
     overrides: dict[str, Any] = {}
+    if args.threshold_mb:
+        overrides["multipart_threshold"] = args.threshold_mb * MiB
     if args.part_size_mb:
         overrides["part_size"] = args.part_size_mb * MiB
     if args.inflight:
         overrides["max_inflight"] = args.inflight
     if args.files:
         overrides["file_concurrency"] = args.files
+    if args.checksum:
+        overrides["checksum"] = args.checksum
     settings = S3Settings(**overrides)
 
     work = Path(tempfile.mkdtemp(prefix="tuneforge-bench-", dir=args.workdir))
-    server = MotoServer().start()
+    moto_env = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(args.moto_buffer_mb * MiB)} if args.moto_buffer_mb else None
+    server = MotoServer(env=moto_env).start()
     global SERVER_PID
     SERVER_PID = server.proc.pid if server.proc else 0
     try:
@@ -134,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"file set: 1 x {large_bytes / MB:.0f} MB + {args.ckpt_files} checkpoint files, "
               f"{ckpt_bytes / MB:.0f} MB ({(ckpt_bytes + large_bytes) / MB:.0f} MB in all), generated in "
               f"{time.perf_counter() - t0:.1f}s")
-        print(f"tuneforge settings: part {settings.part_size // MiB} MiB, {settings.max_inflight} parts in flight, "
-              f"{settings.file_concurrency} files at once, checksum {settings.checksum}")
+        print(f"tuneforge settings: single request up to {settings.multipart_threshold // MiB} MiB, parts of "
+              f"{settings.part_size // MiB} MiB, {settings.max_inflight} parts in flight, {settings.file_concurrency} "
+              f"files at once, {settings.memory_budget // MiB} MiB buffers, checksum {settings.checksum}")
 
         store = S3Store(BUCKET, "", settings=settings, endpoint_url=server.url, session=boto_session())
         store.create_bucket()

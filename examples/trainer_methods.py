@@ -45,8 +45,21 @@ def gsm8k(split: str, n: int) -> list[dict[str, Any]]:
 def hh_pairs(n: int, offset: int) -> list[dict[str, Any]]:
     with gzip.open(DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
         lines = [json.loads(line) for line in fh]
-    # the trainer accepts whole HH-RLHF dialogues directly: {"chosen": "...", "rejected": "..."}
-    return [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in lines[offset : offset + n]]
+    sys.path.insert(0, str(REPO / "trainer_image"))
+    from tuneforge.contracts.datasets import InvalidLine, hh_rlhf_to_preference
+
+    # the trainer accepts whole HH-RLHF dialogues directly: {"chosen": "...", "rejected": "..."}; a few rows of
+    # the public file are not a valid pair (the two dialogues differ before the last turn): skip those
+    out: list[dict[str, Any]] = []
+    for r in lines[offset:]:
+        try:
+            hh_rlhf_to_preference(r["chosen"], r["rejected"])
+        except InvalidLine:
+            continue
+        out.append({"chosen": r["chosen"], "rejected": r["rejected"]})
+        if len(out) == n:
+            break
+    return out
 
 
 def build(method: str, rows: int, valid_rows: int) -> tuple[dict[str, Any], list[Any], list[Any], str]:
@@ -90,7 +103,13 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
 DEFAULT_ROWS = {"sft": (96, 32), "dpo": (64, 64), "reward": (128, 64), "grpo": (16, 8)}
 HEADLINE = {
     "sft": ("valid_loss", "valid_mean_token_accuracy"),
-    "dpo": ("valid_preference_accuracy", "valid_reward_margin", "valid_loss"),
+    "dpo": (
+        "valid_preference_accuracy",
+        "valid_reward_margin",
+        "valid_loss",
+        "valid_logps_chosen",
+        "valid_logps_rejected",
+    ),
     "reward": ("valid_preference_accuracy", "valid_loss"),
     "grpo": ("valid_mean_reward",),
 }

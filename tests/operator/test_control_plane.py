@@ -58,7 +58,8 @@ def running_pod(core, namespace: str, job: str) -> k8s.V1Pod:
 def test_gpu_job_scheduled_running_and_complete(testbed, core, batch, gpu_node, namespace):
     batch.create_namespaced_job(namespace, gpu_job("train-ok"), _request_timeout=10)
     pod = running_pod(core, namespace, "train-ok")
-    assert pod.spec.node_name == gpu_node
+    node = core.read_node(pod.spec.node_name, _request_timeout=10)
+    assert node.metadata.labels["tuneforge.dev/gpu-type"] == "h100"  # gpu_node, or the operator tests' pool
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     assert pod.status.container_statuses[0].state.running is not None
 

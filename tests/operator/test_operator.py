@@ -207,9 +207,9 @@ def test_operator_restart_creates_no_duplicate_and_keeps_state(
 
     def resumed() -> bool:
         text = running_operator.log_path.read_bytes()[offset:].decode(errors="replace")
-        return "[{}/ftj-while-down] Handler 'on_resume' succeeded".format(namespace) in text
+        return f"[{namespace}/ftj-while-down]" in text and f"[{namespace}/ftj-restart]" in text
 
-    wait_for("the restarted operator resumed ftj-while-down", resumed, 20)
+    wait_for("the restarted operator to look at both FineTuneJobs again", resumed, 20)
     assert len(batch.list_namespaced_job(namespace, _request_timeout=10).items) == 2
     assert len(pods_of(core, namespace, "ftj-while-down")) == 1
 

@@ -64,6 +64,26 @@ def test_checksums_are_sent_per_part_and_for_the_whole_object(faulty_store: Any,
     assert all("x-amz-checksum-crc32" in r.headers for r in small)
 
 
+@pytest.mark.parametrize("mode", ["composite", "off"])
+def test_other_checksum_modes(proxy: FaultProxy, mode: str) -> None:
+    """"composite" for servers without full-object checksums, "off" for servers that reject checksum headers."""
+    store = make_s3_store(proxy.url, checksum=mode)
+    seen: list[Request] = []
+
+    def observe(r: Request) -> bool:
+        seen.append(r)
+        return False
+
+    proxy.inject("500", observe)
+    data = data_of(BIG, 11)
+    assert store.put_bytes("jobs/j/w.bin", data) == BIG
+    assert store.put_bytes("jobs/j/s.bin", b"small") == 5
+    parts = [r for r in seen if r.is_upload_part or r.is_put_object]
+    assert all(("x-amz-checksum-crc32" in r.headers) == (mode == "composite") for r in parts)
+    assert not any(r.headers.get("x-amz-checksum-type") for r in seen)
+    assert store.get_bytes("jobs/j/w.bin") == data and store.get_bytes("jobs/j/s.bin") == b"small"
+
+
 # -- transient faults: retried, the upload succeeds --
 
 

@@ -28,7 +28,8 @@ class OperatorConfig:
     ttl_seconds_after_finished: int = 24 * 3600
     #: SIGTERM -> SIGKILL window: the trainer saves a checkpoint in it and exits 75
     termination_grace_seconds: int = 120
-    run_as_user: int = 1000
+    #: the trainer image's user (trainer_image/Dockerfile)
+    run_as_user: int = 10001
     #: size limit of the shared-memory emptyDir at /dev/shm (torch data loaders, NCCL)
     shm_size: str = "8Gi"
     #: Secret with object-store settings/credentials (env vars) when a FineTuneJob names none

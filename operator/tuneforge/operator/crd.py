@@ -133,6 +133,12 @@ def spec_schema() -> JSON:
                 "Secret whose keys become the trainer's environment: object-store settings and credentials "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, ...)"
             ),
+            "modelCache": {
+                "type": "object",
+                "description": "PersistentVolumeClaim (ReadWriteMany) mounted at /cache to share downloaded base "
+                               "models between pods; default: an emptyDir per pod",
+                "properties": {"claimName": _s(minLength=1)},
+            },
             "env": {
                 "type": "array",
                 "description": "extra environment variables of the trainer",

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import threading
 from collections import defaultdict
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -36,9 +36,36 @@ def kube() -> Kube:
     return _kube
 
 
+_busy: set[tuple[str, str]] = set()
+_again: set[tuple[str, str]] = set()
+
+
 def _lock(namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks[(namespace, name)]
+
+
+def reconcile_coalesced(namespace: str, name: str) -> None:
+    """Reconcile after a child event; events arriving while one runs fold into one more pass, not one each."""
+    key = (namespace, name)
+    with _locks_guard:
+        if key in _busy:
+            _again.add(key)
+            return
+        _busy.add(key)
+    try:
+        while True:
+            reconcile(namespace, name)
+            with _locks_guard:
+                if key not in _again:
+                    _busy.discard(key)
+                    return
+                _again.discard(key)
+    except BaseException:
+        with _locks_guard:
+            _busy.discard(key)
+            _again.discard(key)
+        raise
 
 
 def reconcile(namespace: str, name: str) -> str | None:
@@ -61,7 +88,7 @@ def reconcile(namespace: str, name: str) -> str | None:
                     raise
         for kind, reason, message in result.events:
             log.info("%s/%s: %s %s: %s", namespace, name, result.status["phase"], reason, message)
-            kopf.event(cast(Any, cr), type=kind, reason=reason, message=message[:1000])
+            k.post_event(cr, kind, reason, message)
         return str(result.status["phase"])
 
 
@@ -82,15 +109,19 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/operator"
-    # only our own Events (phase changes) reach the FineTuneJob, not kopf's "handler succeeded" chatter
-    settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = "tuneforge-operator"
-    # watches are re-opened regularly and after apiserver restarts
-    settings.watching.server_timeout = 120
-    settings.watching.client_timeout = 150
+    # Events on FineTuneJobs are our own (phase changes, posted by reconcile): kopf's poster is one queue that
+    # retries for a minute on a namespace being deleted, holding back every other Event meanwhile
+    settings.posting.enabled = False
+    # watches are re-opened every minute and after apiserver restarts; a request that hangs (seen right after
+    # an apiserver restart under load) is abandoned and retried after 15 s instead of kopf's default 5 min
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
-    settings.networking.request_timeout = 30
+    settings.networking.request_timeout = 15
+    settings.networking.connect_timeout = 10
     settings.batching.error_delays = (1, 1, 2, 3, 5, 8, 13)
+    # handlers are sync and mostly wait for the apiserver: more threads than kopf's default (cores + 4)
+    settings.execution.max_workers = 16
     kube()
     log.info("tuneforge operator starting: %s", CONFIG)
 
@@ -105,12 +136,13 @@ def on_resume(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.cancel", id="cancel")
+# field handlers on updates only: at creation on_create has done the work already
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec.cancel", id="cancel")
 def on_cancel(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend", id="suspend")
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec.suspend", id="suspend")
 def on_suspend(namespace: str | None, name: str, **_: Any) -> None:
     _retrying(namespace, name)
 
@@ -119,7 +151,8 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL_PHASES
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, when=_unfinished)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds,
+            when=_unfinished)
 def resync(namespace: str | None, name: str, **_: Any) -> None:
     """Periodic safety net: catches anything a missed event left behind (and maxPendingSeconds)."""
     _retrying(namespace, name)
@@ -149,7 +182,7 @@ def on_pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
 def _child_event(namespace: str | None, labels: kopf.Labels) -> None:
     assert namespace, "Jobs and pods are namespaced"
     try:
-        reconcile(namespace, labels[LABEL_FINETUNEJOB])
+        reconcile_coalesced(namespace, labels[LABEL_FINETUNEJOB])
     except ApiException as exc:  # events are not retried by kopf; the timer catches up
         log.warning("reconcile of %s/%s after a child event failed: %s", namespace,
                     labels[LABEL_FINETUNEJOB], exc.reason)

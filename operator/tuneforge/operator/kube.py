@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +70,31 @@ class Kube:
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(patch)}, _request_timeout=TIMEOUT)
+
+    def post_event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on ``obj`` (``kubectl describe``); best effort, never retried or raised."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "tuneforge-operator"},
+            "reportingComponent": "tuneforge-operator",
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=5)
+        except Exception as exc:  # e.g. the namespace is being deleted
+            log.debug("cannot post event %s on %s: %s", reason, meta["name"], exc)
 
     def apply(self, namespace: str, action: Action) -> None:
         if isinstance(action, CreateChildren):

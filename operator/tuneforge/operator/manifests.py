@@ -33,6 +33,7 @@ from tuneforge.operator.config import OperatorConfig
 
 JSON = dict[str, Any]
 
+MODEL_CACHE_DIR = "/cache"
 TRAINER_COMMAND = ["python", "-m", "tuneforge.trainer", "--spec", f"{JOBSPEC_DIR}/{JOBSPEC_FILE}"]
 RENDEZVOUS_PORT = 29500
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -174,7 +175,7 @@ def _env(cr: Mapping[str, Any], names: ChildNames, nodes: int) -> list[JSON]:
         {"name": "TUNEFORGE_PROGRESS_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": token_ref.get("name") or names.token_secret, "key": token_ref.get("key") or "token"}}},
         {"name": "TUNEFORGE_WORKDIR", "value": WORK_DIR},
-        {"name": "TUNEFORGE_MODEL_CACHE", "value": f"{WORK_DIR}/models"},
+        {"name": "TUNEFORGE_MODEL_CACHE", "value": f"{MODEL_CACHE_DIR}/models"},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/hf"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
@@ -183,12 +184,11 @@ def _env(cr: Mapping[str, Any], names: ChildNames, nodes: int) -> list[JSON]:
         {"name": "TUNEFORGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if nodes > 1:
+        # the trainer's launcher (tuneforge.trainer.launch) runs torchrun with a c10d rendezvous on pod 0
         env += [
-            {"name": "NNODES", "value": str(nodes)},
-            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+            {"name": "TUNEFORGE_RDZV_ENDPOINT", "value": f"{names.job}-0.{names.service}:{RENDEZVOUS_PORT}"},
+            {"name": "TUNEFORGE_NODE_RANK", "valueFrom": {"fieldRef": {
                 "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-            {"name": "MASTER_ADDR", "value": f"{names.job}-0.{names.service}"},
-            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         ]
     for item in spec.get("env") or []:
         env.append({"name": str(item["name"]), "value": str(item.get("value", ""))})
@@ -235,6 +235,15 @@ def _scheduling(spec: Mapping[str, Any], gpus: int, config: OperatorConfig) -> J
     return pod
 
 
+def _cache_volume(spec: Mapping[str, Any]) -> JSON:
+    """Base models are cached at /cache: a shared PersistentVolumeClaim when the FineTuneJob names one
+    (pods then skip the download), else an emptyDir per pod."""
+    claim = (spec.get("modelCache") or {}).get("claimName")
+    if claim:
+        return {"name": "cache", "persistentVolumeClaim": {"claimName": str(claim)}}
+    return {"name": "cache", "emptyDir": {}}
+
+
 def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorConfig) -> JSON:
     spec = cr.get("spec") or {}
     names = child_names(cr["metadata"]["name"])
@@ -253,6 +262,7 @@ def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorConfig) -
         "volumeMounts": [
             {"name": "jobspec", "mountPath": JOBSPEC_DIR, "readOnly": True},
             {"name": "work", "mountPath": WORK_DIR},
+            {"name": "cache", "mountPath": MODEL_CACHE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
@@ -289,6 +299,7 @@ def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorConfig) -
             {"name": "jobspec", "configMap": {"name": names.configmap,
                                               "items": [{"key": JOBSPEC_FILE, "path": JOBSPEC_FILE}]}},
             {"name": "work", "emptyDir": {}},
+            _cache_volume(spec),
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
         ],

@@ -91,10 +91,11 @@ class S3Settings:
     #: bytes of upload data held in memory at once, across every upload of this store
     memory_budget: int = 512 * MiB
     #: files transferred at once by ``upload_dir`` and ``download_prefix``
-    file_concurrency: int = 8
-    #: "crc32": per-request and full-object CRC32 on upload, verified on download; "off" for servers
-    #: that reject checksum headers
-    checksum: str = "crc32"
+    file_concurrency: int = 16
+    #: "full": a CRC32 on every request and a FULL_OBJECT CRC32 of every multipart object, verified on every
+    #: download; "composite": per-request CRC32s only, for servers without full-object checksums (a multipart
+    #: object's download is then checked for length, not content); "off": for servers that reject checksums
+    checksum: str = "full"
     #: "path", "virtual" or "auto"; None: path-style when an endpoint URL is configured, else boto3's default
     addressing_style: str | None = None
     #: None: boto3's chain (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, config file), else standard mode, 10 attempts
@@ -119,8 +120,8 @@ class S3Settings:
             raise ValueError("the S3 memory budget must hold at least one part")
         if self.max_inflight < 1 or self.file_concurrency < 1 or self.download_attempts < 1:
             raise ValueError("S3 concurrency settings and download attempts must be at least 1")
-        if self.checksum not in ("crc32", "off"):
-            raise ValueError(f"S3 checksum must be 'crc32' or 'off', not {self.checksum!r}")
+        if self.checksum not in ("full", "composite", "off"):
+            raise ValueError(f"S3 checksum must be 'full', 'composite' or 'off', not {self.checksum!r}")
         if self.addressing_style not in (None, "path", "virtual", "auto"):
             raise ValueError(f"S3 addressing style must be path, virtual or auto, not {self.addressing_style!r}")
         if not 1 <= self.presign_expiry <= MAX_PRESIGN_SECONDS:
@@ -647,7 +648,9 @@ class S3Store(ObjectStore):
         full = self._full(key)
         create: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
         if self.settings.checksum != "off":
-            create.update(ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+            create["ChecksumAlgorithm"] = "CRC32"
+        if self.settings.checksum == "full":
+            create["ChecksumType"] = "FULL_OBJECT"
         try:
             upload_id = self._client.create_multipart_upload(**create)["UploadId"]
         except Exception as exc:
@@ -708,7 +711,7 @@ class S3Store(ObjectStore):
     def _complete(self, key: str, mpu: _Multipart, parts: builtins.list[dict[str, Any]]) -> None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": mpu.key, "UploadId": mpu.upload_id,
                                 "MultipartUpload": {"Parts": parts}, "MpuObjectSize": mpu.size}
-        if self.settings.checksum != "off":
+        if self.settings.checksum == "full":
             args.update(ChecksumCRC32=_b64_crc32(mpu.crc), ChecksumType="FULL_OBJECT")
         try:
             self._client.complete_multipart_upload(**args)
@@ -728,7 +731,7 @@ class S3Store(ObjectStore):
         if int(head.get("ContentLength", -1)) != mpu.size:
             return False
         stored = head.get("ChecksumCRC32")
-        return self.settings.checksum == "off" or stored == _b64_crc32(mpu.crc)
+        return self.settings.checksum != "full" or stored == _b64_crc32(mpu.crc)
 
     def _abort(self, mpu: _Multipart) -> None:
         try:

@@ -193,7 +193,7 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         step = state.global_step
         local = Path(str(args.output_dir)) / f"checkpoint-{step}"
-        if not local.is_dir():
+        if not state.is_world_process_zero or not local.is_dir():  # rank 0 alone uploads
             return
         metrics: dict[str, Any] = {"step": step}
         for key in ("train_loss", "mean_reward", "train_mean_token_accuracy"):

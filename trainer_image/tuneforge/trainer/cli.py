@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from tuneforge.contracts.exit_codes import ExitCode
 from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.trainer.errors import BadInput, TrainerError
+from tuneforge.trainer.launch import LaunchPlan, is_main_process, launch_plan
 from tuneforge.trainer.metrics_server import start_from_env as start_metrics_server
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
@@ -61,6 +65,33 @@ def _failure_message(exc: BaseException) -> tuple[str, str]:
     return "training_error", f"training failed: {name}: {detail}"
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is in the trainer image
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _run_launcher(plan: LaunchPlan) -> int:
+    """Run torchrun for a multi-GPU job and return its exit code (the workers report progress themselves).
+
+    SIGTERM/SIGINT are forwarded so the workers checkpoint and exit 75 (torchrun passes them on)."""
+    print(f"tuneforge: launching {plan.nproc} workers: {' '.join(plan.command)}", file=sys.stderr)
+    proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env})
+
+    def forward(signum: int, _frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = proc.wait()
+    if code < 0:
+        return int(ExitCode.FAILURE)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuneforge.trainer", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", help="path to the JobSpec JSON (default: $TUNEFORGE_JOBSPEC)")
@@ -78,8 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuneforge: {exc.message}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
 
-    reporter = ProgressReporter(spec.job_id, spec.progress)
-    metrics_server = start_metrics_server(spec.job_id, reporter)  # only with TUNEFORGE_TRAINER_METRICS_PORT
+    try:
+        plan = launch_plan(spec, source, python=sys.executable, env=os.environ, cuda=_cuda_available())
+    except ValueError as exc:
+        ProgressReporter(spec.job_id, spec.progress).emit("error", str(exc), level="error", code="invalid_input")
+        return int(ExitCode.BAD_INPUT)
+    if plan is not None:
+        return _run_launcher(plan)
+
+    if is_main_process():
+        reporter = ProgressReporter(spec.job_id, spec.progress)
+    else:  # the other workers of a distributed launch stay silent: rank 0 reports for the job
+        reporter = ProgressReporter(spec.job_id, None, stream=open(os.devnull, "w"))  # noqa: SIM115
+    # only with TUNEFORGE_TRAINER_METRICS_PORT
+    metrics_server = start_metrics_server(spec.job_id, reporter) if is_main_process() else None
     preempt = PreemptFlag()
     preempt.install()
     code = ExitCode.OK

@@ -11,6 +11,7 @@ from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.storage import ObjectStore
 from tuneforge.trainer.device import DeviceInfo, has_module
 from tuneforge.trainer.errors import BadInput
+from tuneforge.trainer.launch import distributed_training_args
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
 
@@ -104,6 +105,7 @@ def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if ctx.device.cuda and has_module("liger_kernel"):
         kwargs["use_liger_kernel"] = True
+    kwargs.update(distributed_training_args(cuda=ctx.device.cuda))
     return kwargs
 
 

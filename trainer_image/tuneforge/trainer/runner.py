@@ -18,6 +18,7 @@ from tuneforge.trainer.context import RunContext
 from tuneforge.trainer.data import load_dataset_rows
 from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
+from tuneforge.trainer.launch import is_main_process, world
 from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
@@ -54,8 +55,9 @@ def check_spec(spec: JobSpec) -> None:
 
 def _workdir(spec: JobSpec) -> Path:
     base = os.environ.get("TUNEFORGE_WORKDIR")
+    rank, size = world()
     if base:
-        path = Path(base).expanduser() / spec.job_id
+        path = Path(base).expanduser() / (spec.job_id if size == 1 else f"{spec.job_id}-rank{rank}")
         path.mkdir(parents=True, exist_ok=True)
         return path
     return Path(tempfile.mkdtemp(prefix=f"tuneforge-{spec.job_id}-"))
@@ -160,7 +162,11 @@ def _run(
     ckpt, resume_dir = _resume_point(ctx)
     prior = _prior_metrics(store, spec, ckpt.step) if ckpt else []
 
+    main_process = is_main_process()
+
     def write_metrics() -> None:
+        if not main_process:
+            return
         rows = prior + reporter.metrics_rows
         store.put_bytes(metrics_key(spec), "".join(json.dumps(r) + "\n" for r in rows).encode())
 
@@ -195,6 +201,8 @@ def _run(
     reporter.status("saving", "Saving and uploading the tuned model")
     final_dir = workdir / "final"
     built.save(final_dir)
+    if not main_process:
+        return {"steps": state.global_step}  # rank 0 publishes and reports
     fix_adapter_config(final_dir, spec.base_model)
     files = publish_model(store, spec, final_dir, extra=built.manifest_extra)
     write_metrics()

@@ -90,8 +90,13 @@ class Client:
             # the URL is a signed link: no API key is sent with it
             with httpx.stream("GET", item["url"], timeout=600) as response:
                 if response.status_code >= 400:
-                    response.read()
-                    raise APIError(response.status_code, response.json())
+                    body = response.read().decode("utf-8", "replace")
+                    # our links answer JSON errors; presigned S3 links answer XML
+                    try:
+                        error = httpx.Response(200, content=body).json()
+                    except ValueError:
+                        error = {"error": {"message": f"download of {item['name']} failed: {body[:300]}"}}
+                    raise APIError(response.status_code, error)
                 with open(tmp, "wb") as fh:
                     for chunk in response.iter_bytes(1 << 20):
                         fh.write(chunk)

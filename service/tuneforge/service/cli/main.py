@@ -229,6 +229,20 @@ def models_prepare(name: str = "SmolLM2-135M-Instruct") -> None:
     raise typer.Exit(subprocess.call([sys.executable, "-m", "tuneforge.trainer.models", "prepare", name]))
 
 
+@models_app.command("push")
+def models_push(
+    name: Annotated[str, typer.Argument(help="A bundled model (SmolLM2-135M-Instruct) or a cached Hub id")],
+    store: Annotated[str, typer.Option("--store", envvar="TUNEFORGE_STORAGE_URL",
+                                       help="Object store: s3://bucket/prefix (AWS_* variables pick the endpoint "
+                                            "and credentials) or file:///dir")],
+) -> None:
+    """Upload a base model to models/{name}/ in the object store, so cluster pods load it from the bucket."""
+    import subprocess
+
+    raise typer.Exit(subprocess.call(
+        [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", store]))
+
+
 @app.command()
 def download(
     job_id: str,

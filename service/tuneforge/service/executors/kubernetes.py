@@ -316,7 +316,8 @@ class KubernetesExecutor(Executor):
                 self._cancels.discard(job_id)
 
     def _push_progress(self, session: Session, job: Job, final: bool = False) -> None:
-        assert self.custom is not None
+        if self.custom is None:  # not started
+            return
         text = progress_text(job.progress)
         if final:
             total = (job.progress or {}).get("total_steps")

@@ -1,4 +1,4 @@
-"""``/v1/fine_tuning/jobs``: create, list, get, cancel, events, checkpoints, artifacts."""
+"""``/v1/fine_tuning/jobs``: create, list, get, cancel, delete, events, checkpoints, artifacts."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
+from sqlalchemy import delete
 
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import checkpoint_object, event_object, job_object
 from tuneforge.service.api.routes.artifacts import artifact_list
 from tuneforge.service.core.errors import APIError
+from tuneforge.service.db.models import Checkpoint, JobEvent
 from tuneforge.service.domain.job_requests import create_job
 from tuneforge.service.domain.lifecycle import TERMINAL, transition
-from tuneforge.service.schemas import JobCreate, JobObject, ListObject
+from tuneforge.service.schemas import DeletedObject, JobCreate, JobObject, ListObject
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -65,6 +67,24 @@ def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
     if state.executor:
         state.executor.cancel(job_id)
     return job_object(job)
+
+
+@router.delete("/{job_id}", response_model=DeletedObject,
+               summary="Delete a finished job: its objects (checkpoints, model, metrics) and its records")
+def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
+    job = repo.get_job(job_id)
+    running = getattr(state.executor, "running", None)  # the local executor's live trainers
+    if job.status not in TERMINAL or (isinstance(running, dict) and job_id in running):
+        raise APIError(f"Job {job_id} is {job.status} and may still write its objects; cancel it and wait until "
+                       "it has stopped before deleting it.", code="job_not_deletable", status_code=409)
+    # objects first: if the store fails, the records stay and the delete can be repeated
+    state.store.delete_prefix(f"jobs/{job.id}/")
+    session = repo.session
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+    session.delete(job)
+    session.commit()
+    return DeletedObject(id=job_id, object="fine_tuning.job")
 
 
 @router.get("/{job_id}/events", response_model=ListObject, summary="List a job's events")
