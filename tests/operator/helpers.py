@@ -131,14 +131,17 @@ def service_account_kubeconfig(api: k8s.ApiClient, admin_kubeconfig: Path, accou
 
 
 class OperatorProcess:
-    """``python -m tuneforge.operator --standalone --namespace GLOB`` with a liveness endpoint; logs to a file."""
+    """``python -m tuneforge.operator --standalone --namespace GLOB`` with a liveness endpoint; logs to a file.
+
+    ``peering=(name, priority)`` runs it with kopf peering instead of ``--standalone``."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, namespace: str = "tfop-*",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, peering: tuple[str, int] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespace = namespace
         self.env = dict(env or {})
+        self.peering = peering
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._cwd = tempfile.mkdtemp(prefix="tuneforge-operator-")
@@ -160,8 +163,10 @@ class OperatorProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== {time.strftime('%H:%M:%S')} starting the operator\n".encode())
             log.flush()
+            mode = (["--peering", self.peering[0], "--priority", str(self.peering[1])] if self.peering
+                    else ["--standalone"])
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tuneforge.operator", "--standalone", "--namespace", self.namespace,
+                [sys.executable, "-m", "tuneforge.operator", *mode, "--namespace", self.namespace,
                  "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self._cwd,
                 start_new_session=True,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +231,37 @@ def test_deleting_the_finetunejob_garbage_collects_job_and_pods(custom, core, ba
     with pytest.raises(k8s.ApiException) as err:
         get(custom, namespace, "ftj-gc")
     assert err.value.status == 404
+
+
+def test_peering_keeps_one_operator_active(testbed, custom, batch, core, operator_kubeconfig, gpu_pool,
+                                           tmp_path: Path):
+    """Two replicas with kopf peering (KopfPeering of helm/crds, RBAC of docs/cluster/rbac.yaml): only the
+    higher-priority one acts. (A namespace outside the session operator's 'tfop-*'.)"""
+    namespace = f"peer-{uuid.uuid4().hex[:8]}"
+    testbed.create_namespace(namespace)
+    custom.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", {
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "tuneforge"}}, _request_timeout=10)
+    active = OperatorProcess(operator_kubeconfig, tmp_path / "active.log", namespace, peering=("tuneforge", 100))
+    standby = OperatorProcess(operator_kubeconfig, tmp_path / "standby.log", namespace, peering=("tuneforge", 0))
+    try:
+        active.start()
+        standby.start()
+
+        def peers() -> int:
+            peering = custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "tuneforge",
+                                                          _request_timeout=10)
+            return len(peering.get("status") or {})
+
+        wait_for("both operators in the KopfPeering", lambda: peers() == 2, 20)
+        create(custom, namespace, finetunejob("ftj-peer"))
+        wait_phase(custom, namespace, "ftj-peer", "Running")
+        assert len(batch.list_namespaced_job(namespace, _request_timeout=10).items) == 1
+        assert "created Job" in active.log_tail(400)
+        assert "created Job" not in standby.log_tail(400)
+    finally:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ftj-peer", {"spec": {"cancel": True}},
+                                              _request_timeout=10)
+        wait_phase(custom, namespace, "ftj-peer", "Cancelled")
+        standby.stop()
+        active.stop()
+        core.delete_namespace(namespace, _request_timeout=10)

@@ -104,3 +104,21 @@ def test_without_channel_prints_json_lines() -> None:
     reporter.emit("result", trained_tokens=10)
     (line,) = out.getvalue().splitlines()
     assert json.loads(line)["data"] == {"trained_tokens": 10}
+
+
+def test_progress_token_comes_from_the_environment_in_cluster_mode(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The operator passes the spec without its token and the token from a Secret as an env variable."""
+    from tuneforge.contracts.jobspec import JobSpec
+    from tuneforge.trainer.cli import with_token_from_env
+
+    spec = JobSpec.model_validate({
+        "job_id": "ftjob-x", "tenant_id": "t", "method": {"type": "supervised"}, "base_model": "/m",
+        "training_file": {"file_id": "f", "key": "files/f", "format": "chat"},
+        "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate": 1e-4},
+        "storage_url": "file:///tmp/s", "output_prefix": "jobs/ftjob-x",
+        "progress": {"url": "http://svc:8000", "token": ""},
+    })
+    monkeypatch.setenv("TUNEFORGE_PROGRESS_TOKEN", "tfjob-secret")
+    assert with_token_from_env(spec).progress.token == "tfjob-secret"  # type: ignore[union-attr]
+    with_token = spec.model_copy(update={"progress": spec.progress.model_copy(update={"token": "own"})})  # type: ignore[union-attr]
+    assert with_token_from_env(with_token).progress.token == "own"  # type: ignore[union-attr]

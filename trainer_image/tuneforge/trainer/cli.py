@@ -44,11 +44,21 @@ def load_spec(value: str) -> JobSpec:
         except OSError as exc:
             raise BadInput(f"cannot read the job spec {value!r}: {exc.strerror}") from exc
     try:
-        return JobSpec.from_json(text)
+        spec = JobSpec.from_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
         raise BadInput(f"invalid job spec: {where}: {first.get('msg')} ({exc.error_count()} errors)") from exc
+    return with_token_from_env(spec)
+
+
+def with_token_from_env(spec: JobSpec) -> JobSpec:
+    """In cluster mode the spec travels in a ConfigMap without the progress token, which comes from a
+    Secret as ``TUNEFORGE_PROGRESS_TOKEN``; a token in the spec (local executor) wins."""
+    token = os.environ.get("TUNEFORGE_PROGRESS_TOKEN", "")
+    if spec.progress is None or spec.progress.token or not token:
+        return spec
+    return spec.model_copy(update={"progress": spec.progress.model_copy(update={"token": token})})
 
 
 def _set_env_defaults() -> None:
