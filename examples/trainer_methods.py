@@ -3,6 +3,8 @@
     PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 python examples/trainer_methods.py sft
     ... dpo | reward | grpo        (add --rows/--valid-rows/--steps to trade time for quality)
 
+The measured figures and the exact commands (small slices for 2 CPU cores) are in docs/methods.md.
+
 Each run writes a JobSpec over a local object store, runs ``python -m tuneforge.trainer`` and prints the
 held-out figures before training (step 0, the base model) and after:
 

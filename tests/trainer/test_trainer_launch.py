@@ -91,3 +91,13 @@ def test_fsdp_on_two_gpus(make_job: Any) -> None:
     result = run_trainer(job, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert len(result.of("result")) == 1
+
+
+@pytest.mark.slow
+def test_worker_exit_code_survives_torchrun(make_job: Any) -> None:
+    """torchrun reports any worker failure as 1; the launcher returns rank 0's contract code (65 here)."""
+    job = make_job(chat_rows(8), method={"type": "dpo"}, fmt="preference", resources={"gpus": 2})
+    result = run_trainer(job, timeout=300)
+    assert result.returncode == 65, result.stderr[-3000:]
+    errors = result.of("error")
+    assert len(errors) == 1 and errors[0]["data"]["code"] == "invalid_input", errors

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
 
 MAX_MESSAGE = 500
+#: a distributed launch's rank 0 writes its exit code here (torchrun itself only says 0 or 1)
+EXIT_CODE_ENV = "TUNEFORGE_EXIT_CODE_FILE"
 
 
 def _one_line(text: str) -> str:
@@ -86,9 +89,12 @@ def _cuda_available() -> bool:
 def _run_launcher(plan: LaunchPlan) -> int:
     """Run torchrun for a multi-GPU job and return its exit code (the workers report progress themselves).
 
-    SIGTERM/SIGINT are forwarded so the workers checkpoint and exit 75 (torchrun passes them on)."""
+    SIGTERM/SIGINT are forwarded so the workers checkpoint and exit 75 (torchrun passes them on). torchrun
+    turns any worker failure into exit 1, so rank 0 leaves its contract exit code (65, 75, …) in a file."""
     print(f"tuneforge: launching {plan.nproc} workers: {' '.join(plan.command)}", file=sys.stderr)
-    proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env})
+    fd, code_file = tempfile.mkstemp(prefix="tuneforge-exit-")
+    os.close(fd)
+    proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env, EXIT_CODE_ENV: code_file})
 
     def forward(signum: int, _frame: Any) -> None:
         if proc.poll() is None:
@@ -97,9 +103,14 @@ def _run_launcher(plan: LaunchPlan) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     code = proc.wait()
-    if code < 0:
-        return int(ExitCode.FAILURE)
-    return code
+    try:
+        written = Path(code_file).read_text().strip()
+        os.unlink(code_file)
+    except OSError:
+        written = ""
+    if code != 0 and written.isdigit() and int(written) != 0:
+        return int(written)
+    return int(ExitCode.FAILURE) if code < 0 else code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,4 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         reporter.close()
         if metrics_server is not None:
             metrics_server.stop()
+    code_file = os.environ.get(EXIT_CODE_ENV)
+    if code_file and is_main_process():
+        Path(code_file).write_text(str(int(code)))
     return int(code)
