@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.storage import ObjectStore
@@ -17,6 +17,22 @@ from tuneforge.trainer.progress import ProgressReporter
 
 #: save/eval interval meaning "only at the end" (the final step always saves and evaluates)
 AT_END_ONLY = 10**9
+
+
+@dataclass
+class BuiltTrainer:
+    """What a method's ``build`` returns: a ready HF/TRL trainer and how to save its result."""
+
+    trainer: Any
+    tokenizer: Any
+    #: forward+backward FLOPs per trained token (6N), for MFU
+    flops_per_token: float | None
+    #: extra fields for ``manifest.json`` (e.g. ``task``)
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        self.trainer.save_model(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
 
 
 @dataclass
@@ -38,19 +54,6 @@ class RunContext:
     @property
     def hp(self) -> Any:
         return self.spec.hyperparameters
-
-
-class BuiltTrainer(Protocol):
-    """What a method module returns: a ready HF/TRL trainer and how to save the result."""
-
-    trainer: Any
-    tokenizer: Any
-    #: forward+backward FLOPs per trained token (6N), for MFU
-    flops_per_token: float | None
-    #: extra fields for ``manifest.json`` (e.g. ``task``)
-    manifest_extra: dict[str, Any]
-
-    def save(self, directory: Path) -> None: ...
 
 
 def logging_steps(total_steps: int) -> int:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 from tuneforge.trainer.context import (
+    BuiltTrainer,
     RunContext,
     count_params,
     lora_config,
@@ -25,19 +22,8 @@ LOSS_TYPES = {
 }  # fmt: skip
 
 
-@dataclass
-class DPOBuilt:
-    trainer: Any
-    tokenizer: Any
-    flops_per_token: float | None
-    manifest_extra: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, directory: Path) -> None:
-        self.trainer.save_model(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
-
-
-def build(ctx: RunContext) -> DPOBuilt:
+def build(ctx: RunContext) -> BuiltTrainer:
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -67,4 +53,4 @@ def build(ctx: RunContext) -> DPOBuilt:
         peft_config=lora_config(ctx, "CAUSAL_LM"),
     )
     # policy and reference forward on chosen and rejected: ~2x the SFT cost per token (ref is forward only)
-    return DPOBuilt(trainer, tokenizer, 8.0 * n_params, {"method": "dpo", "task": "causal_lm"})
+    return BuiltTrainer(trainer, tokenizer, 8.0 * n_params, {"method": "dpo", "task": "causal_lm"})

@@ -7,11 +7,7 @@ The published model is a LoRA adapter with the ``score`` head saved in full (``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-from tuneforge.trainer.context import RunContext, count_params, lora_config, training_args_kwargs
+from tuneforge.trainer.context import BuiltTrainer, RunContext, count_params, lora_config, training_args_kwargs
 from tuneforge.trainer.data import ensure_chat_template
 from tuneforge.trainer.methods import preference
 from tuneforge.trainer.methods.sft import model_dtype
@@ -20,19 +16,8 @@ from tuneforge.trainer.models import load_sequence_classifier, load_tokenizer
 TASK = "sequence_classification"
 
 
-@dataclass
-class RewardBuilt:
-    trainer: Any
-    tokenizer: Any
-    flops_per_token: float | None
-    manifest_extra: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, directory: Path) -> None:
-        self.trainer.save_model(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
-
-
-def build(ctx: RunContext) -> RewardBuilt:
+def build(ctx: RunContext) -> BuiltTrainer:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
@@ -55,4 +40,4 @@ def build(ctx: RunContext) -> RewardBuilt:
         processing_class=tokenizer,
         peft_config=lora_config(ctx, "SEQ_CLS"),
     )
-    return RewardBuilt(trainer, tokenizer, 6.0 * n_params, {"method": "reward_model", "task": TASK})
+    return BuiltTrainer(trainer, tokenizer, 6.0 * n_params, {"method": "reward_model", "task": TASK})

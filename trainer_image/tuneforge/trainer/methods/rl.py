@@ -7,11 +7,10 @@ On CUDA with vLLM installed, generation runs in vLLM (colocated).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tuneforge.trainer.context import (
+    BuiltTrainer,
     RunContext,
     count_params,
     lora_config,
@@ -24,18 +23,6 @@ from tuneforge.trainer.errors import BadInput
 from tuneforge.trainer.graders import load_reward_model, make_match_reward
 from tuneforge.trainer.methods.sft import model_dtype
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
-
-
-@dataclass
-class RLBuilt:
-    trainer: Any
-    tokenizer: Any
-    flops_per_token: float | None
-    manifest_extra: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, directory: Path) -> None:
-        self.trainer.save_model(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -55,7 +42,7 @@ def _rows(rows: list[dict[str, Any]], reference_field: str | None) -> list[dict[
     return out
 
 
-def build(ctx: RunContext) -> RLBuilt:
+def build(ctx: RunContext) -> BuiltTrainer:
     from datasets import Dataset
     from transformers import set_seed
 
@@ -119,7 +106,7 @@ def build(ctx: RunContext) -> RLBuilt:
         reward_processing_classes=reward_tokenizers,
         peft_config=lora_config(ctx, "CAUSAL_LM"),
     )
-    return RLBuilt(
+    return BuiltTrainer(
         trainer,
         tokenizer,
         6.0 * n_params,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tuneforge.trainer.context import (
+    BuiltTrainer,
     RunContext,
     count_params,
     lora_config,
@@ -17,18 +16,6 @@ from tuneforge.trainer.context import (
 from tuneforge.trainer.data import Tokenized, tokenize_sft
 from tuneforge.trainer.errors import BadInput
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
-
-
-@dataclass
-class SFTBuilt:
-    trainer: Any
-    tokenizer: Any
-    flops_per_token: float | None
-    manifest_extra: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, directory: Path) -> None:
-        self.trainer.save_model(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
 
 
 def _report_tokenized(ctx: RunContext, tok: Tokenized, role: str) -> None:
@@ -80,7 +67,7 @@ def use_group_by_length(ctx: RunContext, padding_free: bool) -> bool:
     return bool(forced) and not padding_free
 
 
-def build(ctx: RunContext) -> SFTBuilt:
+def build(ctx: RunContext) -> BuiltTrainer:
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -130,7 +117,7 @@ def build(ctx: RunContext) -> SFTBuilt:
         processing_class=tokenizer,
         peft_config=lora_config(ctx, "CAUSAL_LM"),
     )
-    return SFTBuilt(
+    return BuiltTrainer(
         trainer=trainer,
         tokenizer=tokenizer,
         flops_per_token=6.0 * n_params,
