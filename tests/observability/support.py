@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.e2e.data import write_chat_file
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -107,14 +108,7 @@ class Prometheus:
 
 
 def chat_jsonl(path: Path, rows: int, offset: int = 0) -> Path:
-    with open(path, "w") as fh:
-        for i in range(offset, offset + rows):
-            a, b = i % 7 + 1, i % 5 + 2
-            fh.write(json.dumps({"messages": [
-                {"role": "user", "content": f"What is {a} plus {b}?"},
-                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-            ]}) + "\n")
-    return path
+    return write_chat_file(path, rows, offset)
 
 
 def upload(client: httpx.Client, path: Path) -> str:

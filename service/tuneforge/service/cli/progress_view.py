@@ -145,16 +145,7 @@ def _progress(console: Console) -> Progress:
 def _follow_polling(client: Client, job_id: str, console: Console, poll: float = 1.0) -> dict[str, Any]:
     """For servers without the event stream: poll the job and its events."""
     seen: set[str] = set()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TextColumn("ETA {task.fields[eta]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = _progress(console)
     task = progress.add_task("queued", total=None, loss="-", tps="-", eta="--:--")
     with progress:
         while True:
