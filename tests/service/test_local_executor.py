@@ -119,3 +119,24 @@ def test_jobs_run_one_at_a_time_by_default(server: ThreadServer, tiny: Path, tmp
     else:
         pytest.fail("jobs did not finish")
     assert max(seen_running) == 1
+
+
+def test_deleting_a_finished_job_removes_its_objects_logs_and_scratch(
+    server: ThreadServer, tiny: Path, tmp_path: Path
+) -> None:
+    client = server.client()
+    file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=8))
+    job = client.post("/v1/fine_tuning/jobs", json={
+        "model": str(tiny), "training_file": file_id, "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+    }).json()
+    assert wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
+    executor = server.state.executor
+    log_path = executor.log_dir / f"{job['id']}.log"
+    assert log_path.is_file() and (executor.work_dir / job["id"]).is_dir()
+    assert list(server.state.store.list(f"jobs/{job['id']}/"))
+
+    response = client.delete(f"/v1/fine_tuning/jobs/{job['id']}")
+    assert response.status_code == 200 and response.json()["deleted"] is True
+    assert not log_path.exists() and not (executor.work_dir / job["id"]).exists()
+    assert not list(server.state.store.list(f"jobs/{job['id']}/"))
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").status_code == 404

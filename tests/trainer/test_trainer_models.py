@@ -55,3 +55,15 @@ def test_bundled_model_converts_once(tmp_path: Path) -> None:
     mtime = (first / "model.safetensors").stat().st_mtime
     assert resolve_model("SmolLM2-135M-Instruct") == first
     assert (first / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_publishing_a_local_directory_uses_its_name(tiny_model: Path, tmp_path: Path) -> None:
+    from tuneforge.trainer.models import prepare_model
+
+    store_dir = tmp_path / "bucket"
+    prepare_model(str(tiny_model), publish_url=store_dir.as_uri())
+    keys = [info.key for info in open_store(store_dir.as_uri()).list("models/")]
+    assert f"models/{tiny_model.name}/config.json" in keys
+    assert all(k.startswith(f"models/{tiny_model.name}/") for k in keys)
+    # and the published copy resolves by that bare name from the store
+    assert (resolve_model(tiny_model.name, open_store(store_dir.as_uri())) / "config.json").is_file()

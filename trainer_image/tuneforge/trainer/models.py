@@ -258,7 +258,10 @@ def prepare_model(name: str, publish_url: str | None = None) -> Path:
         from tuneforge.storage import open_store
 
         store = open_store(publish_url)
-        prefix = f"{MODELS_PREFIX}/{canonical_model_id(name)}"
+        # a local directory is published under its own name, a bundled/hub model under its id
+        local = Path(name).expanduser()
+        model_name = local.resolve().name if local.is_dir() else canonical_model_id(name)
+        prefix = f"{MODELS_PREFIX}/{model_name}"
         store.upload_dir(path, prefix, skip={CONVERTED_MARKER})
     return path
 

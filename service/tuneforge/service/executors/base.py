@@ -21,3 +21,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
         """Stop the job's trainer (the job is already marked cancelled)."""
+
+    def is_running(self, job_id: str) -> bool:
+        """Whether a trainer of this job may still be writing (a cancelled one can take seconds to stop)."""
+        return False
+
+    def discard(self, job_id: str) -> None:
+        """Remove what the executor kept on the side for a job being deleted (logs, scratch space)."""
+        return None

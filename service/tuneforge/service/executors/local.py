@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -137,6 +138,14 @@ class LocalExecutor(Executor):
         except subprocess.TimeoutExpired:
             self._signal(run, signal.SIGKILL)
         self.wake()
+
+    def is_running(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self.running
+
+    def discard(self, job_id: str) -> None:
+        shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        (self.log_dir / f"{job_id}.log").unlink(missing_ok=True)
 
     @staticmethod
     def _signal(run: _Running, sig: int) -> None:

@@ -73,8 +73,7 @@ def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
                summary="Delete a finished job: its objects (checkpoints, model, metrics) and its records")
 def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
     job = repo.get_job(job_id)
-    running = getattr(state.executor, "running", None)  # the local executor's live trainers
-    if job.status not in TERMINAL or (isinstance(running, dict) and job_id in running):
+    if job.status not in TERMINAL or (state.executor is not None and state.executor.is_running(job_id)):
         raise APIError(f"Job {job_id} is {job.status} and may still write its objects; cancel it and wait until "
                        "it has stopped before deleting it.", code="job_not_deletable", status_code=409)
     # objects first: if the store fails, the records stay and the delete can be repeated
@@ -84,6 +83,8 @@ def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     session.delete(job)
     session.commit()
+    if state.executor is not None:
+        state.executor.discard(job_id)
     return DeletedObject(id=job_id, object="fine_tuning.job")
 
 
