@@ -58,7 +58,7 @@ from tuneforge.service.db.models import Checkpoint, Job, JobEvent
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.domain.finish import finish_job
 from tuneforge.service.domain.lifecycle import TERMINAL, add_event, transition
-from tuneforge.service.executors.base import Executor
+from tuneforge.service.executors.base import Executor, run_until_stopped
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -216,13 +216,8 @@ class KubernetesExecutor(Executor):
 
     # -- control loop: submit, cancel, mirror progress --
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # keep the loop alive; the next tick retries
-                log.exception("kubernetes executor tick failed")
-            self._wake.wait(self.settings.executor.poll_interval_seconds)
-            self._wake.clear()
+        run_until_stopped(self.tick, self._stop, self._wake, self.settings.executor.poll_interval_seconds,
+                          "kubernetes executor")
 
     def tick(self) -> None:
         with self.sessions() as session:
