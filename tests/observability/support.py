@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.data import write_chat_file
+from tests.support.processes import stop_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -68,13 +69,7 @@ class Prometheus:
         raise TimeoutError(f"prometheus not ready in {timeout}s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=20)
 
     def _get(self, path: str, **params: Any) -> Any:
         response = httpx.get(f"{self.url}{path}", params=params, timeout=30)

@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from tests.support.processes import stop_process
+
 #: credentials moto accepts (it checks none); region for signing
 TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "tuneforge-test",
@@ -82,13 +84,7 @@ class MotoServer:
         httpx.post(f"{self.url}/moto-api/reset", timeout=30).raise_for_status()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
     def __enter__(self) -> MotoServer:
         return self.start()
