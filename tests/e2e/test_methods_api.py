@@ -174,11 +174,14 @@ def test_reinforcement_with_graders(process_server: ProcessServer, tiny_model_di
     client = process_server.client()
     train = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))
     valid = _upload(client, _write(tmp_path / "valid.jsonl", _prompts(2, seed=1)))
+    # rloo: OpenAI's multi grader, a reference-free format check and the answer check combined
     grader: dict[str, Any] = (
         {"type": "string_check", "reference": "{{item.answer}}", "operation": "eq"}
         if algorithm == "grpo"
-        else {"type": "regex", "pattern": r"(\d+)", "reference_field": "answer"}
-    )
+        else {"type": "multi", "calculate_output": "0.2 * digits + 0.8 * correct", "graders": {
+            "digits": {"type": "regex", "pattern": r"\d", "reference": None},
+            "correct": {"type": "regex", "pattern": r"(\d+)", "reference_field": "answer"}}}
+    )  # fmt: skip
     method = {"type": "reinforcement",
               "reinforcement": {"algorithm": algorithm, "grader": grader, "hyperparameters": RL_HP}}  # fmt: skip
     job = _create(client, tiny_model_dir, train["id"], method, valid["id"])
@@ -187,6 +190,9 @@ def test_reinforcement_with_graders(process_server: ProcessServer, tiny_model_di
     assert all(0.0 <= m["valid_mean_reward"] <= 1.0 for m in valid_metrics)
     train_metrics = [m for m in _metrics(client, job["id"]) if "mean_reward" in m]
     assert [m["step"] for m in train_metrics] == [1, 2], train_metrics
+    if grader["type"] == "multi":
+        assert all("reward_digits" in m and "reward_correct" in m for m in train_metrics), train_metrics
+        assert all("valid_reward_correct" in m for m in valid_metrics), valid_metrics
 
 
 def test_ppo_fails_at_once_with_a_clear_message(process_server: ProcessServer, tiny_model_dir: Path,

@@ -80,3 +80,19 @@ def test_unexpected_failure_is_one_line(make_job, hp) -> None:
     result = run_trainer(job)
     assert result.returncode in (1, 65)
     _error(result)
+
+
+def test_bad_multi_grader_formula_is_refused_before_training(make_job) -> None:
+    grader = {
+        "type": "multi",
+        "graders": {"correct": {"type": "string_check", "reference_field": "answer"}},
+        "calculate_output": "correct.__class__",
+    }
+    job = make_job(
+        [{"prompt": "2+2?", "answer": "4"}],
+        fmt="prompt_only",
+        method={"type": "reinforcement", "algorithm": "grpo", "grader": grader},
+    )
+    result = run_trainer(job)
+    assert result.returncode == 65, result.stderr[-2000:]
+    assert "attribute access 'correct.__class__' is not allowed" in _error(result)

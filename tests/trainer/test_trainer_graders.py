@@ -1,12 +1,12 @@
-"""Graders: exact, contains and regex matching against a reference field (pure Python, no model)."""
+"""Graders: exact, contains and regex matching, reference-free regex and multi (pure Python, no model)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tuneforge.contracts.jobspec import GraderSpec
+from tuneforge.contracts.jobspec import GraderSpec, MethodSpec
 from tuneforge.trainer.errors import BadInput
-from tuneforge.trainer.graders import make_match_reward, normalise
+from tuneforge.trainer.graders import check_grader, make_match_reward, make_multi_reward, normalise, reference_fields
 
 GSM8K = GraderSpec(
     type="regex", reference_field="answer", pattern=r"(-?[\d,]*\.?\d+)", reference_pattern=r"####\s*(.+)"
@@ -53,3 +53,112 @@ def test_missing_reference_field() -> None:
     reward = make_match_reward(GraderSpec(type="string_check", reference_field="missing"))
     with pytest.raises(BadInput):
         reward([None], ["x"], answer=["x"])
+
+
+FORMAT = r"####\s*-?[\d,]*\.?\d+\s*$"  # "ends with #### <number>"
+
+
+def _gsm8k_multi(formula: str = "0.2 * format + 0.8 * correct") -> GraderSpec:
+    return GraderSpec(
+        type="multi",
+        graders={
+            "format": GraderSpec(type="regex", reference_field=None, pattern=FORMAT),
+            "correct": GSM8K,
+        },
+        calculate_output=formula,
+    )
+
+
+def test_reference_free_regex_is_a_format_check() -> None:
+    reward = make_match_reward(GraderSpec(type="regex", reference_field=None, pattern=FORMAT))
+    completions = ["so 3 + 4 = 7\n#### 7", "#### 1,000.5  ", [{"role": "assistant", "content": "#### -2"}],
+                   "#### 7 apples", "7", ""]
+    # no reference column needed at all
+    assert reward([None] * 6, completions) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        GraderSpec(type="string_check", reference_field=None),
+        GraderSpec(type="regex", reference_field=None),
+        GraderSpec(type="regex", reference_field=None, pattern="x", reference_pattern="####(.*)"),
+    ],
+)
+def test_only_a_regex_grader_can_do_without_a_reference(spec: GraderSpec) -> None:
+    with pytest.raises(BadInput):
+        make_match_reward(spec)
+
+
+def test_multi_gsm8k_partial_credit() -> None:
+    reward = make_multi_reward(_gsm8k_multi())
+    completions = [
+        "Natalia sold 48 + 24 = 72 clips.\n#### 72",  # format and answer
+        "She sold 72",  # right number, no format
+        "#### 71",  # format, wrong number
+        "no idea",  # neither
+    ]
+    refs = ["She sold 48/2 = 24 in May... #### 72"] * 4
+    logged: list[tuple[str, float]] = []
+    scores = reward([None] * 4, completions, answer=refs, log_metric=lambda k, v: logged.append((k, v)))
+    assert scores == pytest.approx([1.0, 0.8, 0.2, 0.0])
+    assert dict(logged) == pytest.approx({"reward_format": 0.5, "reward_correct": 0.5})
+    assert reward.__name__ == "multi"
+    # without TRL's log_metric it still scores
+    assert reward([None], ["#### 72"], answer=["#### 72"]) == pytest.approx([1.0])
+
+
+def test_multi_formula_failure_scores_zero_for_that_completion() -> None:
+    reward = make_multi_reward(_gsm8k_multi("correct / format"))
+    assert reward([None, None], ["#### 72", "72"], answer=["#### 72"] * 2) == [1.0, 0.0]
+
+
+def test_multi_with_string_check_and_functions() -> None:
+    spec = GraderSpec(
+        type="multi",
+        graders={
+            "exact": GraderSpec(type="string_check", reference_field="label"),
+            "mentions": GraderSpec(type="string_check", reference_field="label", operation="contains"),
+        },
+        calculate_output="max(exact, 0.5 * mentions)",
+    )
+    reward = make_multi_reward(spec)
+    assert reward([None] * 3, ["Paris", "It is Paris", "Rome"], label=["paris"] * 3) == [1.0, 0.5, 0.0]
+    assert reference_fields(spec) == ["label"]
+    assert reference_fields(_gsm8k_multi()) == ["answer"]
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (GraderSpec(type="multi", calculate_output="1"), "needs 'graders'"),
+        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}), "non-empty"),
+        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}, calculate_output="a.b"),
+         "attribute access 'a.b'"),
+        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}, calculate_output="b"),
+         "unknown name 'b'"),
+        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="(")}, calculate_output="a"),
+         "sub-grader 'a': grader pattern is not a valid"),
+        (GraderSpec(type="multi", graders={"a": GraderSpec(type="reward_model", model_prefix="m")},
+                    calculate_output="a"), "must be string_check or regex"),
+        (GraderSpec(type="multi", graders={"a": _gsm8k_multi()}, calculate_output="a"),
+         "must be string_check or regex"),
+        (GraderSpec(type="multi", graders={"max": GraderSpec(type="regex", pattern="x")}, calculate_output="1"),
+         "is a function"),
+        (GraderSpec(type="multi", graders={f"g{i}": GraderSpec(type="regex", pattern="x") for i in range(9)},
+                    calculate_output="g0"), "at most 8"),
+    ],
+)
+def test_bad_multi_grader_is_bad_input(spec: GraderSpec, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        make_multi_reward(spec)
+    with pytest.raises(BadInput, match=message):
+        check_grader(spec)
+
+
+def test_multi_grader_survives_the_jobspec_round_trip() -> None:
+    method = MethodSpec(type="reinforcement", algorithm="grpo", grader=_gsm8k_multi())
+    again = MethodSpec.model_validate_json(method.model_dump_json())
+    assert again == method
+    assert again.grader is not None and again.grader.graders is not None
+    assert again.grader.graders["format"].reference_field is None

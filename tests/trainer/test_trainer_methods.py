@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from trainer_helpers import preference_rows, prompt_rows, run_trainer
@@ -46,14 +47,21 @@ def test_reward_model_reports_pairwise_accuracy(make_job) -> None:
     assert manifest["task"] == "sequence_classification"
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_reinforcement_with_regex_grader(make_job, algorithm: str) -> None:
-    grader = {
-        "type": "regex",
-        "reference_field": "answer",
-        "pattern": r"(\d+)",
-        "reference_pattern": r"####\s*(\d+)",
-    }
+REGEX_GRADER = {
+    "type": "regex",
+    "reference_field": "answer",
+    "pattern": r"(\d+)",
+    "reference_pattern": r"####\s*(\d+)",
+}
+MULTI_GRADER = {
+    "type": "multi",
+    "graders": {"digits": {"type": "regex", "reference_field": None, "pattern": r"\d"}, "correct": REGEX_GRADER},
+    "calculate_output": "0.2 * digits + 0.8 * correct",
+}
+
+
+@pytest.mark.parametrize("algorithm,grader", [("grpo", REGEX_GRADER), ("rloo", MULTI_GRADER)], ids=["grpo", "rloo"])
+def test_reinforcement_with_regex_or_multi_grader(make_job, algorithm: str, grader: dict[str, Any]) -> None:
     job = make_job(
         prompt_rows(4),
         validation=prompt_rows(2, seed=1),
@@ -75,6 +83,13 @@ def test_reinforcement_with_regex_grader(make_job, algorithm: str) -> None:
     assert all(0.0 <= m["mean_reward"] <= 1.0 for m in train)
     valid = [e["data"] for e in result.of("metrics") if "valid_mean_reward" in e["data"]]
     assert valid, [e["data"] for e in result.of("metrics")]
+    if grader["type"] == "multi":
+        # one combined reward for the advantages, each sub-grader's mean logged next to it
+        for m in train:
+            assert 0.0 <= m["reward_digits"] <= 1.0 and 0.0 <= m["reward_correct"] <= 1.0, m
+            combined = 0.2 * m["reward_digits"] + 0.8 * m["reward_correct"]
+            assert m["mean_reward"] == pytest.approx(combined, abs=1e-5), m
+        assert all("valid_reward_digits" in m and "valid_reward_correct" in m for m in valid), valid
     (res,) = result.of("result")
     assert res["data"]["trained_tokens"] > 0
 

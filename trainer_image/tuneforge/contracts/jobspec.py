@@ -73,9 +73,21 @@ class Hyperparameters(_Frozen):
 
 
 class GraderSpec(_Frozen):
-    type: Literal["string_check", "regex", "reward_model"]
-    #: name of the field in each data row that holds the reference answer
-    reference_field: str = "answer"
+    """How a ``reinforcement`` job scores a completion (built into reward functions by the trainer).
+
+    - ``string_check``: the completion (or the last ``pattern`` match in it) equals / contains the reference;
+    - ``regex`` with a reference: the last ``pattern`` match (group 1 if any) equals the reference;
+    - ``regex`` with ``reference_field=None``: reference-free, 1.0 when ``pattern`` is found in the completion
+      (a format check such as ``####\\s*-?[\\d,]*\\.?\\d+\\s*$``), else 0.0;
+    - ``reward_model``: a ``reward_model`` job's score;
+    - ``multi``: the named sub-graders in ``graders`` (string_check / regex) combined by the arithmetic
+      formula ``calculate_output`` (see :mod:`tuneforge.contracts.grader_formula`), e.g.
+      ``0.2 * format + 0.8 * correct``.
+    """
+
+    type: Literal["string_check", "regex", "reward_model", "multi"]
+    #: name of the field in each data row that holds the reference answer; None: a reference-free ``regex``
+    reference_field: str | None = "answer"
     #: for string_check: ``eq`` (exact after normalisation) or ``contains``
     operation: Literal["eq", "contains"] = "eq"
     #: for regex: applied to the model output, group 1 (or the whole match) is compared with the reference
@@ -84,6 +96,13 @@ class GraderSpec(_Frozen):
     reference_pattern: str | None = None
     #: for reward_model: the object-store prefix of a succeeded reward_model job's model
     model_prefix: str | None = None
+    #: for multi: sub-graders by name (the names are the variables of ``calculate_output``)
+    graders: dict[str, GraderSpec] | None = None
+    #: for multi: the formula combining the sub-grader scores
+    calculate_output: str | None = None
+
+
+GraderSpec.model_rebuild()
 
 
 class MethodSpec(_Frozen):

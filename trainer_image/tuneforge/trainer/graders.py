@@ -3,8 +3,12 @@
 - ``string_check``: the completion (or, with ``pattern``, the last regex match in it) compared with the row's
   reference field: ``eq`` after normalisation, or ``contains``;
 - ``regex``: ``pattern`` is searched in the completion, the last match (group 1 if present) must equal the
-  reference;
-- ``reward_model``: a ``reward_model`` job's output (sequence classifier) scores prompt + completion.
+  reference; with ``reference_field=None`` there is no reference: 1.0 when ``pattern`` is found at all
+  (a format check), else 0.0;
+- ``reward_model``: a ``reward_model`` job's output (sequence classifier) scores prompt + completion;
+- ``multi``: string_check / regex sub-graders combined by the ``calculate_output`` formula into ONE reward
+  function, so GRPO/RLOO advantages use the combined score; each sub-grader's batch mean is reported through
+  TRL's ``log_metric`` as ``reward_<name>`` (``valid_reward_<name>`` on the validation set).
 
 The reference may itself be extracted with ``reference_pattern`` (GSM8K: ``####\\s*(.+)``). User patterns are
 run with the ``regex`` module under a time limit, on completions capped in length, so a pathological pattern
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneforge.contracts.grader_formula import MAX_SUB_GRADERS, FormulaError, check_grader_name, parse_formula
 from tuneforge.contracts.jobspec import GraderSpec
 from tuneforge.storage import MANIFEST_NAME, ObjectNotFound, ObjectStore
 from tuneforge.trainer.errors import BadInput
@@ -44,8 +49,19 @@ def _compile(pattern: str, what: str) -> Any:
         raise BadInput(f"grader {what} is not a valid regular expression: {exc}") from exc
 
 
+def _timeout(compiled: Any) -> dict[str, float]:
+    return {"timeout": REGEX_TIMEOUT_S} if compiled.__class__.__module__.startswith("regex") else {}
+
+
+def _found(compiled: Any, text: str) -> bool:
+    try:
+        return compiled.search(text[:MAX_TEXT], **_timeout(compiled)) is not None
+    except TimeoutError:
+        return False
+
+
 def _last_match(compiled: Any, text: str) -> str | None:
-    kwargs = {"timeout": REGEX_TIMEOUT_S} if compiled.__class__.__module__.startswith("regex") else {}
+    kwargs = _timeout(compiled)
     try:
         matches = list(compiled.finditer(text[:MAX_TEXT], **kwargs))
     except TimeoutError:
@@ -90,8 +106,14 @@ def make_match_reward(spec: GraderSpec) -> RewardFunc:
     if spec.type == "regex" and not spec.pattern:
         raise BadInput("a regex grader needs 'pattern'")
     pattern = _compile(spec.pattern, "pattern") if spec.pattern else None
-    ref_pattern = _compile(spec.reference_pattern, "reference_pattern") if spec.reference_pattern else None
     field = spec.reference_field
+    if field is None:
+        if spec.type != "regex" or pattern is None:
+            raise BadInput("only a regex grader can do without a reference (reference_field null)")
+        if spec.reference_pattern:
+            raise BadInput("a regex grader without a reference cannot have a 'reference_pattern'")
+        return _make_search_reward(pattern)
+    ref_pattern = _compile(spec.reference_pattern, "reference_pattern") if spec.reference_pattern else None
     contains = spec.type == "string_check" and spec.operation == "contains"
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
@@ -113,6 +135,89 @@ def make_match_reward(spec: GraderSpec) -> RewardFunc:
 
     reward.__name__ = f"{spec.type}_{field}"
     return reward
+
+
+def _make_search_reward(pattern: Any) -> RewardFunc:
+    """Reference-free ``regex``: 1.0 when the pattern is found anywhere in the completion."""
+
+    def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        return [1.0 if _found(pattern, completion_text(c)) else 0.0 for c in completions]
+
+    reward.__name__ = "regex_search"
+    return reward
+
+
+def make_multi_reward(spec: GraderSpec) -> RewardFunc:
+    """``multi`` grader: ONE reward function whose score is ``calculate_output`` over the sub-grader scores.
+
+    Each sub-grader's batch mean goes to TRL's ``log_metric`` (when TRL passes it) as ``reward_<name>``; TRL
+    logs it next to ``reward`` (``eval_`` prefixed during evaluation), so the progress events carry
+    ``reward_<name>`` and ``valid_reward_<name>``. A completion whose formula fails (division by zero, math
+    domain error) scores 0.0.
+    """
+    graders = spec.graders or {}
+    if not graders:
+        raise BadInput("a multi grader needs 'graders' (named sub-graders)")
+    if len(graders) > MAX_SUB_GRADERS:
+        raise BadInput(f"a multi grader has at most {MAX_SUB_GRADERS} sub-graders, got {len(graders)}")
+    subs: dict[str, RewardFunc] = {}
+    for name, sub in graders.items():
+        problem = check_grader_name(name)
+        if problem:
+            raise BadInput(f"multi grader: {problem}")
+        if sub.type not in ("string_check", "regex"):
+            raise BadInput(f"multi grader: sub-grader {name!r} is a {sub.type} grader; "
+                           "sub-graders must be string_check or regex")
+        try:
+            subs[name] = make_match_reward(sub)
+        except BadInput as exc:
+            raise BadInput(f"multi grader: sub-grader {name!r}: {exc}") from None
+    try:
+        formula = parse_formula(spec.calculate_output, subs)
+    except FormulaError as exc:
+        raise BadInput(f"multi grader: {exc}") from None
+
+    def reward(
+        prompts: list[Any], completions: list[Any], log_metric: Callable[[str, float], None] | None = None,
+        **columns: Any,
+    ) -> list[float]:
+        scores = {name: func(prompts, completions, **columns) for name, func in subs.items()}
+        if log_metric is not None and completions:
+            for name, values in scores.items():
+                log_metric(f"reward_{name}", sum(values) / len(values))
+        return [formula.evaluate({name: values[i] for name, values in scores.items()})
+                for i in range(len(completions))]
+
+    reward.__name__ = "multi"
+    return reward
+
+
+def make_reward(spec: GraderSpec) -> RewardFunc:
+    """The reward function of a rule-based grader (everything but ``reward_model``); raises :class:`BadInput`."""
+    if spec.type == "multi":
+        return make_multi_reward(spec)
+    if spec.type == "reward_model":
+        raise BadInput("a reward_model grader is a model, not a rule")  # pragma: no cover - callers check
+    return make_match_reward(spec)
+
+
+def reference_fields(spec: GraderSpec) -> list[str]:
+    """The data fields the grader compares against (none for reward_model and reference-free regex)."""
+    if spec.type == "reward_model":
+        return []
+    if spec.type == "multi":
+        fields = [f for sub in (spec.graders or {}).values() for f in reference_fields(sub)]
+        return list(dict.fromkeys(fields))
+    return [spec.reference_field] if spec.reference_field is not None else []
+
+
+def check_grader(spec: GraderSpec) -> None:
+    """Validate a grader before anything is downloaded: patterns compile, the formula parses."""
+    if spec.type == "reward_model":
+        if not (spec.model_prefix or "").strip("/"):
+            raise BadInput("a reward_model grader needs 'model_prefix' (a succeeded reward_model job's model)")
+        return
+    make_reward(spec)
 
 
 def load_reward_model(spec: GraderSpec, store: ObjectStore, workdir: Path, dtype: Any) -> tuple[Any, Any]:

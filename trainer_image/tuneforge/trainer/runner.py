@@ -18,6 +18,7 @@ from tuneforge.trainer.context import RunContext
 from tuneforge.trainer.data import load_dataset_rows
 from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
+from tuneforge.trainer.graders import check_grader
 from tuneforge.trainer.launch import is_main_process, world
 from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
@@ -47,7 +48,8 @@ def check_spec(spec: JobSpec) -> None:
                 "trl.experimental). Use 'grpo' or 'rloo', its critic-free successors"
             )
         if method.grader is None:
-            raise BadInput("a reinforcement job needs a grader (string_check, regex or reward_model)")
+            raise BadInput("a reinforcement job needs a grader (string_check, regex, multi or reward_model)")
+        check_grader(method.grader)
     hp = spec.hyperparameters
     if hp.batch_size < 1 or hp.n_epochs < 1 or hp.learning_rate <= 0:
         raise BadInput("batch_size and n_epochs must be at least 1 and learning_rate positive")

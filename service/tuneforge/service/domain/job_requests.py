@@ -6,8 +6,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
 from tuneforge.contracts.datasets import METHOD_FORMATS
+from tuneforge.contracts.grader_formula import MAX_SUB_GRADERS, FormulaError, check_grader_name, parse_formula
 from tuneforge.contracts.jobspec import (
     AdapterSpec,
     DatasetRef,
@@ -65,19 +68,77 @@ def _method_section(method: dict[str, Any], mtype: str) -> dict[str, Any]:
     return section
 
 
-def _grader(repo: TenantRepo, raw: Any) -> GraderSpec:
+GRADER = "method.reinforcement.grader"
+GRADER_TYPES = ("string_check", "regex", "multi", "reward_model")
+SUB_GRADER_TYPES = ("string_check", "regex")
+
+
+def _reference_field(raw: dict[str, Any], param: str) -> tuple[bool, str | None]:
+    """(given, field) from OpenAI's ``reference: "{{item.answer}}"`` or ``reference_field``; null: no reference."""
+    given, field = False, None
+    for key in ("reference", "reference_field"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if value is not None and not isinstance(value, str):
+            raise _bad(f"'{key}' must be a string such as '{{{{item.answer}}}}' or null", f"{param}.{key}")
+        if isinstance(value, str):
+            match = re.fullmatch(r"\{\{\s*item\.(\w+)\s*\}\}", value.strip())
+            value = match.group(1) if match else value
+        given, field = True, value
+    return given, field
+
+
+def _check_regex(raw: dict[str, Any], key: str, param: str) -> None:
+    value = raw.get(key)
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _bad(f"'{key}' must be a regular expression string", f"{param}.{key}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _bad(f"invalid regular expression: {exc}", f"{param}.{key}") from None
+
+
+def _multi_grader(repo: TenantRepo, raw: dict[str, Any], param: str) -> GraderSpec:
+    subs = raw.get("graders")
+    if not isinstance(subs, dict) or not subs:
+        raise _bad("a multi grader needs 'graders': an object of named sub-graders, e.g. "
+                   "{\"format\": {...}, \"correct\": {...}}", f"{param}.graders")
+    if len(subs) > MAX_SUB_GRADERS:
+        raise _bad(f"a multi grader has at most {MAX_SUB_GRADERS} sub-graders, got {len(subs)}", f"{param}.graders")
+    graders: dict[str, GraderSpec] = {}
+    for name, sub in subs.items():
+        problem = check_grader_name(name)
+        if problem:
+            raise _bad(problem, f"{param}.graders.{name}")
+        graders[name] = _grader(repo, sub, f"{param}.graders.{name}", nested=True)
+    formula = raw.get("calculate_output")
+    try:
+        parse_formula(formula, graders)
+    except FormulaError as exc:
+        raise _bad(str(exc), f"{param}.calculate_output") from None
+    return GraderSpec(type="multi", graders=graders, calculate_output=formula)
+
+
+def _grader(repo: TenantRepo, raw: Any, param: str = GRADER, nested: bool = False) -> GraderSpec:
+    """The request's grader as a GraderSpec; every problem is a 400 whose ``param`` names the field."""
+    allowed = SUB_GRADER_TYPES if nested else GRADER_TYPES
     if not isinstance(raw, dict):
-        raise _bad("reinforcement needs a 'grader' object (string_check, regex or reward_model)",
-                   "method.reinforcement.grader")
+        what = "a sub-grader" if nested else "reinforcement needs a 'grader'"
+        raise _bad(f"{what} must be an object ({', '.join(allowed)})", param)
     gtype = raw.get("type")
+    if gtype not in allowed:
+        if nested and gtype in GRADER_TYPES:
+            raise _bad(f"a multi grader's sub-graders must be {' or '.join(allowed)}, not {gtype}", f"{param}.type")
+        raise _bad(f"unknown grader type {gtype!r}; expected one of {', '.join(allowed)}", f"{param}.type")
+    if gtype == "multi":
+        return _multi_grader(repo, raw, param)
     fields: dict[str, Any] = {"type": gtype}
-    ref = raw.get("reference")
-    if isinstance(ref, str):
-        # OpenAI template syntax: "{{item.answer}}"
-        match = re.fullmatch(r"\{\{\s*item\.(\w+)\s*\}\}", ref.strip())
-        fields["reference_field"] = match.group(1) if match else ref
-    if "reference_field" in raw:
-        fields["reference_field"] = raw["reference_field"]
+    given, ref_field = _reference_field(raw, param)
+    if given:
+        fields["reference_field"] = ref_field
     for key in ("operation", "pattern", "reference_pattern"):
         if key in raw:
             fields[key] = raw[key]
@@ -86,23 +147,37 @@ def _grader(repo: TenantRepo, raw: Any) -> GraderSpec:
         job = repo.find_model_job(model) if isinstance(model, str) else None
         if job is None or (job.method or {}).get("type") != "reward_model":
             raise _bad(f"'grader.model' must be the fine_tuned_model of a succeeded reward_model job, got {model!r}",
-                       "method.reinforcement.grader.model", "model_not_available")
+                       f"{param}.model", "model_not_available")
         fields["model_prefix"] = f"jobs/{job.id}/model"
-    if gtype == "regex":
-        pattern = raw.get("pattern")
-        if not isinstance(pattern, str):
-            raise _bad("a regex grader needs 'pattern'", "method.reinforcement.grader.pattern")
-        try:
-            re.compile(pattern)
-            if raw.get("reference_pattern"):
-                re.compile(raw["reference_pattern"])
-        except re.error as exc:
-            raise _bad(f"invalid regular expression: {exc}", "method.reinforcement.grader.pattern") from None
+    if gtype == "regex" and not isinstance(raw.get("pattern"), str):
+        raise _bad("a regex grader needs 'pattern'", f"{param}.pattern")
+    _check_regex(raw, "pattern", param)
+    _check_regex(raw, "reference_pattern", param)
+    if given and ref_field is None:
+        key = "reference" if "reference" in raw else "reference_field"
+        if gtype != "regex":
+            raise _bad(f"a {gtype} grader compares with a reference: '{key}' cannot be null "
+                       "(only a regex grader can check a pattern without one)", f"{param}.{key}")
+        if raw.get("reference_pattern") is not None:
+            raise _bad("a regex grader without a reference cannot have a 'reference_pattern'",
+                       f"{param}.reference_pattern")
     try:
         return GraderSpec(**fields)
-    except ValueError as exc:
-        raise _bad(f"invalid grader: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}",
-                   "method.reinforcement.grader") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise _bad(f"invalid grader: {first['msg']}", f"{param}.{where}" if where else param) from None
+
+
+def _public_grader(grader: GraderSpec) -> dict[str, Any]:
+    """The grader as the job object shows it: set fields only, a reference-free regex keeps its null."""
+    if grader.type == "multi":
+        subs = {name: _public_grader(sub) for name, sub in (grader.graders or {}).items()}
+        return {"type": "multi", "graders": subs, "calculate_output": grader.calculate_output}
+    public = grader.model_dump(exclude_none=True, exclude={"graders", "calculate_output"})
+    if grader.reference_field is None:
+        public["reference_field"] = None
+    return public
 
 
 def _check_file_format(file: File, method: str, param: str) -> None:
@@ -189,7 +264,7 @@ def create_job(repo: TenantRepo, settings: Settings, req: JobCreate, idempotency
     if algorithm:
         public_method[mtype]["algorithm"] = algorithm
     if grader:
-        public_method[mtype]["grader"] = grader.model_dump(exclude_none=True)
+        public_method[mtype]["grader"] = _public_grader(grader)
     stored_spec = spec.model_dump(mode="json")
     job = Job(
         id=job_id,

@@ -20,7 +20,7 @@ from tuneforge.trainer.context import (
 from tuneforge.trainer.data import ensure_chat_template
 from tuneforge.trainer.device import has_module
 from tuneforge.trainer.errors import BadInput
-from tuneforge.trainer.graders import load_reward_model, make_match_reward
+from tuneforge.trainer.graders import load_reward_model, make_reward, reference_fields
 from tuneforge.trainer.methods.sft import model_dtype
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
 
@@ -29,11 +29,11 @@ def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
 
 
-def _rows(rows: list[dict[str, Any]], reference_field: str | None) -> list[dict[str, Any]]:
+def _rows(rows: list[dict[str, Any]], reference_fields: list[str]) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(rows, start=1):
         item: dict[str, Any] = {"prompt": _plain(row["prompt"])}
-        if reference_field is not None:
+        for reference_field in reference_fields:
             if reference_field not in row:
                 raise BadInput(f"row {i} has no reference field {reference_field!r} for the grader")
             value = row[reference_field]
@@ -57,9 +57,9 @@ def build(ctx: RunContext) -> BuiltTrainer:
 
     tokenizer = load_tokenizer(ctx.model_dir)
     ensure_chat_template(tokenizer)
-    ref_field = grader.reference_field if grader.type != "reward_model" else None
-    train = Dataset.from_list(_rows(ctx.train_rows, ref_field))
-    valid = Dataset.from_list(_rows(ctx.valid_rows, ref_field)) if ctx.valid_rows else None
+    ref_fields = reference_fields(grader)
+    train = Dataset.from_list(_rows(ctx.train_rows, ref_fields))
+    valid = Dataset.from_list(_rows(ctx.valid_rows, ref_fields)) if ctx.valid_rows else None
 
     reward_funcs: list[Any]
     reward_tokenizers: list[Any] | None = None
@@ -67,7 +67,9 @@ def build(ctx: RunContext) -> BuiltTrainer:
         rm, rm_tokenizer = load_reward_model(grader, ctx.store, ctx.workdir, model_dtype(ctx))
         reward_funcs, reward_tokenizers = [rm], [rm_tokenizer]
     else:
-        reward_funcs = [make_match_reward(grader)]
+        # one function even for a multi grader: the advantages must come from the combined score (TRL's
+        # reward_weights could only express linear formulas); it logs its sub-grader means itself
+        reward_funcs = [make_reward(grader)]
 
     set_seed(spec.seed)
     model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
