@@ -63,9 +63,10 @@ def s3_server(tmp_path: Path, s3_env: dict[str, str], bucket: Any) -> Iterator[P
 
 def test_job_end_to_end_on_s3(s3_server: ProcessServer, bucket: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
     from tests.support.download import download_all
+    from tuneforge.trainer.models import publish_model_dir
 
     # the base model goes into the bucket's model cache, as `tuneforge models push` puts it there
-    bucket.upload_dir(tiny_model_dir, f"models/{BASE_MODEL}")
+    publish_model_dir(bucket, tiny_model_dir, BASE_MODEL)
 
     client = s3_server.client()
     data = write_chat_file(tmp_path / "train.jsonl")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -52,6 +53,25 @@ def running_pod(core: k8s.CoreV1Api, namespace: str, name: str, exclude: frozens
         return pods[-1] if pods else None
 
     return wait_for(f"a Running pod of {name}", check, timeout)
+
+
+def gone(read: Any, *args: Any) -> bool:
+    """Whether ``read(*args)`` answers 404."""
+    try:
+        read(*args, _request_timeout=10)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def cr_gone(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> bool:
+    return gone(custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+
+def secret_gone(core: k8s.CoreV1Api, namespace: str, job_id: str) -> bool:
+    return gone(core.read_namespaced_secret, f"{job_id}-progress-token", namespace)
 
 
 def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -250,3 +270,57 @@ def test_deleted_finetunejob_fails_its_job(make_service, core, custom, namespace
     done = wait_for_status(client, job["id"], {"failed", "cancelled", "succeeded"}, timeout=30)
     assert done["status"] == "failed" and "was deleted from the cluster" in done["error"]["message"]
     wait_for("pods garbage-collected", lambda: not pods_of(core, namespace, job["id"]), 60)
+
+
+def test_deleting_a_job_deletes_its_finetunejob_and_secret(make_service, core, custom, namespace, caplog):
+    caplog.set_level(logging.WARNING, logger="tuneforge.service.executors")
+    server = make_service()
+    executor = server.state.executor
+    client, job = submit(server)
+    job_id = job["id"]
+    running_pod(core, namespace, job_id)
+    wait_for_status(client, job_id, {"running"}, timeout=30)
+    assert client.delete(f"/v1/fine_tuning/jobs/{job_id}").status_code == 409  # still running
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    # the executor refuses the delete until the operator has put the FineTuneJob in a final phase
+    wait_for("FineTuneJob Cancelled", lambda: get_cr(custom, namespace, job_id)["status"]["phase"] == "Cancelled", 30)
+    assert not cr_gone(custom, namespace, job_id) and not secret_gone(core, namespace, job_id)
+
+    resp = client.delete(f"/v1/fine_tuning/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"id": job_id, "object": "fine_tuning.job", "deleted": True}
+    wait_for("the FineTuneJob deleted from the API server", lambda: cr_gone(custom, namespace, job_id), 30)
+    wait_for("the token Secret deleted from the API server", lambda: secret_gone(core, namespace, job_id), 30)
+    wait_for("its pods gone", lambda: not pods_of(core, namespace, job_id), 60)
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").status_code == 404
+
+    # the watch got the DELETED event of a job whose row is gone: nothing marked, nothing broke; the events of
+    # a new job come after it on the same watch and still reach their job
+    client2, job2 = submit(server)
+    running_pod(core, namespace, job2["id"])
+    assert wait_for_status(client2, job2["id"], {"running"}, timeout=30)["status"] == "running"
+    assert executor.watching.is_set()
+    wait_for("nothing left to delete", lambda: not executor._deletes, 10)
+    problems = [r.getMessage() for r in caplog.records if r.name.startswith("tuneforge.service.executors")
+                and (r.levelno >= logging.ERROR or "delete" in r.getMessage())]
+    assert problems == []
+
+
+def test_deleting_a_rejected_job_deletes_its_unowned_secret(make_service, core, custom, namespace):
+    # backoffLimit = max_attempts - 1 = 29 is over the CRD's maximum (20): the API server refuses the FineTuneJob
+    # after the service created the token Secret, which so never gets an owner to be garbage-collected with
+    server = make_service(max_attempts=30)
+    client, job = submit(server)
+    job_id = job["id"]
+    done = wait_for_status(client, job_id, {"failed", "queued", "running"}, timeout=30)
+    assert done["status"] == "failed" and done["error"]["code"] == "executor_error", done
+    assert "The cluster rejected the job" in done["error"]["message"]
+    assert cr_gone(custom, namespace, job_id)
+    secret = core.read_namespaced_secret(f"{job_id}-progress-token", namespace, _request_timeout=10)
+    assert not secret.metadata.owner_references
+
+    resp = client.delete(f"/v1/fine_tuning/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    wait_for("the unowned token Secret deleted", lambda: secret_gone(core, namespace, job_id), 30)
+    # the missing FineTuneJob (404) counts as deleted: nothing is retried
+    wait_for("nothing left to delete", lambda: not server.state.executor._deletes, 10)

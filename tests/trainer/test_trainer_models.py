@@ -24,8 +24,10 @@ def test_local_directory(tiny_model: Path) -> None:
 
 
 def test_store_prefix_and_models_layout(tiny_model: Path, tmp_path: Path) -> None:
+    from tuneforge.trainer.models import publish_model_dir
+
     store = open_store(str(tmp_path / "store"))
-    store.upload_dir(tiny_model, "models/tiny")
+    publish_model_dir(store, tiny_model, "tiny")  # files, then manifest.json (unpublished prefixes: test_models_push)
     via_scheme = resolve_model("store:models/tiny", store)
     assert (via_scheme / "model.safetensors").is_file()
     via_name = resolve_model("tiny", store)
@@ -63,7 +65,7 @@ def test_publishing_a_local_directory_uses_its_name(tiny_model: Path, tmp_path: 
     store_dir = tmp_path / "bucket"
     prepare_model(str(tiny_model), publish_url=store_dir.as_uri())
     keys = [info.key for info in open_store(store_dir.as_uri()).list("models/")]
-    assert f"models/{tiny_model.name}/config.json" in keys
+    assert f"models/{tiny_model.name}/config.json" in keys and f"models/{tiny_model.name}/manifest.json" in keys
     assert all(k.startswith(f"models/{tiny_model.name}/") for k in keys)
     # and the published copy resolves by that bare name from the store
     assert (resolve_model(tiny_model.name, open_store(store_dir.as_uri())) / "config.json").is_file()

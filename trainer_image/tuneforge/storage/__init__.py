@@ -2,7 +2,14 @@
 
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError
 from tuneforge.storage.factory import open_store
-from tuneforge.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry, build_manifest
+from tuneforge.storage.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    build_manifest,
+    publish_dir,
+    read_manifest,
+)
 
 __all__ = [
     "MANIFEST_NAME",
@@ -15,4 +22,6 @@ __all__ = [
     "StoreError",
     "build_manifest",
     "open_store",
+    "publish_dir",
+    "read_manifest",
 ]

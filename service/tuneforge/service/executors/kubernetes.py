@@ -11,6 +11,9 @@ The service never talks to pods. It
   ``Cancelled`` -> cancelled. Pod trouble the user should know about (unschedulable, image pull, preempted)
   becomes a warning event;
 * cancels by setting ``spec.cancel: true`` (the operator deletes the Job and its pods);
+* on ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.discard`) deletes the FineTuneJob and the
+  token Secret (already gone: fine; cluster unreachable: retried by the control loop). The job's row is gone
+  by then, so the watch's DELETED event for it changes nothing;
 * mirrors the trainer's progress (``status.progress``, ``status.lastCheckpoint``) into the FineTuneJob so
   ``kubectl get finetunejobs`` shows it.
 
@@ -26,13 +29,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -172,6 +176,8 @@ class KubernetesExecutor(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._cancels: set[str] = set()
+        #: deleted jobs whose FineTuneJob and token Secret are still to be deleted from the cluster
+        self._deletes: set[str] = set()
         self._pushed: dict[str, tuple[Any, ...]] = {}
         self._last_push = 0.0
         self._signatures: dict[str, tuple[Any, ...]] = {}
@@ -214,6 +220,37 @@ class KubernetesExecutor(Executor):
             self._cancels.add(job_id)
         self._wake.set()
 
+    def is_running(self, job_id: str) -> bool:
+        """Whether a pod of the job may still write its objects: its FineTuneJob exists and the operator has
+        handled it (it has a phase) but not reached a final phase yet. Unknown (cluster unreachable): True.
+
+        ``Cancelled`` counts as final although the cancelled pods may still be stopping (the service cannot see
+        pods)."""
+        if self.custom is None:  # not started
+            return False
+        try:
+            cr: JSON = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, self.namespace, PLURAL, job_id, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            log.warning("cannot look up FineTuneJob %s: %s", job_id, _api_message(exc))
+            return True
+        except Exception as exc:
+            log.warning("cannot look up FineTuneJob %s: %s", job_id, exc)
+            return True
+        phase = (cr.get("status") or {}).get("phase")
+        return phase is not None and phase not in TERMINAL_PHASES
+
+    def discard(self, job_id: str) -> None:
+        """The job was deleted (its row is gone): delete its FineTuneJob and token Secret from the cluster."""
+        with self._lock:
+            self._deletes.add(job_id)
+            self._cancels.discard(job_id)
+        self._signatures.pop(job_id, None)
+        self._pushed.pop(job_id, None)
+        self._wake.set()
+
     # -- control loop: submit, cancel, mirror progress --
     def _loop(self) -> None:
         run_until_stopped(self.tick, self._stop, self._wake, self.settings.executor.poll_interval_seconds,
@@ -224,6 +261,7 @@ class KubernetesExecutor(Executor):
             for job in SystemRepo(session).jobs_with_status("validating_files"):
                 self._submit(session, job)
         self._send_cancels()
+        self._send_deletes()
         if time.monotonic() - self._last_push >= PROGRESS_PUSH_SECONDS:
             self._last_push = time.monotonic()
             with self.sessions() as session:
@@ -309,6 +347,43 @@ class KubernetesExecutor(Executor):
                 continue
             with self._lock:
                 self._cancels.discard(job_id)
+
+    def _send_deletes(self) -> None:
+        """Delete the FineTuneJobs (the operator deletes their Job and pods) and token Secrets of deleted jobs.
+
+        The Secret is deleted explicitly: its owner reference to the FineTuneJob is set only once the FineTuneJob
+        exists, so a job the cluster rejected (or one cancelled in between) leaves an unowned Secret behind."""
+        custom, core = self.custom, self.core
+        assert custom is not None and core is not None
+        with self._lock:
+            pending = sorted(self._deletes)
+        for job_id in pending:
+            secret = token_secret_name(job_id)
+            cr_gone = self._deleted(f"FineTuneJob {job_id}", functools.partial(
+                custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, job_id,
+                propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT))
+            if cr_gone and self._deleted(f"Secret {secret}", functools.partial(
+                    core.delete_namespaced_secret, secret, self.namespace, _request_timeout=REQUEST_TIMEOUT)):
+                with self._lock:
+                    self._deletes.discard(job_id)
+
+    @staticmethod
+    def _deleted(what: str, delete: Callable[[], object]) -> bool:
+        """Run one delete; True when the object is gone (404 included), False to try again on the next tick."""
+        try:
+            delete()
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            if exc.status == 403 and what.startswith("Secret"):  # a Role from before it could delete Secrets
+                log.warning("cannot delete %s: %s (an owned one goes with its FineTuneJob)", what, _api_message(exc))
+                return True
+            log.warning("cannot delete %s yet: %s", what, _api_message(exc))
+            return False
+        except Exception as exc:
+            log.warning("cannot delete %s yet: %s", what, exc)
+            return False
+        return True
 
     def _push_progress(self, session: Session, job: Job, final: bool = False) -> None:
         if self.custom is None:  # not started
@@ -430,6 +505,7 @@ class KubernetesExecutor(Executor):
     def _handle_deleted(self, job_id: str) -> None:
         with self.sessions() as session:
             job = SystemRepo(session).job(job_id)
+            # no row: the job was deleted through the API (discard deleted this FineTuneJob), nothing to mark
             if job is None or job.status in TERMINAL or job.status == "validating_files":
                 return
             message = f"The FineTuneJob {self.namespace}/{job_id} was deleted from the cluster"
