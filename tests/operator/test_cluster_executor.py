@@ -233,9 +233,11 @@ def test_cancel_removes_the_pods(make_service, core, batch, custom, namespace):
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     wait_for("pods and Job deleted", lambda: not pods_of(core, namespace, job_id) and not batch.list_namespaced_job(
         namespace, label_selector=f"tuneforge.dev/finetunejob={job_id}", _request_timeout=10).items, 40)
-    cr = get_cr(custom, namespace, job_id)
+    cr = wait_for("no active pod in the FineTuneJob's status",
+                  lambda: (c := get_cr(custom, namespace, job_id))["status"].get("activePods") == 0 and c, 15)
     assert cr["spec"]["cancel"] is True
     assert (cr["status"]["phase"], cr["status"]["reason"]) == ("Cancelled", "Cancelled")
+    assert cr["status"]["message"] == "Cancelled: the Job and its pods are deleted"
     assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
 
 
@@ -282,8 +284,11 @@ def test_deleting_a_job_deletes_its_finetunejob_and_secret(make_service, core, c
     wait_for_status(client, job_id, {"running"}, timeout=30)
     assert client.delete(f"/v1/fine_tuning/jobs/{job_id}").status_code == 409  # still running
     assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    # the executor refuses the delete until the operator has put the FineTuneJob in a final phase
-    wait_for("FineTuneJob Cancelled", lambda: get_cr(custom, namespace, job_id)["status"]["phase"] == "Cancelled", 30)
+    # the executor refuses the delete until the operator has put the FineTuneJob in a final phase and its pods
+    # are gone (test_delete_waits_for_the_pods_of_a_cancelled_job)
+    wait_for("FineTuneJob Cancelled, its pods gone",
+             lambda: (s := get_cr(custom, namespace, job_id)["status"])["phase"] == "Cancelled"
+             and s.get("activePods") == 0, 30)
     assert not cr_gone(custom, namespace, job_id) and not secret_gone(core, namespace, job_id)
 
     resp = client.delete(f"/v1/fine_tuning/jobs/{job_id}")
@@ -304,6 +309,82 @@ def test_deleting_a_job_deletes_its_finetunejob_and_secret(make_service, core, c
     problems = [r.getMessage() for r in caplog.records if r.name.startswith("tuneforge.service.executors")
                 and (r.levelno >= logging.ERROR or "delete" in r.getMessage())]
     assert problems == []
+
+
+HOLD = "tuneforge.test/hold"
+
+
+def hold_pod(core: k8s.CoreV1Api, namespace: str, name: str) -> None:
+    """A finalizer of the test's own: the deleted pod stays (Terminating) until :func:`release_pod`."""
+    pod = core.read_namespaced_pod(name, namespace, _request_timeout=10)
+    op = {"op": "add", "path": "/metadata/finalizers/-", "value": HOLD} if pod.metadata.finalizers else \
+        {"op": "add", "path": "/metadata/finalizers", "value": [HOLD]}
+    core.patch_namespaced_pod(name, namespace, [op], _request_timeout=10)
+
+
+def release_pod(core: k8s.CoreV1Api, namespace: str, name: str) -> None:
+    def remove() -> bool:
+        finalizers = core.read_namespaced_pod(name, namespace, _request_timeout=10).metadata.finalizers or []
+        if HOLD not in finalizers:
+            return True
+        i = finalizers.index(HOLD)
+        try:  # the Job controller may drop its own finalizer meanwhile: "test" keeps the index honest
+            core.patch_namespaced_pod(name, namespace, [{"op": "test", "path": f"/metadata/finalizers/{i}",
+                                                         "value": HOLD},
+                                                        {"op": "remove", "path": f"/metadata/finalizers/{i}"}],
+                                      _request_timeout=10)
+        except k8s.ApiException as exc:
+            if exc.status in (409, 422):
+                return False
+            raise
+        return True
+
+    wait_for(f"the test's finalizer removed from {name}", remove, 15)
+
+
+def test_delete_waits_for_the_pods_of_a_cancelled_job(make_service, core, custom, namespace):
+    """A cancelled trainer saves a checkpoint while its pod terminates: a delete in that window would clear the
+    job's prefix before the last write and leave orphaned objects, so it is refused until the pods are gone."""
+    server = make_service()
+    store = server.state.store
+    client, job = submit(server)
+    job_id = job["id"]
+    pod = running_pod(core, namespace, job_id).metadata.name
+    wait_for_status(client, job_id, {"running"}, timeout=30)
+    hold_pod(core, namespace, pod)
+    try:
+        assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+        status = wait_for("FineTuneJob Cancelled with its pod terminating",
+                          lambda: (s := get_cr(custom, namespace, job_id)["status"])["phase"] == "Cancelled"
+                          and s.get("activePods") == 1 and s, 30)
+        assert status["reason"] == "Cancelled" and "1 pod is still stopping" in status["message"], status
+        wait_for("the pod terminating", lambda: core.read_namespaced_pod(
+            pod, namespace, _request_timeout=10).metadata.deletion_timestamp, 15)
+        # the dying trainer writes its checkpoint meanwhile
+        store.put_bytes(f"jobs/{job_id}/checkpoints/step-7/adapter_model.safetensors", b"weights")
+
+        resp = client.delete(f"/v1/fine_tuning/jobs/{job_id}")
+        assert resp.status_code == 409, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "job_not_deletable"
+        assert error["message"] == (f"Job {job_id} is cancelled, but the job's pods are still stopping; try again "
+                                    "in a few seconds."), error
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
+        assert store.exists(f"jobs/{job_id}/checkpoints/step-7/adapter_model.safetensors")
+        assert not cr_gone(custom, namespace, job_id) and not secret_gone(core, namespace, job_id)
+        assert get_cr(custom, namespace, job_id)["status"]["activePods"] == 1
+    finally:
+        release_pod(core, namespace, pod)
+
+    wait_for("the pod gone", lambda: not pods_of(core, namespace, job_id), 30)
+    status = wait_for("activePods 0", lambda: (s := get_cr(custom, namespace, job_id)["status"])
+                      .get("activePods") == 0 and s, 15)
+    assert (status["phase"], status["message"]) == ("Cancelled", "Cancelled: the Job and its pods are deleted")
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
+    resp = client.delete(f"/v1/fine_tuning/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    assert not list(store.list(f"jobs/{job_id}/"))  # the checkpoint went with the job: nothing orphaned
+    wait_for("the FineTuneJob deleted", lambda: cr_gone(custom, namespace, job_id), 30)
 
 
 def test_deleting_a_rejected_job_deletes_its_unowned_secret(make_service, core, custom, namespace):

@@ -170,3 +170,32 @@ def test_progress_text():
     assert progress_text({"step": 30, "total_steps": 120}) == "30/120 (25%)"
     assert progress_text({"step": 7}) == "step 7"
     assert progress_text({}) is None and progress_text(None) is None
+
+
+class _OneFineTuneJob:
+    """Stands in for CustomObjectsApi.get_namespaced_custom_object: answers one FineTuneJob, or raises."""
+
+    def __init__(self, answer: dict[str, Any] | BaseException) -> None:
+        self.answer = answer
+
+    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def test_a_delete_waits_for_the_pods_of_a_cancelled_job(executor):
+    from kubernetes.client.exceptions import ApiException
+
+    def reason(answer: dict[str, Any] | BaseException) -> str | None:
+        executor.custom = _OneFineTuneJob(answer)  # type: ignore[assignment]
+        return executor.running_reason("ftjob-1")
+
+    assert reason(cr("ftjob-1", "Running", "PodRunning", activePods=1)) == "the job's pods are still stopping"
+    assert reason(cr("ftjob-1", "Cancelled", "Cancelled", activePods=1)) == "the job's pods are still stopping"
+    assert reason(cr("ftjob-1", "Cancelled", "Cancelled", activePods=0)) is None
+    assert reason(cr("ftjob-1", "Failed", "OOMKilled")) is None  # from an operator before activePods
+    assert reason({"metadata": {"name": "ftjob-1"}, "spec": {}}) is None  # not handled yet: no pods
+    assert reason(ApiException(status=404)) is None
+    assert "cannot be reached" in str(reason(ApiException(status=503)))
+    assert "cannot be reached" in str(reason(ConnectionRefusedError()))

@@ -20,6 +20,7 @@ from tuneforge.operator.manifests import (
     label_value,
     pod_failure_policy,
 )
+from tuneforge.operator.status import OWNED_FIELDS
 
 CONFIG = OperatorConfig(gpu_type_label="tuneforge.dev/gpu-type", default_image="registry/trainer:1.0")
 
@@ -222,5 +223,7 @@ def test_crd_shape():
     assert schema["spec"]["properties"]["jobSpec"]["properties"]["progress"]["properties"]["token"]["maxLength"] == 0
     status = schema["status"]["properties"]
     assert {"phase", "conditions", "observedGeneration", "attempts", "startTime", "completionTime", "podNames",
-            "lastCheckpoint", "progress", "reason", "message"} <= set(status)
+            "activePods", "lastCheckpoint", "progress", "reason", "message"} <= set(status)
+    # everything the operator writes is in the schema (the apiserver would drop the rest)
+    assert set(OWNED_FIELDS) <= set(status)
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]

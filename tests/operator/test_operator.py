@@ -79,8 +79,8 @@ def test_crd_columns_short_name_and_validation(testbed, custom, namespace, gpu_p
     assert header == ["NAME", "METHOD", "MODEL", "PHASE", "PROGRESS", "AGE"]
     assert row[:4] == ["ftj-cols", "supervised", "SmolLM2-135M-Instruct", "Running"]
     wide = kubectl(testbed, "get", "finetunejobs.tuneforge.dev", "-n", namespace, "-o", "wide").splitlines()
-    assert wide[0].split() == ["NAME", "METHOD", "MODEL", "PHASE", "PROGRESS", "REASON", "ATTEMPTS", "AGE"]
-    assert wide[1].split()[4:6] == ["PodRunning", "1"]
+    assert wide[0].split() == ["NAME", "METHOD", "MODEL", "PHASE", "PROGRESS", "REASON", "ATTEMPTS", "PODS", "AGE"]
+    assert wide[1].split()[4:7] == ["PodRunning", "1", "1"]
 
     # a progress token must never be stored in the custom resource
     leaky = finetunejob("ftj-leaky")

@@ -219,6 +219,58 @@ def test_cancel_deletes_the_job_in_the_foreground_once():
     assert again.actions == [] and again.patch is None
 
 
+def test_cancelled_job_counts_its_pods_until_they_are_gone():
+    body = cr(status={"phase": "Running", "attempts": 1, "podNames": ["ftj-a"], "activePods": 1}, cancel=True)
+    result = plan(body, job(), [pod("ftj-a")], CONFIG, T0)
+    assert result.actions == [DeleteJob("ftj", "Foreground")]
+    assert (result.status["phase"], result.status["reason"], result.status["activePods"]) == \
+        ("Cancelled", "Cancelled", 1)
+    assert result.status["message"] == "Cancelled: the Job is being deleted; 1 pod is still stopping"
+    assert result.events == [("Normal", "Cancelled", result.status["message"])]
+    body = applied(body, result)
+    # terminating (the trainer checkpoints on SIGTERM), then stopped but not yet removed: still counted
+    for pods in ([pod("ftj-a", deleting=True)], [pod("ftj-a", "Failed", exit_code=143, deleting=True)]):
+        steady = plan(body, job(deleting=True), pods, CONFIG, T0 + dt.timedelta(seconds=5))
+        assert steady.actions == [] and steady.patch is None
+    # the pod is gone (and with it the Job): the status says so, without a new phase, reason or event
+    gone = plan(body, None, [], CONFIG, T0 + dt.timedelta(seconds=30))
+    assert gone.actions == [] and gone.events == []
+    assert gone.patch is not None and set(gone.patch) == {"activePods", "message", "conditions"}
+    assert (gone.status["phase"], gone.status["reason"], gone.status["activePods"]) == ("Cancelled", "Cancelled", 0)
+    assert gone.status["message"] == "Cancelled: the Job and its pods are deleted"
+    assert gone.status["completionTime"] == body["status"]["completionTime"] == "2026-11-23T12:00:00Z"
+    assert cond(gone, "Failed")["lastTransitionTime"] == "2026-11-23T12:00:00Z"
+    assert cond(gone, "Failed")["message"] == gone.status["message"]
+    assert plan(applied(body, gone), None, [], CONFIG, T0 + dt.timedelta(minutes=1)).patch is None
+
+
+def test_cancelled_job_without_pods():
+    body = cr(status={"phase": "Queued", "reason": "JobCreated", "attempts": 0, "activePods": 0}, cancel=True)
+    result = plan(body, job(), [], CONFIG, T0)
+    assert result.actions == [DeleteJob("ftj", "Foreground")]
+    assert (result.status["phase"], result.status["activePods"]) == ("Cancelled", 0)
+    assert result.status["message"] == "Cancelled: the Job and its pods are deleted"
+    again = plan(applied(body, result), job(deleting=True), [], CONFIG, T0)
+    assert again.actions == [] and again.patch is None
+
+
+def test_active_pods_counts_pods_that_may_still_run():
+    body = cr(status={"phase": "Running", "attempts": 2, "podNames": ["ftj-a", "ftj-b"]})
+    pods = [pod("ftj-a", "Failed", exit_code=75), pod("ftj-b", created="2026-11-23T12:01:00Z")]
+    assert plan(body, job(), pods, CONFIG, T0).status["activePods"] == 1
+    pending = pod("ftj-c", "Pending", node=None, created="2026-11-23T12:02:00Z")
+    assert plan(body, job(), [*pods, pending], CONFIG, T0).status["activePods"] == 2
+    # finished pods the Job keeps do not count; a final phase with none active is settled
+    done = plan(body, job(("Complete", "CompletionsReached")), [pods[0], pod("ftj-b", "Succeeded", exit_code=0)],
+                CONFIG, T0)
+    assert (done.status["phase"], done.status["activePods"]) == ("Succeeded", 0)
+    # a deadline: the Job controller deletes the running pod, which still counts while it stops
+    failed = plan(body, job(("Failed", "DeadlineExceeded")), [pods[0], pod("ftj-b", deleting=True)], CONFIG, T0)
+    assert (failed.status["phase"], failed.status["activePods"]) == ("Failed", 1)
+    later = plan(applied(body, failed), None, [pods[0]], CONFIG, T0 + dt.timedelta(seconds=30))
+    assert later.patch == {"activePods": 0}
+
+
 def test_cancel_before_the_job_exists_creates_nothing():
     result = plan(cr(cancel=True), None, [], CONFIG, T0)
     assert result.actions == [] and result.status["phase"] == "Cancelled"

@@ -200,7 +200,11 @@ def status_schema() -> JSON:
             "observedGeneration": {"type": "integer", "format": "int64"},
             "attempts": _i("pods started so far (preemptions and retries add one each)"),
             "jobName": _s("the batch/v1 Job"),
-            "podNames": {"type": "array", "items": _s(), "description": "trainer pods, oldest first (last 20)"},
+            "podNames": {"type": "array", "items": _s(), "description": "trainer pods, oldest first (last 100)"},
+            "activePods": _i(
+                "pods that may still run a trainer: not finished, or being deleted. In a final phase, above 0 "
+                "means the pods are still stopping (a cancelled trainer saves a checkpoint in its grace period) "
+                "and may still write to the object store", minimum=0),
             "startTime": _s(format="date-time"),
             "completionTime": _s(format="date-time"),
             "progress": _s("training progress reported by the service, e.g. 120/300 (40%)"),
@@ -247,6 +251,7 @@ def build_crd() -> JSON:
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
                         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
                         {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
+                        {"name": "Pods", "type": "integer", "jsonPath": ".status.activePods", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -148,7 +148,8 @@ def on_suspend(namespace: str | None, name: str, **_: Any) -> None:
 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL_PHASES
+    """Not in a final phase yet, or in one while pods still stop (their deletion events update activePods)."""
+    return status.get("phase") not in TERMINAL_PHASES or bool(status.get("activePods"))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds,

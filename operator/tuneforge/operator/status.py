@@ -6,6 +6,10 @@ scheduler, a GPU, an image, Kueue, or between attempts) -> ``Running`` -> ``Succ
 ``Cancelled``; ``Suspended`` while ``spec.suspend`` holds. ``reason`` says why, in one CamelCase word a user
 can look up (docs/cluster.md): Unschedulable, ImagePullBackOff, ContainerConfigError, Preempted, Resumed,
 Retrying, OOMKilled, BadInput, TrainerError, DeadlineExceeded, BackoffLimitExceeded, Cancelled, InvalidSpec.
+
+``activePods`` counts the pods that may still run a trainer (see :func:`live`), in every phase: a final phase
+with ``activePods > 0`` means pods are still stopping (a cancelled job's pods checkpoint during their grace
+period), so whatever the job wrote to the object store is not final yet.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ JSON = dict[str, Any]
 
 #: fields of ``status`` the operator owns (the service owns ``progress`` and ``lastCheckpoint``)
 OWNED_FIELDS = ("phase", "reason", "message", "exitCode", "observedGeneration", "attempts", "jobName",
-                "podNames", "startTime", "completionTime", "conditions")
+                "podNames", "activePods", "startTime", "completionTime", "conditions")
 MAX_POD_NAMES = 100
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
                                 "RegistryUnavailable"})
@@ -152,6 +156,13 @@ def _ended(pod: Mapping[str, Any]) -> bool:
 
 def _active(pod: Mapping[str, Any]) -> bool:
     return not _ended(pod)
+
+
+def live(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's trainer may still be running, and so writing to the object store: the pod has not
+    finished, or it is being deleted (the kubelet stops its containers within the grace period, in which the
+    trainer saves a checkpoint; the pod object goes once they have stopped)."""
+    return _status(pod).get("phase") not in ("Succeeded", "Failed") or bool(_meta(pod).get("deletionTimestamp"))
 
 
 def _sorted(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -354,6 +365,13 @@ def _pending_since(pods: Sequence[Mapping[str, Any]]) -> dt.datetime | None:
     return parse_time(_meta(active[-1]).get("creationTimestamp")) if active else None
 
 
+def _cancelled(live_pods: int) -> Observation:
+    if live_pods:
+        return Observation("Cancelled", "Cancelled", f"Cancelled: the Job is being deleted; {live_pods} pod"
+                           f"{'s are' if live_pods > 1 else ' is'} still stopping")
+    return Observation("Cancelled", "Cancelled", "Cancelled: the Job and its pods are deleted")
+
+
 def plan(cr: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]],
          config: OperatorConfig, now: dt.datetime) -> Plan:
     """Decide the actions and the new status of one FineTuneJob from what exists now."""
@@ -367,16 +385,20 @@ def plan(cr: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Ma
     owned = _owned(job, cr)
     job_deleting = bool(job and _meta(job).get("deletionTimestamp"))
     job_name = prior.get("jobName")
+    live_pods = sum(1 for p in pods if live(p))
 
     if prior_phase in TERMINAL_PHASES:
         if prior_phase == "Cancelled" and owned and not job_deleting:
             actions.append(DeleteJob(names.job))
-        obs = Observation(prior_phase, prior.get("reason") or prior_phase, prior.get("message") or "",
-                          prior.get("exitCode"))
+        if prior_phase == "Cancelled":
+            obs = _cancelled(live_pods)  # the message follows the pods until they are gone
+        else:
+            obs = Observation(prior_phase, prior.get("reason") or prior_phase, prior.get("message") or "",
+                              prior.get("exitCode"))
     elif spec.get("cancel"):
         if owned and not job_deleting:
             actions.append(DeleteJob(names.job))
-        obs = Observation("Cancelled", "Cancelled", "Cancelled: the Job and its pods are deleted")
+        obs = _cancelled(live_pods)
     elif job is not None and not owned:
         obs = Observation("Pending", "WaitingForOldJob",
                           f"A Job named {names.job} that belongs to an earlier FineTuneJob is still being deleted")
@@ -429,6 +451,7 @@ def plan(cr: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Ma
         "attempts": attempts,
         "jobName": job_name,
         "podNames": pod_names,
+        "activePods": live_pods,
         "startTime": prior.get("startTime") or first_start or (stamp if obs.phase == "Running" else None),
         "completionTime": prior.get("completionTime") or (stamp if terminal else None),
         "conditions": _conditions(prior.get("conditions") or [], obs, stamp, meta.get("generation")),

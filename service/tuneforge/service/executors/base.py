@@ -40,9 +40,10 @@ class Executor(abc.ABC):
     def cancel(self, job_id: str) -> None:
         """Stop the job's trainer (the job is already marked cancelled)."""
 
-    def is_running(self, job_id: str) -> bool:
-        """Whether a trainer of this job may still be writing (a cancelled one can take seconds to stop)."""
-        return False
+    def running_reason(self, job_id: str) -> str | None:
+        """Why a trainer of this job may still be writing to the store, for a person (a cancelled one can take
+        seconds to stop: ``the job's trainer is still stopping``); None when none can be."""
+        return None
 
     def discard(self, job_id: str) -> None:
         """Remove what the executor kept on the side for a job being deleted (logs, scratch space)."""

@@ -11,6 +11,8 @@ The service never talks to pods. It
   ``Cancelled`` -> cancelled. Pod trouble the user should know about (unschedulable, image pull, preempted)
   becomes a warning event;
 * cancels by setting ``spec.cancel: true`` (the operator deletes the Job and its pods);
+* refuses ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.running_reason`) until the
+  FineTuneJob is in a final phase and its pods have stopped (``status.activePods`` is 0);
 * on ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.discard`) deletes the FineTuneJob and the
   token Secret (already gone: fine; cluster unreachable: retried by the control loop). The job's row is gone
   by then, so the watch's DELETED event for it changes nothing;
@@ -220,27 +222,33 @@ class KubernetesExecutor(Executor):
             self._cancels.add(job_id)
         self._wake.set()
 
-    def is_running(self, job_id: str) -> bool:
-        """Whether a pod of the job may still write its objects: its FineTuneJob exists and the operator has
-        handled it (it has a phase) but not reached a final phase yet. Unknown (cluster unreachable): True.
-
-        ``Cancelled`` counts as final although the cancelled pods may still be stopping (the service cannot see
-        pods)."""
+    def running_reason(self, job_id: str) -> str | None:
+        """Why a pod of the job may still write its objects: its FineTuneJob exists, the operator has handled
+        it (it has a phase), and either the phase is not final yet or pods are still stopping
+        (``status.activePods``: a cancelled trainer saves a checkpoint while its pod terminates). Also when the
+        cluster cannot be asked. The job's own status does not change meanwhile (a cancelled job stays
+        ``cancelled``)."""
         if self.custom is None:  # not started
-            return False
+            return None
+        unknown = "the cluster cannot be reached to check that the job's pods have stopped"
         try:
             cr: JSON = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
                 GROUP, VERSION, self.namespace, PLURAL, job_id, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             log.warning("cannot look up FineTuneJob %s: %s", job_id, _api_message(exc))
-            return True
+            return unknown
         except Exception as exc:
             log.warning("cannot look up FineTuneJob %s: %s", job_id, exc)
-            return True
-        phase = (cr.get("status") or {}).get("phase")
-        return phase is not None and phase not in TERMINAL_PHASES
+            return unknown
+        status = cr.get("status") or {}
+        phase = status.get("phase")
+        if phase is None:
+            return None
+        if phase not in TERMINAL_PHASES or int(status.get("activePods") or 0) > 0:
+            return "the job's pods are still stopping"
+        return None
 
     def discard(self, job_id: str) -> None:
         """The job was deleted (its row is gone): delete its FineTuneJob and token Secret from the cluster."""

@@ -139,9 +139,9 @@ class LocalExecutor(Executor):
             self._signal(run, signal.SIGKILL)
         self.wake()
 
-    def is_running(self, job_id: str) -> bool:
+    def running_reason(self, job_id: str) -> str | None:
         with self._lock:
-            return job_id in self.running
+            return "the job's trainer is still stopping" if job_id in self.running else None
 
     def discard(self, job_id: str) -> None:
         shutil.rmtree(self.work_dir / job_id, ignore_errors=True)

@@ -73,9 +73,14 @@ def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
                summary="Delete a finished job: its objects (checkpoints, model, metrics) and its records")
 def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
     job = repo.get_job(job_id)
-    if job.status not in TERMINAL or (state.executor is not None and state.executor.is_running(job_id)):
+    if job.status not in TERMINAL:
         raise APIError(f"Job {job_id} is {job.status} and may still write its objects; cancel it and wait until "
                        "it has stopped before deleting it.", code="job_not_deletable", status_code=409)
+    # e.g. a cancelled trainer saving a checkpoint on SIGTERM: deleting now would orphan what it writes
+    running = state.executor.running_reason(job_id) if state.executor is not None else None
+    if running:
+        raise APIError(f"Job {job_id} is {job.status}, but {running}; try again in a few seconds.",
+                       code="job_not_deletable", status_code=409)
     # objects first: if the store fails, the records stay and the delete can be repeated
     state.store.delete_prefix(f"jobs/{job.id}/")
     session = repo.session
