@@ -1,8 +1,9 @@
-"""Object-store throughput: tuneforge's S3Store vs a naive boto3 client, against one local S3 server (moto).
+"""Object-store throughput: tuneforge's S3Store vs a naive boto3 client, against one local S3 server.
 
 A model-sized file set is generated in a temporary directory: one large safetensors-like file and a checkpoint
-of many 10-50 MB files (about 1 GB in all by default). Both clients upload and download it from the same moto
-server, in alternating rounds, and the MB/s and their ratios are printed:
+of many 10-50 MB files (about 1 GB in all by default). Both clients upload and download it from the same
+server (moto's server mode by default, or MinIO with ``--server minio``), in alternating rounds, and the MB/s and
+their ratios are printed:
 
 - naive: ``boto3.client("s3")`` with boto3's default ``TransferConfig`` (8 MB threshold and parts, 10 threads
   per file), one file after the other (``upload_file``/``download_file`` in a loop), as a script would do;
@@ -21,6 +22,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.s3_server import TEST_ENV, MotoServer  # noqa: E402
+from tests.support.s3_server import TEST_ENV, MinioServer, MotoServer  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -62,13 +64,27 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def naive_client(endpoint: str) -> Any:
+def boto_session(credentials: dict[str, str]) -> Any:
     import boto3
 
-    return boto3.session.Session(
-        aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-        region_name=TEST_ENV["AWS_DEFAULT_REGION"],
-    ).client("s3", endpoint_url=endpoint)
+    return boto3.session.Session(**credentials)
+
+
+MOTO_CREDENTIALS = {"aws_access_key_id": TEST_ENV["AWS_ACCESS_KEY_ID"],
+                    "aws_secret_access_key": TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+                    "region_name": TEST_ENV["AWS_DEFAULT_REGION"]}
+
+
+def start_server(kind: str, work: Path, moto_buffer_mb: int) -> tuple[Any, dict[str, str]]:
+    """The S3 server both clients use, and the credentials it accepts."""
+    if kind == "minio":
+        build = ROOT / "infra" / "testbed" / "minio" / "build.sh"
+        binary = subprocess.run(["bash", str(build)], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+        (work / "minio-data").mkdir(parents=True)
+        server = MinioServer(binary, str(work / "minio-data")).start()
+        return server, server.credentials()
+    moto_env = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(moto_buffer_mb * MiB)} if moto_buffer_mb else None
+    return MotoServer(env=moto_env).start(), MOTO_CREDENTIALS
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moto-buffer-mb", type=int, default=0,
                         help="objects up to this size stay in moto's memory (its default spills objects over 5 MiB "
                              "to temporary files)")
+    parser.add_argument("--server", choices=["moto", "minio"], default="moto",
+                        help="the local S3 server: moto (Python, what the tests use) or MinIO (Go, built from the Go "
+                             "module proxy by infra/testbed/minio/build.sh on first use)")
     parser.add_argument("--verbose", "-v", action="store_true", help="print every measurement with CPU times")
     parser.add_argument("--workdir", type=Path, default=None, help="where to generate the files (default: a temp dir)")
     args = parser.parse_args(argv)
-
-    from tests.storage.conftest import boto_session
 
     from tuneforge.storage.s3 import S3Settings, S3Store
 
@@ -135,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = S3Settings(**overrides)
 
     work = Path(tempfile.mkdtemp(prefix="tuneforge-bench-", dir=args.workdir))
-    moto_env = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(args.moto_buffer_mb * MiB)} if args.moto_buffer_mb else None
-    server = MotoServer(env=moto_env).start()
+    server, credentials = start_server(args.server, work, args.moto_buffer_mb)
     global SERVER_PID
     SERVER_PID = server.proc.pid if server.proc else 0
     try:
@@ -146,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"file set: 1 x {large_bytes / MB:.0f} MB + {args.ckpt_files} checkpoint files, "
               f"{ckpt_bytes / MB:.0f} MB ({(ckpt_bytes + large_bytes) / MB:.0f} MB in all), generated in "
               f"{time.perf_counter() - t0:.1f}s")
+        print(f"server: {args.server} on {server.url}")
         print(f"tuneforge settings: single request up to {settings.multipart_threshold // MiB} MiB, parts of "
               f"{settings.part_size // MiB} MiB, {settings.max_inflight} parts in flight, {settings.file_concurrency} "
               f"files at once, {settings.memory_budget // MiB} MiB buffers, checksum {settings.checksum}")
 
-        store = S3Store(BUCKET, "", settings=settings, endpoint_url=server.url, session=boto_session())
+        store = S3Store(BUCKET, "", settings=settings, endpoint_url=server.url, session=boto_session(credentials))
         store.create_bucket()
-        naive = naive_client(server.url)
+        naive = boto_session(credentials).client("s3", endpoint_url=server.url)
         ckpt_names = sorted(p.name for p in ckpt.iterdir())
 
         results: dict[tuple[str, str], list[float]] = {}

@@ -1,7 +1,14 @@
-"""One object-store suite for every backend: the local directory and S3 (a real moto server over HTTP)."""
+"""One object-store suite for every backend: the local directory and S3 (a real moto server over HTTP).
+
+The S3 half also runs against MinIO when infra/testbed/minio/build.sh has built it (it is not built in CI: a
+10-minute Go build for a second opinion on S3 compatibility; ``TUNEFORGE_TEST_MINIO=1`` builds it on demand).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.s3_server import TEST_ENV, FaultProxy, MotoServer
+from tests.support.s3_server import TEST_ENV, FaultProxy, MinioServer, MotoServer
 from tuneforge.storage.base import ObjectStore
 from tuneforge.storage.local import LocalStore
 
 BUCKET = "tuneforge-test"
 MiB = 1 << 20
+MINIO_BUILD = Path(__file__).resolve().parents[2] / "infra" / "testbed" / "minio" / "build.sh"
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +56,25 @@ def make_s3_store(endpoint: str, prefix: str | None = None, **settings: Any) -> 
     return store
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(scope="session")
+def minio_server() -> Iterator[MinioServer]:
+    mode = "" if os.environ.get("TUNEFORGE_TEST_MINIO") == "1" else "--print-path"
+    binary = subprocess.run(["bash", str(MINIO_BUILD), *([mode] if mode else [])], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    if not os.access(binary, os.X_OK):
+        pytest.skip("MinIO is not built (run infra/testbed/minio/build.sh or set TUNEFORGE_TEST_MINIO=1)")
+    with tempfile.TemporaryDirectory(prefix="tuneforge-minio-") as data:
+        server = MinioServer(binary, data).start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3", "minio"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     if request.param == "local":
         yield LocalStore(tmp_path / "store")
         return
-    server: MotoServer = request.getfixturevalue("moto_server")
+    server: MotoServer | MinioServer = request.getfixturevalue(f"{request.param.replace('s3', 'moto')}_server")
     s3 = make_s3_store(server.url)
     yield s3
     s3.close()

@@ -1,5 +1,7 @@
 """A real S3 server for tests and benchmarks (moto's server mode), and a fault-injecting proxy in front of it.
 
+``MinioServer`` (MinIO built from Go modules) is the benchmark's second server.
+
 ``MotoServer`` runs ``python -m moto.server`` as a subprocess on 127.0.0.1 and a free port: a separate process,
 so the server's CPU work does not contend with the client's GIL. ``FaultProxy`` is a small threaded HTTP proxy
 on loopback that forwards to it and, for the requests its rules select, answers 500/503 (with S3's XML error
@@ -91,6 +93,56 @@ class MotoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MinioServer:
+    """A MinIO server (built by infra/testbed/minio/build.sh) on 127.0.0.1, storing in a temporary directory.
+
+    The benchmark's second server (``bench/object_store.py --server minio``); the store test suite also runs on
+    it when it is built.
+    """
+
+    # the tests' credentials, so the clients built for moto work unchanged
+    ACCESS_KEY = TEST_ENV["AWS_ACCESS_KEY_ID"]
+    SECRET_KEY = TEST_ENV["AWS_SECRET_ACCESS_KEY"]
+
+    def __init__(self, binary: str, data_dir: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> MinioServer:
+        env = {**os.environ, "MINIO_ROOT_USER": self.ACCESS_KEY, "MINIO_ROOT_PASSWORD": self.SECRET_KEY,
+               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "CI": "true"}
+        self.proc = subprocess.Popen(
+            [self.binary, "server", self.data_dir, "--quiet", "--address", f"127.0.0.1:{self.port}",
+             "--console-address", f"127.0.0.1:{free_port()}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"minio exited with {self.proc.returncode}: {err[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/minio/health/ready", timeout=1).status_code == 200:
+                    if self.proc.stderr:
+                        self.proc.stderr.close()
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"minio on {self.url} did not start in {timeout}s")
+
+    def credentials(self) -> dict[str, str]:
+        return {"aws_access_key_id": self.ACCESS_KEY, "aws_secret_access_key": self.SECRET_KEY,
+                "region_name": "us-east-1"}
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=15)
 
 
 # -- the fault-injecting proxy --
