@@ -69,12 +69,15 @@ def test_create_job_resolves_everything(client: httpx.Client, api_server: Thread
         assert hp[key] > 0
     assert job["method"]["type"] == "supervised"
     assert job["method"]["supervised"]["hyperparameters"] == hp
-    assert "auto" not in _walk(job), job
+    # the only "auto" left is the one the trainer resolves per device
+    assert hp["gradient_checkpointing"] == "auto"
+    assert [v for v in _walk(job) if v == "auto"] == ["auto", "auto"], job  # here and under method
     assert job["adapter"]["type"] == "lora"
 
-    # the stored JobSpec is fully resolved too
+    # the stored JobSpec is fully resolved too (gradient_checkpointing: None, for the trainer to decide)
     spec = load_job(api_server, job["id"]).spec
     assert "auto" not in _walk(spec)
+    assert spec["hyperparameters"]["gradient_checkpointing"] is None
     assert spec["training_file"]["file_id"] == chat_id
 
 
@@ -95,7 +98,8 @@ def test_dpo_job_on_a_preference_file(client: httpx.Client, pref_id: str) -> Non
     job = create_job(client, pref_id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
     assert job["method"]["type"] == "dpo"
     assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
-    assert "auto" not in _walk(job)
+    assert [v for v in _walk(job) if v == "auto"] == ["auto", "auto"]  # gradient_checkpointing, shown twice
+    assert job["hyperparameters"]["gradient_checkpointing"] == "auto"
 
 
 def test_validation_file_is_recorded(client: httpx.Client, chat_id: str) -> None:
@@ -153,6 +157,8 @@ def test_validation_file_in_wrong_format_is_400(client: httpx.Client, chat_id: s
     ({"not_a_knob": 3}, "not_a_knob", "unknown hyperparameter"),
     ({"lr_scheduler": "bogus"}, "lr_scheduler", "must be one of"),
     ({"packing": "maybe"}, "packing", "must be true, false"),
+    ({"gradient_checkpointing": "yes"}, "gradient_checkpointing", "must be true, false"),
+    ({"gradient_checkpointing": 1}, "gradient_checkpointing", "must be true, false"),
 ])
 @pytest.mark.parametrize("where", ["top-level", "method"])
 def test_bad_hyperparameter_is_400_with_param(client: httpx.Client, chat_id: str, hp: dict[str, Any], param: str,
@@ -173,7 +179,24 @@ def test_flags_and_scheduler_are_accepted(client: httpx.Client, chat_id: str) ->
     job = create_job(client, chat_id, hyperparameters={"lr_scheduler": "cosine", "packing": True,
                                                        "gradient_checkpointing": "auto"})
     hp = job["hyperparameters"]
-    assert (hp["lr_scheduler"], hp["packing"], hp["gradient_checkpointing"]) == ("cosine", True, False)
+    assert (hp["lr_scheduler"], hp["packing"], hp["gradient_checkpointing"]) == ("cosine", True, "auto")
+
+
+@pytest.mark.parametrize("given,in_spec,shown", [
+    ({}, None, "auto"),
+    ({"gradient_checkpointing": "auto"}, None, "auto"),
+    ({"gradient_checkpointing": True}, True, True),
+    ({"gradient_checkpointing": False}, False, False),
+])
+def test_gradient_checkpointing_auto_is_left_to_the_trainer(client: httpx.Client, api_server: ThreadServer,
+                                                            chat_id: str, given: dict[str, Any], in_spec: bool | None,
+                                                            shown: bool | str) -> None:
+    job = create_job(client, chat_id, hyperparameters=given)
+    assert job["hyperparameters"]["gradient_checkpointing"] == shown
+    assert job["method"]["supervised"]["hyperparameters"]["gradient_checkpointing"] == shown
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["hyperparameters"]["gradient_checkpointing"] == shown
+    spec = load_job(api_server, job["id"]).spec
+    assert spec["hyperparameters"]["gradient_checkpointing"] is in_spec
 
 
 @pytest.mark.parametrize("body,param", [

@@ -84,9 +84,13 @@ def test_sft_lora_end_to_end(make_job, tiny_model: Path) -> None:
 
 def test_sft_full_prompt_completion(make_job) -> None:
     rows = [{"prompt": f"Q{i}: say {i}\nA:", "completion": f" {i}"} for i in range(8)]
-    job = make_job(rows, fmt="prompt_completion", adapter={"type": "full"}, hyperparameters={"max_steps": 2})
+    # an explicit gradient_checkpointing wins over the device's "auto" (off on the CPU) and really trains
+    job = make_job(rows, fmt="prompt_completion", adapter={"type": "full"},
+                   hyperparameters={"max_steps": 2, "gradient_checkpointing": True})
     result = run_trainer(job)
     assert result.returncode == 0, result.stderr[-3000:]
+    (setup,) = [e["message"] for e in result.of("log") if e["message"].startswith("Training setup")]
+    assert "gradient_checkpointing=on," in setup, setup
     (res,) = result.of("result")
     assert res["data"]["steps"] == 2
     assert "model.safetensors" in res["data"]["files"] and "config.json" in res["data"]["files"]

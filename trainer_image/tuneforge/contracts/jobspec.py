@@ -1,7 +1,8 @@
 """JobSpec: the resolved, immutable description of one training run.
 
 The service writes it, the operator carries it in the FineTuneJob resource, the trainer reads it.
-Every "auto" hyperparameter is resolved before a JobSpec exists.
+Every "auto" hyperparameter is resolved before a JobSpec exists, except the few that depend on the device the
+trainer lands on: those are None here and the trainer resolves them (see ``Hyperparameters``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class Hyperparameters(_Frozen):
     weight_decay: float = 0.0
     lr_scheduler: str = "linear"
     packing: bool = False
-    gradient_checkpointing: bool = False
+    #: None = "auto": the trainer decides per device (on for CUDA, where memory limits the batch; off on the CPU,
+    #: where memory is plentiful and recomputation costs ~30% speed); true/false force it. Older specs carry a bool.
+    gradient_checkpointing: bool | None = None
     max_steps: int = -1
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.contracts.jobspec import Hyperparameters, JobSpec
 from tuneforge.storage import ObjectStore
 from tuneforge.trainer.device import DeviceInfo, has_module
 from tuneforge.trainer.errors import BadInput
@@ -68,10 +68,27 @@ def estimate_total_steps(spec: JobSpec, rows: int) -> int:
     return per_epoch * hp.n_epochs
 
 
+def use_gradient_checkpointing(hp: Hyperparameters, device: DeviceInfo) -> bool:
+    """The job's explicit true/false; for "auto" (None) on where memory limits the batch, i.e. on CUDA.
+
+    On the CPU memory is plentiful and the recomputation would cost ~30% speed, so auto is off there (the device
+    module knows only ``cuda`` and ``cpu``; any other kind counts as not CUDA)."""
+    if hp.gradient_checkpointing is not None:
+        return bool(hp.gradient_checkpointing)
+    return device.cuda
+
+
+def describe_gradient_checkpointing(hp: Hyperparameters, device: DeviceInfo) -> str:
+    """``on``/``off``, with `` (auto)`` when the trainer chose it, for the "Training setup" line."""
+    state = "on" if use_gradient_checkpointing(hp, device) else "off"
+    return f"{state} (auto)" if hp.gradient_checkpointing is None else state
+
+
 def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[str, Any]:
     """Arguments shared by every TRL config (they all extend ``TrainingArguments``)."""
     hp = ctx.hp
     total = estimate_total_steps(ctx.spec, rows)
+    checkpointing = use_gradient_checkpointing(hp, ctx.device)
     save_steps = hp.checkpoint_every_steps if hp.checkpoint_every_steps > 0 else AT_END_ONLY
     eval_steps = hp.eval_every_steps if hp.eval_every_steps > 0 else save_steps
     kwargs: dict[str, Any] = {
@@ -100,11 +117,11 @@ def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[
         "report_to": "none",
         "disable_tqdm": True,
         "include_num_input_tokens_seen": "non_padding",
-        "gradient_checkpointing": hp.gradient_checkpointing,
+        "gradient_checkpointing": checkpointing,
         "dataloader_num_workers": 0,
         "save_total_limit": None,
     }
-    if hp.gradient_checkpointing:
+    if checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if ctx.device.cuda and has_module("liger_kernel"):
         kwargs["use_liger_kernel"] = True

@@ -14,7 +14,7 @@ from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.storage import ObjectNotFound, ObjectStore, open_store
 from tuneforge.trainer.callbacks import MESSAGE_KEYS, CheckpointCallback, ProgressCallback, rename_metrics
 from tuneforge.trainer.checkpoints import CheckpointInfo, download_checkpoint, latest_complete
-from tuneforge.trainer.context import RunContext
+from tuneforge.trainer.context import RunContext, describe_gradient_checkpointing
 from tuneforge.trainer.data import load_dataset_rows
 from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
@@ -108,6 +108,7 @@ def _describe(ctx: RunContext, built: Any) -> str:
         f"precision={'bf16' if ctx.device.bf16 else 'fp16' if ctx.device.fp16 else 'fp32'}",
         f"batch_size={hp.batch_size}",
         f"max_length={hp.max_length}",
+        f"gradient_checkpointing={describe_gradient_checkpointing(hp, ctx.device)}",
     ]
     parts += [f"{k}={v}" for k, v in ctx.notes.items()]
     return "Training setup: " + ", ".join(parts)

@@ -41,13 +41,22 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
                  "inverse_sqrt")
 
 
-def _flag(raw: dict[str, Any], name: str, prefix: str) -> bool:
+def _optional_flag(raw: dict[str, Any], name: str, prefix: str) -> bool | None:
+    """true/false as given; absent or ``"auto"`` is None (left for the trainer to decide)."""
     value = raw.get(name)
     if _is_auto(value):
-        return False
+        return None
     if not isinstance(value, bool):
         raise HyperparameterError(f"'{name}' must be true, false or \"auto\", got {value!r}", f"{prefix}.{name}")
     return value
+
+
+def _flag(raw: dict[str, Any], name: str, prefix: str) -> bool:
+    return bool(_optional_flag(raw, name, prefix))
+
+
+#: hyperparameters whose "auto" depends on the device, so the trainer resolves them (None in the JobSpec)
+TRAINER_RESOLVED = ("gradient_checkpointing",)
 
 
 def _scheduler(raw: dict[str, Any], prefix: str) -> str:
@@ -123,7 +132,7 @@ def resolve(
         weight_decay=_number(raw, "weight_decay", float, 0, 1, prefix) or 0.0,
         lr_scheduler=_scheduler(raw, prefix),
         packing=_flag(raw, "packing", prefix),
-        gradient_checkpointing=_flag(raw, "gradient_checkpointing", prefix),
+        gradient_checkpointing=_optional_flag(raw, "gradient_checkpointing", prefix),
         max_steps=max_steps,
         checkpoint_every_steps=checkpoint_every,
         keep_checkpoints=_number(raw, "keep_checkpoints", int, 1, 100, prefix) or 2,
@@ -133,5 +142,11 @@ def resolve(
 
 
 def public_hyperparameters(hp: Hyperparameters) -> dict[str, Any]:
-    """What the job object shows: OpenAI's three plus every resolved extension that applies."""
-    return {k: v for k, v in hp.model_dump().items() if v is not None}
+    """What the job object shows: OpenAI's three plus every resolved extension that applies.
+
+    A hyperparameter the trainer resolves per device shows as ``"auto"`` while it is None."""
+    shown = hp.model_dump()
+    for name in TRAINER_RESOLVED:
+        if shown[name] is None:
+            shown[name] = "auto"
+    return {k: v for k, v in shown.items() if v is not None}

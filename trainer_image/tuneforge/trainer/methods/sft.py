@@ -12,6 +12,7 @@ from tuneforge.trainer.context import (
     lora_config,
     quantization_config,
     training_args_kwargs,
+    use_gradient_checkpointing,
 )
 from tuneforge.trainer.data import Tokenized, tokenize_sft
 from tuneforge.trainer.errors import BadInput
@@ -91,7 +92,9 @@ def build(ctx: RunContext) -> BuiltTrainer:
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=use_gradient_checkpointing(hp, ctx.device)
+        )
     n_params = count_params(model)
     padding_free = use_padding_free(ctx)
     common = training_args_kwargs(ctx, rows=len(train.rows), has_eval=eval_ds is not None)
