@@ -45,6 +45,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, name: str, timeout: float,
+                stop: Callable[[], None]) -> None:
+    """Wait until ``url`` answers 2xx-4xx; a server that exits or never answers raises (and is stopped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                # stderr is only needed for start-up failures; stop piping it so it cannot fill up
+                if proc.stderr:
+                    proc.stderr.close()
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop()
+    raise TimeoutError(f"{name} on {url} did not start in {timeout}s")
+
+
 class MotoServer:
     """moto's S3 in server mode, in its own process; objects live in its memory (large ones spill to /tmp)."""
 
@@ -60,22 +81,8 @@ class MotoServer:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"moto server exited with {self.proc.returncode}: {err[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/moto-api/", timeout=1).status_code < 500:
-                    # stderr is only needed for start-up failures; stop piping it so it cannot fill up
-                    if self.proc.stderr:
-                        self.proc.stderr.close()
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"moto server on {self.url} did not start in {timeout}s")
+        _wait_ready(self.proc, f"{self.url}/moto-api/", "moto server", timeout, self.stop)
+        return self
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         """Environment for a process that should use this server through boto3's standard chain."""
@@ -121,21 +128,8 @@ class MinioServer:
              "--console-address", f"127.0.0.1:{free_port()}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"minio exited with {self.proc.returncode}: {err[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/minio/health/ready", timeout=1).status_code == 200:
-                    if self.proc.stderr:
-                        self.proc.stderr.close()
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"minio on {self.url} did not start in {timeout}s")
+        _wait_ready(self.proc, f"{self.url}/minio/health/ready", "minio", timeout, self.stop)
+        return self
 
     def credentials(self) -> dict[str, str]:
         return {"aws_access_key_id": self.ACCESS_KEY, "aws_secret_access_key": self.SECRET_KEY,
