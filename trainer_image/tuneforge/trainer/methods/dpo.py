@@ -31,9 +31,9 @@ def build(ctx: RunContext) -> BuiltTrainer:
     loss_type = hp.loss_type or "sigmoid"
     if loss_type not in LOSS_TYPES:
         raise BadInput(f"unknown DPO loss_type {loss_type!r}; expected one of {', '.join(sorted(LOSS_TYPES))}")
-    train, valid = preference.datasets(ctx)
     tokenizer = load_tokenizer(ctx.model_dir)
     ensure_chat_template(tokenizer)
+    train, valid = preference.datasets(ctx, tokenizer)
     set_seed(ctx.spec.seed)
     model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
     n_params = count_params(model)

@@ -21,9 +21,9 @@ def build(ctx: RunContext) -> BuiltTrainer:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    train, valid = preference.datasets(ctx)
     tokenizer = load_tokenizer(ctx.model_dir)
     ensure_chat_template(tokenizer)
+    train, valid = preference.datasets(ctx, tokenizer)
     set_seed(ctx.spec.seed)
     model = load_sequence_classifier(ctx.model_dir, model_dtype(ctx), tokenizer.pad_token_id)
     n_params = count_params(model)
