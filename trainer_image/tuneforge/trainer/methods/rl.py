@@ -77,6 +77,8 @@ def build(ctx: RunContext) -> BuiltTrainer:
     common = training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None)
     common["per_device_train_batch_size"] = hp.batch_size * num_generations
     common["per_device_eval_batch_size"] = hp.batch_size * num_generations
+    # GRPO/RLOO batches carry no input_ids for HF's token counter (it warned on every step); TRL logs num_tokens
+    common["include_num_input_tokens_seen"] = "no"
     rl_kwargs: dict[str, Any] = {
         "beta": hp.kl_coef if hp.kl_coef is not None else 0.0,
         "num_generations": num_generations,
