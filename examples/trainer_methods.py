@@ -22,7 +22,6 @@ import argparse
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -93,13 +92,8 @@ def build(method: str, rows: int, valid_rows: int) -> tuple[dict[str, Any], list
         return kind, hh_pairs(rows, 0), hh_pairs(valid_rows, 2000), "preference"
     if method == "grpo":
 
-        # one worked example (a late GSM8K train row, never a training prompt here) shows the answer format
-        shot = gsm8k("train", 7473)[-2]
-        shot_answer = re.sub(r"<<[^>]*>>", "", shot["answer"])
-
         def prompt(r: dict[str, Any]) -> dict[str, Any]:
-            content = (f"Solve the problem. Reason briefly, then give the final answer on the last line as "
-                       f"'#### <number>'.\n\nExample:\n{shot['question']}\n{shot_answer}\n\nProblem:\n{r['question']}")
+            content = r["question"] + "\nEnd your answer with '#### <number>'."
             return {"prompt": [{"role": "user", "content": content}], "answer": r["answer"]}
 
         return (
@@ -115,10 +109,10 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "sft": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 512},
     "dpo": {"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "max_length": 192, "beta": 0.1},
     "reward": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "max_length": 384},
-    "grpo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 5e-4, "max_length": 512, "num_generations": 6,
-             "max_completion_length": 128, "kl_coef": 0.0, "temperature": 1.0},
+    "grpo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 3e-4, "max_length": 512, "num_generations": 6,
+             "max_completion_length": 96, "kl_coef": 0.0, "temperature": 0.8},
 }  # fmt: skip
-DEFAULT_ROWS = {"sft": (96, 32), "dpo": (256, 128), "reward": (128, 64), "grpo": (32, 12)}
+DEFAULT_ROWS = {"sft": (96, 32), "dpo": (256, 128), "reward": (128, 64), "grpo": (40, 12)}
 HEADLINE = {
     "sft": ("valid_loss", "valid_mean_token_accuracy"),
     "dpo": (
