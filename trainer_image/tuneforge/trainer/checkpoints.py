@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.storage import ObjectStore, build_manifest
-from tuneforge.storage.manifest import Manifest, sha256_file
+from tuneforge.storage.manifest import Manifest
 from tuneforge.trainer.errors import TrainerError
 
 MARKER = "COMPLETE.json"
@@ -106,8 +106,9 @@ def download_checkpoint(store: ObjectStore, ckpt: CheckpointInfo, dest: Path) ->
         if not path.resolve().is_relative_to(dest.resolve()):
             raise TrainerError(f"checkpoint step {ckpt.step}: file name {entry.name!r} escapes the checkpoint")
         store.download_file(f"{ckpt.prefix}/{entry.name}", path)
-        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
-            raise TrainerError(f"checkpoint step {ckpt.step}: {entry.name} does not match its manifest")
+    problems = ckpt.manifest.mismatches(dest)
+    if problems:
+        raise TrainerError(f"checkpoint step {ckpt.step}: does not match its manifest: {'; '.join(problems[:3])}")
     return dest
 
 
