@@ -255,6 +255,73 @@ def test_a_corrupted_transfer_is_fetched_again(faulty_store: Any, proxy: FaultPr
     assert (tmp_path / "big.bin").read_bytes() == data and proxy.stats.faults["corrupt"] == 1
 
 
+def _observe(proxy: FaultProxy) -> list[Request]:
+    seen: list[Request] = []
+
+    def observe(r: Request) -> bool:
+        seen.append(r)
+        return False  # never a fault
+
+    proxy.inject("500", observe)
+    return seen
+
+
+def test_large_objects_download_as_verified_ranges(faulty_store: Any, proxy: FaultProxy, tmp_path: Path) -> None:
+    data, small = data_of(BIG, 12), data_of(1000, 13)
+    faulty_store.put_bytes("jobs/j/model/big.bin", data)
+    faulty_store.put_bytes("jobs/j/model/small.json", small)
+    seen = _observe(proxy)
+    assert faulty_store.download_file("jobs/j/model/big.bin", tmp_path / "big.bin") == BIG
+    assert (tmp_path / "big.bin").read_bytes() == data and not (tmp_path / "big.bin.part").exists()
+    gets = [r for r in seen if r.is_get_object]
+    # four 5 MiB ranges of one version, each naming the ETag the HEAD saw
+    assert {r.headers["range"] for r in gets} == {
+        f"bytes={s}-{min(s + 5 * MiB, BIG) - 1}" for s in range(0, BIG, 5 * MiB)}
+    assert len(gets) == 4
+    assert len({r.headers["if-match"] for r in gets}) == 1
+    # a listed prefix: the listing gives sizes, so the small file needs no HEAD and comes in one GET
+    seen.clear()
+    paths = faulty_store.download_prefix("jobs/j/model", tmp_path / "dir")
+    assert sorted(p.name for p in paths) == ["big.bin", "small.json"]
+    assert (tmp_path / "dir" / "big.bin").read_bytes() == data
+    assert (tmp_path / "dir" / "small.json").read_bytes() == small
+    heads = [r for r in seen if r.method == "HEAD"]
+    assert len(heads) == 1 and heads[0].path.endswith("/big.bin")
+
+
+def test_a_damaged_range_fails_the_whole_object_check(faulty_store: Any, proxy: FaultProxy,
+                                                      tmp_path: Path) -> None:
+    data = data_of(BIG, 14)
+    faulty_store.put_bytes("jobs/j/model/big.bin", data)
+    proxy.inject("corrupt", lambda r: r.is_get_object and r.headers.get("range", "").startswith("bytes=0-"))
+    with pytest.raises(ChecksumMismatch, match="CRC32 of 4 ranges"):
+        faulty_store.download_file("jobs/j/model/big.bin", tmp_path / "big.bin")
+    assert not (tmp_path / "big.bin").exists() and not (tmp_path / "big.bin.part").exists()
+
+
+def test_an_object_replaced_during_a_ranged_download_is_fetched_again(
+        faulty_store: Any, proxy: FaultProxy, moto_server: MotoServer, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    old, new = data_of(BIG, 15), data_of(BIG + 3, 16)
+    faulty_store.put_bytes("jobs/j/model/big.bin", old)
+    direct = make_s3_store(moto_server.url, prefix=faulty_store.prefix)
+    replaced: list[bool] = []
+
+    def replace_once(r: Request) -> bool:
+        if r.is_get_object and r.headers.get("range", "").startswith("bytes=0-") and not replaced:
+            replaced.append(True)
+            direct.put_bytes("jobs/j/model/big.bin", new)  # another writer, between the HEAD and the GETs
+        return False
+
+    proxy.inject("500", replace_once)
+    # the ranges of the old version fail their If-Match (412); the retry sees the new version whole
+    with caplog.at_level(logging.WARNING, logger="tuneforge.storage.s3"):
+        assert faulty_store.download_file("jobs/j/model/big.bin", tmp_path / "big.bin") == len(new)
+    assert (tmp_path / "big.bin").read_bytes() == new
+    assert "PreconditionFailed" in caplog.text and "attempt 1 of 3" in caplog.text
+    direct.close()
+
+
 def test_missing_bucket_and_missing_key_are_clear(moto_server: MotoServer) -> None:
     from tests.storage.conftest import boto_session
     from tuneforge.storage.s3 import S3Settings, S3Store

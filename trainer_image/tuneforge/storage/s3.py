@@ -24,8 +24,10 @@ Atomic visibility
 Downloads
     ``GetObject`` asks for the stored checksum (``ChecksumMode=ENABLED``) and botocore verifies it as the body
     streams; a mismatch raises :class:`~tuneforge.storage.base.ChecksumMismatch`. ``download_file`` and
-    ``get_bytes`` retry a broken or corrupted transfer a few times, writing aside and renaming, so a
-    destination file is complete and verified or absent.
+    ``download_prefix`` fetch an object larger than ``multipart_threshold`` as parallel ranged GETs of
+    ``part_size`` (one GET is bound by one connection) and check the CRC32 of the ranges, combined, against the
+    object's ``FULL_OBJECT`` CRC32. ``download_file`` and ``get_bytes`` retry a broken or corrupted transfer a
+    few times, writing aside and renaming, so a destination file is complete and verified or absent.
 
 Retries
     botocore retries throttling (``SlowDown``), 5xx and dropped connections with exponential backoff and
@@ -54,6 +56,7 @@ from urllib.parse import urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError, check_key
+from tuneforge.storage.crc32 import crc32_combine
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +271,13 @@ class _Multipart:
     size: int = 0
 
 
+@dataclass(frozen=True)
+class _RangePlan:
+    size: int
+    etag: str
+    crc32: str | None  # base64 FULL_OBJECT CRC32; None when checksums are off
+
+
 class S3Store(ObjectStore):
     """Objects under ``s3://{bucket}/{prefix}/``; see the module docstring for the guarantees."""
 
@@ -453,17 +463,18 @@ class S3Store(ObjectStore):
         return self._retrying_read(key, fetch)
 
     def download_file(self, key: str, path: str | os.PathLike[str]) -> int:
+        return self._download_file(key, path, None)
+
+    def _download_file(self, key: str, path: str | os.PathLike[str], size: int | None) -> int:
+        """``size``: the object's size when a listing told it (a small object then needs no HEAD)."""
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
 
         def fetch() -> int:
-            total = 0
             try:
-                with self.open(key) as src, open(tmp, "wb") as out:
-                    while chunk := src.read(MiB):
-                        out.write(chunk)
-                        total += len(chunk)
+                plan = self._range_plan(key) if size is None or size > self.settings.multipart_threshold else None
+                total = self._fetch_ranges(key, tmp, plan) if plan else self._fetch_whole(key, tmp)
                 os.replace(tmp, dest)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -472,6 +483,83 @@ class S3Store(ObjectStore):
 
         return self._retrying_read(key, fetch)
 
+    def _fetch_whole(self, key: str, tmp: Path) -> int:
+        total = 0
+        with self.open(key) as src, open(tmp, "wb") as out:
+            while chunk := src.read(MiB):
+                out.write(chunk)
+                total += len(chunk)
+        return total
+
+    def _range_plan(self, key: str) -> _RangePlan | None:
+        """How to fetch ``key`` as parallel ranged GETs, or None for one GET: the object is small, or its stored
+        checksum covers parts, not the whole object, so only one GET can be verified (by botocore)."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        if self.settings.checksum != "off":
+            args["ChecksumMode"] = "ENABLED"
+        try:
+            head = self._client.head_object(**args)
+        except Exception as exc:
+            raise self._error("HEAD", key, exc) from exc
+        size = int(head["ContentLength"])
+        if size <= self.settings.multipart_threshold:
+            return None
+        crc = head.get("ChecksumCRC32")
+        whole = bool(crc) and "-" not in crc and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        if self.settings.checksum != "off" and not whole:
+            return None
+        return _RangePlan(size=size, etag=str(head.get("ETag", "")), crc32=crc if whole else None)
+
+    def _fetch_ranges(self, key: str, tmp: Path, plan: _RangePlan) -> int:
+        """``part_size`` ranges fetched by the part pool into their places in ``tmp``; each range's CRC32 is
+        computed as it arrives and the combination checked against the object's ``FULL_OBJECT`` CRC32. Every
+        GET names the HEAD's ETag, so an object replaced meanwhile fails (412) instead of mixing versions."""
+        step = self.settings.part_size
+        spans = [(start, min(start + step, plan.size)) for start in range(0, plan.size, step)]
+        with open(tmp, "wb") as out:
+            out.truncate(plan.size)
+            futures = [self._parts.submit(self._fetch_range, key, plan.etag, out.fileno(), start, end)
+                       for start, end in spans]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in futures:
+                fut.cancel()
+            wait(futures)  # the running ones write into ``out``: let them finish before it closes
+        failed = next((f.exception() for f in futures if not f.cancelled() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        crc = 0
+        for (start, end), fut in zip(spans, futures, strict=True):
+            crc = crc32_combine(crc, fut.result(), end - start)
+        if plan.crc32 is not None and _b64_crc32(crc) != plan.crc32:
+            raise ChecksumMismatch(key, f"{self._where(key)}: the CRC32 of {len(spans)} ranges is "
+                                        f"{_b64_crc32(crc)}, the stored full-object CRC32 is {plan.crc32}")
+        return plan.size
+
+    def _fetch_range(self, key: str, etag: str, fd: int, start: int, end: int) -> int:
+        """Bytes ``start``..``end - 1`` of ``key`` written at their offset in ``fd``; returns their CRC32."""
+        from botocore.exceptions import IncompleteReadError
+
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            args["IfMatch"] = etag
+        try:
+            response = self._client.get_object(**args)
+        except Exception as exc:
+            raise self._error("GET", key, exc) from exc
+        crc, offset = 0, start
+        with _Reader(response["Body"], key, self._where(key), end - start) as body:
+            while offset < end and (chunk := body.read(min(MiB, end - offset))):
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+                crc = zlib.crc32(chunk, crc)
+        if offset != end:
+            raise StoreError(f"reading {self._where(key)} bytes {start}-{end - 1} broke off after "
+                             f"{offset - start} bytes") from IncompleteReadError(actual_bytes=offset - start,
+                                                                                 expected_bytes=end - start)
+        return crc
+
     def _retrying_read(self, key: str, fetch: Callable[[], _T]) -> _T:
         attempts = self.settings.download_attempts
         for attempt in range(1, attempts + 1):
@@ -479,8 +567,9 @@ class S3Store(ObjectStore):
                 return fetch()
             except StoreError as exc:
                 cause = exc.__cause__
-                transient = isinstance(exc, ChecksumMismatch) or (cause is not None and
-                                                                  _is_transient_read_error(cause))
+                # a broken or damaged body, or an object replaced between the HEAD and a ranged GET (412)
+                transient = isinstance(exc, ChecksumMismatch) or (cause is not None and (
+                    _is_transient_read_error(cause) or _error_code(cause) == "PreconditionFailed"))
                 if not transient or attempt == attempts:
                     raise
                 log.warning("GET %s failed (attempt %d of %d), fetching again: %s",
@@ -525,9 +614,9 @@ class S3Store(ObjectStore):
     def download_prefix(self, prefix: str, local_dir: str | os.PathLike[str]) -> builtins.list[Path]:
         root = Path(local_dir)
         base = prefix.rstrip("/") + "/"
-        pairs = [(info.key, root / info.key[len(base):]) for info in self.list(base)]
-        self._run_all([functools.partial(self.download_file, k, d) for k, d in pairs])
-        return [d for _, d in pairs]
+        found = [(info, root / info.key[len(base):]) for info in self.list(base)]
+        self._run_all([functools.partial(self._download_file, i.key, d, i.size) for i, d in found])
+        return [d for _, d in found]
 
     def _full_key_checked(self, key: str) -> str:
         self._full(key)
