@@ -11,7 +11,8 @@ held-out figures before training (step 0, the base model) and after:
 - ``sft``: GSM8K (question → answer), validation loss and token accuracy on GSM8K test questions;
 - ``dpo``: HH-RLHF harmless-base pairs, validation preference accuracy and reward margin;
 - ``reward``: the same pairs, pairwise accuracy of the reward model on held-out pairs;
-- ``grpo``: GSM8K prompts, regex grader on the number after ``####``, mean reward on held-out prompts.
+- ``grpo``: GSM8K prompts, a multi grader (worked answer ending in ``#### N``; the right number), mean reward
+  on held-out prompts.
 
 Through the REST API the same jobs are ``method.type`` supervised / dpo / reward_model / reinforcement.
 """
@@ -31,13 +32,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TUNEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 PYTHONPATH = os.pathsep.join(str(REPO / p) for p in ("service", "operator", "trainer_image"))
-#: GSM8K reward with partial credit (OpenAI's multi grader): 0.2 for ending with "#### <number>", 0.8 for the right
-#: number (the last number in the completion against the one after "####" in the reference); a 135M model is
-#: rarely right, so without the format term nearly every group of completions scores 0 and GRPO learns nothing
+#: GSM8K reward with partial credit (OpenAI's multi grader): 0.2 for a worked answer (a calculation "... = 12", then
+#: a last line "#### <number>"), 0.8 for the right number (the last number in the completion against the one after
+#: "####" in the reference). A 135M model is rarely right, so without the format term nearly every group of
+#: completions scores 0 and GRPO learns nothing; a format term that accepts a bare "#### N" is gamed (the tuned
+#: model answered "#### 1" to everything), hence the calculation it asks for.
 GSM8K_GRADER = {
     "type": "multi",
     "graders": {
-        "format": {"type": "regex", "reference_field": None, "pattern": r"####\s*-?[\d,]*\.?\d+\s*$"},
+        "format": {"type": "regex", "reference_field": None,
+                   "pattern": r"(?s)=\s*-?[\d,]*\.?\d+.*\n####\s*-?[\d,]*\.?\d+\s*$"},
         "correct": {
             "type": "regex",
             "reference_field": "answer",
@@ -108,11 +112,11 @@ def build(method: str, rows: int, valid_rows: int) -> tuple[dict[str, Any], list
 HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "sft": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 512},
     "dpo": {"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "max_length": 192, "beta": 0.1},
-    "reward": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "max_length": 384},
-    "grpo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 3e-4, "max_length": 512, "num_generations": 6,
-             "max_completion_length": 96, "kl_coef": 0.0, "temperature": 0.8},
+    "reward": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 192},
+    "grpo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 5e-4, "max_length": 512, "num_generations": 6,
+             "max_completion_length": 128, "kl_coef": 0.02, "temperature": 0.8},
 }  # fmt: skip
-DEFAULT_ROWS = {"sft": (96, 32), "dpo": (256, 128), "reward": (128, 64), "grpo": (40, 12)}
+DEFAULT_ROWS = {"sft": (96, 32), "dpo": (256, 128), "reward": (256, 128), "grpo": (96, 32)}
 HEADLINE = {
     "sft": ("valid_loss", "valid_mean_token_accuracy"),
     "dpo": (
@@ -182,17 +186,19 @@ def main() -> int:
     assert proc.stdout is not None
     first: dict[str, Any] = {}
     last: dict[str, Any] = {}
-    for line in proc.stdout:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        print(f"[{event['kind']}] {event['message']}", flush=True)
-        data = event.get("data", {})
-        if event["kind"] == "metrics" and any(k.startswith("valid_") for k in data):
-            if data.get("step") == 0:
-                first = data
-            last = data
+    with (root / "events.jsonl").open("w") as events:  # every event with its data (per-step rewards, ...)
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            events.write(line)
+            print(f"[{event['kind']}] {event['message']}", flush=True)
+            data = event.get("data", {})
+            if event["kind"] == "metrics" and any(k.startswith("valid_") for k in data):
+                if data.get("step") == 0:
+                    first = data
+                last = data
     if proc.wait() != 0:
         return proc.returncode
     print(f"\n{ns.method} on {ns.model}: {len(train)} training rows, {len(valid)} held-out rows")

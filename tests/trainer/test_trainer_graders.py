@@ -162,3 +162,28 @@ def test_multi_grader_survives_the_jobspec_round_trip() -> None:
     assert again == method
     assert again.grader is not None and again.grader.graders is not None
     assert again.grader.graders["format"].reference_field is None
+
+
+def test_example_gsm8k_grader_wants_worked_answers() -> None:
+    """The GRPO example's grader (examples/trainer_methods.py): a bare "#### N" earns no format credit. With the
+    plain "ends with #### N" check the tuned model learned to answer "#### 1" to everything."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "trainer_methods.py"
+    module_spec = importlib.util.spec_from_file_location("trainer_methods_example", path)
+    assert module_spec is not None and module_spec.loader is not None
+    example = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(example)
+    grader = GraderSpec.model_validate(example.GSM8K_GRADER)
+    check_grader(grader)
+    reward = make_multi_reward(grader)
+    completions = [
+        "She sold 48 / 2 = 24 in May, 48 + 24 = 72 in all.\n#### 72",  # worked and right
+        "48 + 24 = 71\n#### 71",  # worked, wrong
+        "#### 72",  # right number, no work shown
+        "#### 1\n#### 1",  # the gamed answer
+        "48 + 24 = 72",  # no final line
+    ]
+    refs = ["Natalia sold 48/2 = <<48/2=24>>24 clips in May. #### 72"] * len(completions)
+    assert reward([None] * len(completions), completions, answer=refs) == pytest.approx([1.0, 0.2, 0.8, 0.0, 0.8])

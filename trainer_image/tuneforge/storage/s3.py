@@ -520,10 +520,14 @@ class S3Store(ObjectStore):
             out.truncate(plan.size)
             futures = [self._parts.submit(self._fetch_range, key, plan.etag, out.fileno(), start, end)
                        for start, end in spans]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in futures:
-                fut.cancel()
-            wait(futures)  # the running ones write into ``out``: let them finish before it closes
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                # also on an interrupt: running ranges write through ``out``'s descriptor, so it stays open
+                # until they end (a closed descriptor's number may be reused by another file)
+                for fut in futures:
+                    fut.cancel()
+                wait(futures)
         failed = next((f.exception() for f in futures if not f.cancelled() and f.exception() is not None), None)
         if failed is not None:
             raise failed
