@@ -34,10 +34,8 @@ def no_trace(store: Any, key: str) -> None:
     assert key not in store.incomplete_uploads()
 
 
-# -- per-part and whole-object checksums --
-
-
-def test_checksums_are_sent_per_part_and_for_the_whole_object(faulty_store: Any, proxy: FaultProxy) -> None:
+def _observe(proxy: FaultProxy) -> list[Request]:
+    """Every request the proxy sees from now on (a rule that never fires)."""
     seen: list[Request] = []
 
     def observe(r: Request) -> bool:
@@ -45,6 +43,14 @@ def test_checksums_are_sent_per_part_and_for_the_whole_object(faulty_store: Any,
         return False  # never a fault
 
     proxy.inject("500", observe)
+    return seen
+
+
+# -- per-part and whole-object checksums --
+
+
+def test_checksums_are_sent_per_part_and_for_the_whole_object(faulty_store: Any, proxy: FaultProxy) -> None:
+    seen = _observe(proxy)
     data = data_of(BIG)
     assert faulty_store.put_bytes("jobs/j/model/model.safetensors", data) == BIG
     parts = [r for r in seen if r.is_upload_part]
@@ -68,13 +74,7 @@ def test_checksums_are_sent_per_part_and_for_the_whole_object(faulty_store: Any,
 def test_other_checksum_modes(proxy: FaultProxy, mode: str) -> None:
     """"composite" for servers without full-object checksums, "off" for servers that reject checksum headers."""
     store = make_s3_store(proxy.url, checksum=mode)
-    seen: list[Request] = []
-
-    def observe(r: Request) -> bool:
-        seen.append(r)
-        return False
-
-    proxy.inject("500", observe)
+    seen = _observe(proxy)
     data = data_of(BIG, 11)
     assert store.put_bytes("jobs/j/w.bin", data) == BIG
     assert store.put_bytes("jobs/j/s.bin", b"small") == 5
@@ -253,17 +253,6 @@ def test_a_corrupted_transfer_is_fetched_again(faulty_store: Any, proxy: FaultPr
     proxy.inject("corrupt", lambda r: r.is_get_object, times=1)
     assert faulty_store.download_file("jobs/j/model/big.bin", tmp_path / "big.bin") == BIG
     assert (tmp_path / "big.bin").read_bytes() == data and proxy.stats.faults["corrupt"] == 1
-
-
-def _observe(proxy: FaultProxy) -> list[Request]:
-    seen: list[Request] = []
-
-    def observe(r: Request) -> bool:
-        seen.append(r)
-        return False  # never a fault
-
-    proxy.inject("500", observe)
-    return seen
 
 
 def test_large_objects_download_as_verified_ranges(faulty_store: Any, proxy: FaultProxy, tmp_path: Path) -> None:
