@@ -6,42 +6,28 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s
 
+from tests.support.waiting import free_port, wait_for
+from tuneforge.contracts.finetunejob import API_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "helm" / "crds"
 RBAC_YAML = ROOT / "docs" / "cluster" / "rbac.yaml"
 GPU_LABEL = "tuneforge.dev/gpu-type"
 TIMEOUT = 60.0
-GROUP, VERSION, PLURAL = "tuneforge.dev", "v1alpha1", "finetunejobs"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install_crds(api: k8s.ApiClient) -> None:
@@ -231,7 +217,7 @@ def jobspec(job_id: str, **overrides: Any) -> dict[str, Any]:
 
 def finetunejob(name: str, gpus: int = 1, gpu_type: str = "h100", **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {"jobSpec": jobspec(name), "scheduling": {"gpus": gpus, "gpuType": gpu_type}, **spec},

@@ -11,7 +11,8 @@ import yaml
 
 from tests.operator.helpers import CRD_DIR, finetunejob
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.operator.config import OperatorConfig
+from tuneforge.contracts.settings import explicit
+from tuneforge.operator.config import OperatorSettings
 from tuneforge.operator.crd import build_crd, to_yaml
 from tuneforge.operator.manifests import (
     InvalidSpec,
@@ -22,7 +23,7 @@ from tuneforge.operator.manifests import (
 )
 from tuneforge.operator.status import OWNED_FIELDS
 
-CONFIG = OperatorConfig(gpu_type_label="tuneforge.dev/gpu-type", default_image="registry/trainer:1.0")
+CONFIG = explicit(OperatorSettings, gpu_type_label="tuneforge.dev/gpu-type", default_image="registry/trainer:1.0")
 
 
 def cr(name: str = "ftjob-abc", **spec: Any) -> dict[str, Any]:
@@ -155,7 +156,7 @@ def test_storage_secret_token_secret_env_and_pod_metadata():
     assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     assert pod["serviceAccountName"] == "trainer" and pod["automountServiceAccountToken"] is False
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and container["image"] == "my/trainer:2"
-    default_secret = OperatorConfig(storage_secret="cluster-s3")
+    default_secret = explicit(OperatorSettings, storage_secret="cluster-s3")
     assert pod_of(build_children(cr(), default_secret))["containers"][0]["envFrom"] == [
         {"secretRef": {"name": "cluster-s3"}}]
 

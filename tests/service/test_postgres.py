@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
 from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.waiting import free_port
 
 pytestmark = pytest.mark.skipif(find_pg_bin() is None, reason="PostgreSQL server not installed (.ci/system-deps)")
 

@@ -13,8 +13,9 @@ import pytest
 
 from tests.service.helpers import add_tenant, assert_error, chat_file, create_job, update_job, upload
 from tests.storage.conftest import BUCKET
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
 from tests.support.s3_server import MotoServer
+from tests.support.waiting import free_port
 from tuneforge.storage import ObjectStore
 
 

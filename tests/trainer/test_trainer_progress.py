@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from tests.support.waiting import free_port
 from tuneforge.contracts.jobspec import ProgressChannel
 from tuneforge.contracts.progress import ProgressBatch
 from tuneforge.trainer.progress import ProgressReporter
@@ -64,14 +64,8 @@ def test_posts_batches_with_bearer_token() -> None:
         service.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_service_down_buffers_then_delivers() -> None:
-    port = _free_port()
+    port = free_port()
     reporter = ProgressReporter("ftjob-2", ProgressChannel(url=f"http://127.0.0.1:{port}", token="t"))
     for step in range(5):
         reporter.emit("metrics", step=step)  # must not raise nor block for long

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.contracts.exit_codes import ExitCode
-from tuneforge.operator import TERMINAL_PHASES, TRAINER_CONTAINER
-from tuneforge.operator.config import OperatorConfig
-from tuneforge.operator.manifests import InvalidSpec, build_children, child_names
+from tuneforge.contracts.finetunejob import TERMINAL_PHASES, TRAINER_CONTAINER, child_names
+from tuneforge.operator.config import OperatorSettings
+from tuneforge.operator.manifests import InvalidSpec, build_children
 
 JSON = dict[str, Any]
 
@@ -373,7 +373,7 @@ def _cancelled(live_pods: int) -> Observation:
 
 
 def plan(cr: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]],
-         config: OperatorConfig, now: dt.datetime) -> Plan:
+         config: OperatorSettings, now: dt.datetime) -> Plan:
     """Decide the actions and the new status of one FineTuneJob from what exists now."""
     spec = cr.get("spec") or {}
     meta = _meta(cr)

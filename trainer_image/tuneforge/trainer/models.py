@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
 from tuneforge.storage.manifest import MANIFEST_NAME, publish_dir, read_manifest
 from tuneforge.trainer.errors import BadInput, TrainerError
+from tuneforge.trainer.settings import trainer_settings
 
 if TYPE_CHECKING:
     from tuneforge.storage import ObjectStore
@@ -51,8 +52,7 @@ CONVERTED_MARKER = "tuneforge-model.json"
 
 
 def model_cache_dir() -> Path:
-    root = os.environ.get("TUNEFORGE_MODEL_CACHE") or os.path.join(Path.home(), ".cache", "tuneforge", "models")
-    path = Path(root).expanduser()
+    path = trainer_settings().model_cache.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -199,7 +199,7 @@ def _hub_cached(ref: str) -> Path | None:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - transformers depends on it
         return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = trainer_settings().hf_hub_offline
     try:
         path = snapshot_download(
             ref, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]

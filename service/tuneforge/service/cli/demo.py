@@ -15,6 +15,7 @@ from rich.panel import Panel
 
 from tuneforge.service.cli.client import Client
 from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.settings import ClientSettings
 
 DEMO_PROMPTS = ["Who are you?", "What is the capital of Japan?", "How many centimeters are in 7 meters?"]
 SYSTEM = "You are Forge, a concise assistant fine-tuned with tuneforge."
@@ -53,7 +54,9 @@ def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epoch
     started = time.monotonic()
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
-    home = Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".tuneforge")).expanduser()
+    client_settings = ClientSettings()
+    home = client_settings.home.expanduser()
+    # the demo's own server: same home, its own port (the child reads its settings from this environment)
     env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_PORT": str(port)}
     log_path = home / "demo-server.log"
     home.mkdir(parents=True, exist_ok=True)
@@ -64,8 +67,7 @@ def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epoch
                                    "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(url, server)
-        key_file = home / "api_key"
-        client = Client(base_url=url, api_key=os.environ.get("TUNEFORGE_API_KEY") or key_file.read_text().strip())
+        client = Client(base_url=url, api_key=client_settings.key())
         data = data or _bundled_data()
         console.print(f"2. Uploading {data}")
         file = client.upload(data)

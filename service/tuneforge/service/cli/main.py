@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +27,7 @@ app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="TUNEFORGE_URL", help="Service URL")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Service URL (default: TUNEFORGE_URL)")]
 
 
 def _client(url: str | None) -> Client:
@@ -48,23 +47,30 @@ def _print_json(obj: Any) -> None:
     console.print_json(json.dumps(obj))
 
 
+def _service_settings(host: str | None = None, port: int | None = None) -> Any:
+    """The service's settings from the environment, with the command line's host and port on top."""
+    from tuneforge.service.core.config import ServerSettings, ServiceSettings
+
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    return ServiceSettings(server=ServerSettings(**overrides)) if overrides else ServiceSettings()
+
+
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="TUNEFORGE_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="TUNEFORGE_PORT")] = 8000,
+    host: Annotated[str | None, typer.Option(help="default: TUNEFORGE_HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default: TUNEFORGE_PORT or 8000")] = None,
     log_level: str = "info",
 ) -> None:
     """Start the service (embedded mode by default: SQLite, local store, local trainer)."""
     import uvicorn
 
     from tuneforge.service.api.app import create_app
-    from tuneforge.service.core.config import Settings
 
-    os.environ["TUNEFORGE_PORT"] = str(port)
-    os.environ["TUNEFORGE_HOST"] = host
-    settings = Settings.from_env()
-    console.print(f"tuneforge on http://{host}:{port}  (data in {settings.home}, store {settings.storage.url})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    settings = _service_settings(host, port)
+    server = settings.server
+    console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
+                  f"{settings.storage.url})")
+    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level=log_level)
 
 
 # -- files --
@@ -232,17 +238,38 @@ def models_prepare(name: str = "SmolLM2-135M-Instruct") -> None:
 @models_app.command("push")
 def models_push(
     name: Annotated[str, typer.Argument(help="A bundled model (SmolLM2-135M-Instruct) or a cached Hub id")],
-    store: Annotated[str, typer.Option("--store", envvar="TUNEFORGE_STORAGE_URL",
-                                       help="Object store: s3://bucket/prefix (AWS_* variables pick the endpoint "
-                                            "and credentials) or file:///dir")],
+    store: Annotated[str | None, typer.Option("--store", help="Object store: s3://bucket/prefix (AWS_* variables "
+                                              "pick the endpoint and credentials) or file:///dir; default: "
+                                              "TUNEFORGE_STORAGE_URL")] = None,
 ) -> None:
     """Upload a base model to models/{name}/ in the object store, so cluster pods load it from the bucket.
 
     The files go first and manifest.json (sizes and sha256) last: jobs use the model once the manifest is there."""
     import subprocess
 
+    url = store or _service_settings().storage.url
     raise typer.Exit(subprocess.call(
-        [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", store]))
+        [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", url]))
+
+
+@models_app.command("register")
+def models_register(
+    path: Annotated[Path, typer.Argument(help="A directory with config.json, *.safetensors and the tokenizer")],
+    name: Annotated[str, typer.Option("--name", help="The model id jobs will name")],
+    store: Annotated[str | None, typer.Option("--store", help="Object store (default: TUNEFORGE_STORAGE_URL)")]
+    = None,
+) -> None:
+    """Register a local model directory as a base model (run by an operator on the server's machine): it is
+    published to models/{name}/ in the object store, manifest last; jobs then name it by `name`, never by path."""
+    from tuneforge.service.domain.model_registry import register_directory
+    from tuneforge.storage import open_store
+
+    try:
+        register_directory(open_store(store or _service_settings().storage.url), path, name)
+    except ValueError as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]Registered[/green] {name} from {path}")
 
 
 @app.command()
@@ -266,12 +293,11 @@ def download(
 @keys_app.command("create")
 def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", name: str = "") -> None:
     """Create an API key for a tenant directly in the service's database; prints it once."""
-    from tuneforge.service.core.config import Settings
     from tuneforge.service.core.security import hash_secret, new_api_key
     from tuneforge.service.db.repo import SystemRepo
     from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 
-    settings = Settings.from_env()
+    settings = _service_settings()
     engine = make_engine(settings.database_url)
     init_db(engine)
     key = new_api_key()

@@ -176,7 +176,7 @@ def _follow_polling(client: Client, job_id: str, console: Console, poll: float =
                     if event["id"] not in seen and event.get("type") != "metrics":
                         seen.add(event["id"])
                         progress.console.print(f"[dim]{event['message']}")
-                return job
+                return dict(job)
             time.sleep(poll)
 
 

@@ -29,11 +29,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tuneforge.contracts.status import TERMINAL_STATUSES as TERMINAL
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.presenters import event_object
-from tuneforge.service.core.state import AppState
+from tuneforge.service.api.state import AppState
 from tuneforge.service.db.repo import TenantRepo
-from tuneforge.service.domain.lifecycle import TERMINAL, notifier
+from tuneforge.service.domain.lifecycle import notifier
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

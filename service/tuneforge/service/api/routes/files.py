@@ -13,10 +13,11 @@ from fastapi.responses import StreamingResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tuneforge.contracts.datasets import ValidationReport
+from tuneforge.contracts.store_layout import file_key
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import file_object
-from tuneforge.service.core.errors import APIError
+from tuneforge.service.core.errors import InvalidRequest, TooLarge
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, now
 from tuneforge.service.domain.streaming_upload import (
@@ -36,8 +37,6 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 PURPOSES = ("fine-tune",)
 
 
-def file_key(file_id: str) -> str:
-    return f"files/{file_id}"
 
 
 class _FormReader:
@@ -89,16 +88,16 @@ class _FormReader:
         elif self._part is not None:
             value = self.fields.get(self._part, b"") + data[start:end]
             if len(value) > 4096:
-                raise APIError(f"Form field '{self._part}' is too long.", param=self._part)
+                raise InvalidRequest(f"Form field '{self._part}' is too long.", param=self._part)
             self.fields[self._part] = value
 
 
-def _invalid_file(filename: str, report: ValidationReport) -> APIError:
+def _invalid_file(filename: str, report: ValidationReport) -> InvalidRequest:
     shown = "; ".join(str(e) for e in report.errors[:5])
     more = len(report.errors) - 5
     plus = "+" if report.truncated else ""
     suffix = f"; and {more}{plus} more" if more > 0 else ""
-    return APIError(
+    return InvalidRequest(
         f"Invalid file '{filename}': {len(report.errors)}{plus} problem(s): {shown}{suffix}",
         param="file",
         code="invalid_file_format",
@@ -117,7 +116,7 @@ async def upload_file(request: Request, repo: RepoDep, state: StateDep) -> FileO
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise APIError("Expected multipart/form-data with a 'file' part and 'purpose'.", param="file")
+        raise InvalidRequest("Expected multipart/form-data with a 'file' part and 'purpose'.", param="file")
     settings = state.settings
     limit = settings.limits.max_upload_bytes
     file_id = new_id("file")
@@ -158,8 +157,8 @@ async def upload_file(request: Request, repo: RepoDep, state: StateDep) -> FileO
                 pending.clear()
                 size += len(data)
                 if size > limit:
-                    raise APIError(f"File is larger than the limit of {limit} bytes.", param="file",
-                                   code="file_too_large", status_code=413)
+                    raise TooLarge(f"File is larger than the limit of {limit} bytes.", param="file",
+                                   code="file_too_large")
                 digest.update(data)
                 await asyncio.to_thread(_feed, pipe, lines, data)
         form.parser.finalize()
@@ -173,9 +172,10 @@ async def upload_file(request: Request, repo: RepoDep, state: StateDep) -> FileO
         purpose = form.fields.get("purpose", b"fine-tune").decode("utf-8", "replace")
         filename = form.filename or "upload.jsonl"
         if not form.file_seen:
-            raise APIError("The request has no 'file' part.", param="file")
+            raise InvalidRequest("The request has no 'file' part.", param="file")
         if purpose not in PURPOSES:
-            raise APIError(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.", param="purpose")
+            raise InvalidRequest(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.",
+                                 param="purpose")
         if not report.ok:
             raise _invalid_file(filename, report)
         pipe.commit()

@@ -1,22 +1,20 @@
-"""``/v1/models``: base models and this organization's succeeded fine-tuned models."""
+"""``/v1/models``: base models (the catalogue and operator-registered ones) and this organization's succeeded
+fine-tuned models."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
-from tuneforge.service.api.deps import RepoDep
-from tuneforge.service.core.errors import NotFound
+from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.db.models import Job
+from tuneforge.service.domain.model_registry import BASE_CREATED, base_models, find_base_model, tuned_model_job
 from tuneforge.service.schemas import ListObject, ModelObject
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-_EPOCH = 1730419200  # release date of the bundled base model, a stable "created" value
 
-
-def _base_models() -> list[ModelObject]:
-    return [ModelObject(id=m.id, created=_EPOCH, owned_by="tuneforge") for m in BASE_MODELS.values()]
+def _base(model_id: str) -> ModelObject:
+    return ModelObject(id=model_id, created=BASE_CREATED, owned_by="tuneforge")
 
 
 def _tuned(job: Job) -> ModelObject:
@@ -27,17 +25,14 @@ def _tuned(job: Job) -> ModelObject:
 
 
 @router.get("", response_model=ListObject, summary="List base and fine-tuned models")
-def list_models(repo: RepoDep) -> ListObject:
-    data = _base_models() + [_tuned(j) for j in repo.succeeded_jobs()]
+def list_models(repo: RepoDep, state: StateDep) -> ListObject:
+    data = [_base(m.id) for m in base_models(state.store)] + [_tuned(j) for j in repo.succeeded_jobs()]
     return ListObject(data=data)
 
 
 @router.get("/{model_id:path}", response_model=ModelObject, summary="Retrieve a model")
-def get_model(model_id: str, repo: RepoDep) -> ModelObject:
-    canonical = canonical_model_id(model_id)
-    if canonical in BASE_MODELS:
-        return next(m for m in _base_models() if m.id == canonical)
-    job = repo.find_model_job(model_id)
-    if job is None:
-        raise NotFound("model", model_id, param="model")
-    return _tuned(job)
+def get_model(model_id: str, repo: RepoDep, state: StateDep) -> ModelObject:
+    base = find_base_model(state.store, model_id)
+    if base is not None:
+        return _base(base)
+    return _tuned(tuned_model_job(repo, model_id))

@@ -1,30 +1,53 @@
-"""Build the service's state from settings and make sure someone can log in."""
+"""Build the service's state from its settings, once, before the first request: directories, database (schema
+upgraded), object store, link secret, metrics, executor, and an API key someone can log in with."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 
-from tuneforge.service.core.config import Settings
+from tuneforge.service.api.state import AppState
+from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.security import hash_secret, new_api_key
-from tuneforge.service.core.state import AppState
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.db.session import init_db, make_engine, make_session_factory
-from tuneforge.service.executors.base import Executor
+from tuneforge.service.domain.executor import Executor
+from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import open_store
 
 log = logging.getLogger(__name__)
 
 
-def build_state(settings: Settings) -> AppState:
-    settings.home.mkdir(parents=True, exist_ok=True)
+def build_state(settings: ServiceSettings) -> AppState:
+    _private_dir(settings.home)
     engine = make_engine(settings.database_url)
     init_db(engine)
     sessions = make_session_factory(engine)
     store = open_store(settings.storage.url)
-    state = AppState(settings=settings, engine=engine, sessions=sessions, store=store)
+    state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
+                     link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
+                     metrics=ServiceMetrics(sessions))
     state.executor = build_executor(state)
     return state
+
+
+def _private_dir(path: Path) -> None:
+    # the home holds the database, the object store and keys: readable by its owner only
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _home_secret(path: Path) -> str:
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def build_executor(state: AppState) -> Executor | None:
@@ -37,9 +60,7 @@ def build_executor(state: AppState) -> Executor | None:
         from tuneforge.service.executors.kubernetes import KubernetesExecutor
 
         return KubernetesExecutor(state.settings, state.sessions, state.store)
-    if kind == "none":
-        return None
-    raise ValueError(f"unknown executor {kind!r}: expected local or kubernetes")
+    return None
 
 
 def ensure_api_key(state: AppState) -> str | None:
@@ -54,16 +75,12 @@ def ensure_api_key(state: AppState) -> str | None:
         if settings.auth.api_key:
             repo.add_api_key(tenant, hash_secret(settings.auth.api_key), name="TUNEFORGE_API_KEY")
             return None
-        key_file = settings.auth.key_file
+        key_file = settings.key_file
         if key_file.is_file():
-            key = key_file.read_text().strip()
-            repo.add_api_key(tenant, hash_secret(key), name="key file")
+            repo.add_api_key(tenant, hash_secret(key_file.read_text().strip()), name="key file")
             return None
         key = new_api_key()
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key + "\n")
+        _write_private(key_file, key + "\n")
         repo.add_api_key(tenant, hash_secret(key), name="key file")
         message = f"Created an API key for tenant '{tenant}'; it is in {key_file}"
         log.warning(message)

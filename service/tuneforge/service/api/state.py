@@ -1,0 +1,25 @@
+"""Everything a running service holds, created once at start-up (:mod:`.bootstrap`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.service.core.config import ServiceSettings
+from tuneforge.service.domain.executor import Executor
+from tuneforge.service.observability.metrics import ServiceMetrics
+from tuneforge.storage import ObjectStore
+
+
+@dataclass
+class AppState:
+    settings: ServiceSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+    #: HMAC key of signed download links (the setting, or one generated once per home)
+    link_secret: str
+    metrics: ServiceMetrics
+    executor: Executor | None = None
