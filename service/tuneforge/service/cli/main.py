@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.service.cli.client import APIError, Client
+from tuneforge.service.cli.db import db_app
 from tuneforge.service.cli.progress_view import follow
 
 app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward models, RL).", no_args_is_help=True)
@@ -24,6 +25,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -59,12 +61,18 @@ def serve(
 
     from tuneforge.service.api.app import create_app
     from tuneforge.service.core.config import Settings
+    from tuneforge.service.db.migrate import SchemaError
 
     os.environ["TUNEFORGE_PORT"] = str(port)
     os.environ["TUNEFORGE_HOST"] = host
     settings = Settings.from_env()
     console.print(f"tuneforge on http://{host}:{port}  (data in {settings.home}, store {settings.storage.url})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    try:
+        application = create_app(settings)
+    except SchemaError as exc:  # a schema that is behind (auto-upgrade off) or one this version cannot use
+        typer.echo(f"Not starting: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
 # -- files --
@@ -273,7 +281,7 @@ def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", na
 
     settings = Settings.from_env()
     engine = make_engine(settings.database_url)
-    init_db(engine)
+    init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     key = new_api_key()
     with make_session_factory(engine)() as session:
         SystemRepo(session).add_api_key(tenant, hash_secret(key), name=name)

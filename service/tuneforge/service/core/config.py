@@ -16,6 +16,15 @@ def _env_int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name, "true" if default else "false").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
 @dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -80,6 +89,8 @@ class LimitSettings:
 class Settings:
     home: Path
     database_url: str
+    #: migrate an empty or older database at start; when off, a service on a schema that is behind refuses to start
+    db_auto_upgrade: bool = True
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -98,6 +109,7 @@ class Settings:
         settings = cls(
             home=home,
             database_url=_env("TUNEFORGE_DATABASE_URL", f"sqlite:///{home / 'tuneforge.db'}"),
+            db_auto_upgrade=_env_bool("TUNEFORGE_DB_AUTO_UPGRADE", True),
             server=ServerSettings(
                 host=_env("TUNEFORGE_HOST", "127.0.0.1"),
                 port=_env_int("TUNEFORGE_PORT", 8000),
