@@ -130,6 +130,8 @@ def test_db_commands_say_what_is_wrong(tmp_path: Path) -> None:
     env.update(TUNEFORGE_HOME=str(tmp_path / "home"), TUNEFORGE_DATABASE_URL=url)
     assert "current:  empty" in _tuneforge(env, "db", "current").stdout
     assert _tuneforge(env, "db", "upgrade").exit_code == 0
+    typo = _tuneforge(env, "db", "upgrade", "0o02")
+    assert typo.exit_code == 1 and "Cannot upgrade the database" in typo.stderr and "'0o02'" in typo.stderr
     import sqlite3
 
     with sqlite3.connect(tmp_path / "tuneforge.db") as connection:

@@ -29,6 +29,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
 from tuneforge.service.db.models import Base
@@ -142,7 +143,7 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
         driver.isolation_level = None  # pysqlite: no implicit BEGIN/COMMIT around DDL; we issue BEGIN
         # outside any transaction (inside one SQLite ignores it): the table copies must not cascade deletes
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        connection.commit()  # ends SQLAlchemy's autobegun transaction (there is none in SQLite)
+        connection.commit()  # ends the transaction SQLAlchemy began for the PRAGMA (only in its bookkeeping)
         try:
             with connection.begin():
                 connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before anything is read
@@ -182,7 +183,10 @@ def upgrade(
                     f"differ from round one's schema (revision {ROUND_ONE}), so it was not changed:\n{listed}")
             log.warning("adopting a round-one database (no alembic_version) at revision %s", ROUND_ONE)
             command.stamp(config, ROUND_ONE)
-        command.upgrade(config, revision)
+        try:
+            command.upgrade(config, revision)
+        except CommandError as exc:  # e.g. a target that is not ahead of the current revision
+            raise SchemaError(f"Cannot upgrade the database ({_url(engine)}) to {revision!r}: {exc}") from exc
         after = _state(connection, script_location)
     if before != after:
         log.warning("database schema upgraded: %s -> %s", before.describe(), after.describe())
