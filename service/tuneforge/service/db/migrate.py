@@ -17,6 +17,7 @@ would cascade to every referencing row) and ``PRAGMA foreign_key_check`` before 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,7 +84,9 @@ def alembic_config(connection: Connection | None = None, script_location: Path =
     return config
 
 
+@functools.cache
 def script_directory(script_location: Path = MIGRATIONS) -> ScriptDirectory:
+    """The revisions (read once per process: they do not change while it runs)."""
     return ScriptDirectory.from_config(alembic_config(script_location=script_location))
 
 
@@ -93,8 +96,9 @@ def head_revision(script_location: Path = MIGRATIONS) -> str:
     return head
 
 
+@functools.cache
 def round_one_schema(script_location: Path = MIGRATIONS) -> MetaData:
-    """Revision 0001's frozen tables: what a round-one database must match exactly to be adopted."""
+    """Revision 0001's frozen tables: what a round-one database must match exactly to be adopted (read-only)."""
     module = script_directory(script_location).get_revision(ROUND_ONE).module
     schema: MetaData = module.schema()
     return schema
