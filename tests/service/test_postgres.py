@@ -29,8 +29,7 @@ def _chat_file(path: Path, rows: int) -> Path:
 
 
 def test_api_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home", free_port())
-    settings.database_url = postgres.url
+    settings = make_settings(tmp_path / "home", free_port(), database_url=postgres.url)
     srv = ThreadServer(settings, start_executor=False).start()
     try:
         client = srv.client()

@@ -22,15 +22,16 @@ from tuneforge.storage import ObjectStore
 @pytest.fixture(params=["local", "s3"])
 def svc(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadServer]:
     """The API (no executor) on the local store or on S3 (moto), configured the way a deployment is: by env."""
-    settings = make_settings(tmp_path / "home", free_port())
+    storage_url = ""
     if request.param == "s3":
         moto: MotoServer = request.getfixturevalue("moto_server")
         for name, value in moto.env().items():
             monkeypatch.setenv(name, value)
-        settings.storage.url = f"s3://{BUCKET}/svc-{uuid.uuid4().hex[:8]}"
+        storage_url = f"s3://{BUCKET}/svc-{uuid.uuid4().hex[:8]}"
         from tuneforge.storage.s3 import S3Store
 
-        S3Store.from_url(settings.storage.url).create_bucket()
+        S3Store.from_url(storage_url).create_bucket()
+    settings = make_settings(tmp_path / "home", free_port(), storage_url=storage_url)
     server = ThreadServer(settings, start_executor=False).start()
     yield server
     server.stop()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def build_state(settings: ServiceSettings) -> AppState:
     _private_dir(settings.home)
     engine = make_engine(settings.database_url)
-    init_db(engine)
+    init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     sessions = make_session_factory(engine)
     store = open_store(settings.storage.url)
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,

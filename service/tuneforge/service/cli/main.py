@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.service.cli.client import APIError, Client
+from tuneforge.service.cli.db import db_app
 from tuneforge.service.cli.progress_view import follow
 
 app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward models, RL).", no_args_is_help=True)
@@ -23,6 +24,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -66,11 +68,18 @@ def serve(
 
     from tuneforge.service.api.app import create_app
 
+    from tuneforge.service.db.migrate import SchemaError
+
     settings = _service_settings(host, port)
     server = settings.server
     console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
                   f"{settings.storage.url})")
-    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level=log_level)
+    try:
+        application = create_app(settings)
+    except SchemaError as exc:  # a schema that is behind (auto-upgrade off) or one this version cannot use
+        typer.echo(f"Not starting: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    uvicorn.run(application, host=server.host, port=server.port, log_level=log_level)
 
 
 # -- files --
@@ -299,7 +308,7 @@ def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", na
 
     settings = _service_settings()
     engine = make_engine(settings.database_url)
-    init_db(engine)
+    init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     key = new_api_key()
     with make_session_factory(engine)() as session:
         SystemRepo(session).add_api_key(tenant, hash_secret(key), name=name)
