@@ -329,7 +329,7 @@ def test_invalid_spec_fails_without_creating_anything():
     result = plan(body, None, [], CONFIG, T0)
     assert result.actions == []
     assert (result.status["phase"], result.status["reason"]) == ("Failed", "InvalidSpec")
-    assert "method.algorithm" in result.status["message"]
+    assert "spec.jobSpec.method.algorithm: Unknown parameter" in result.status["message"]
 
 
 def test_condition_times_only_move_on_transitions():

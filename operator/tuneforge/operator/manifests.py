@@ -30,6 +30,7 @@ from tuneforge.contracts.finetunejob import (
     label_value,
 )
 from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.contracts.validation import first_problem
 from tuneforge.operator.config import OperatorSettings
 
 JSON = dict[str, Any]
@@ -62,9 +63,7 @@ def validate_jobspec(cr: Mapping[str, Any]) -> JobSpec:
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "jobSpec"
-        raise InvalidSpec(f"spec.jobSpec.{where}: {first.get('msg')}") from None
+        raise InvalidSpec(first_problem(exc.errors(), raw, "spec.jobSpec")) from None
     if spec.progress is not None and spec.progress.token:
         raise InvalidSpec("spec.jobSpec.progress.token must be empty: the token comes from progressTokenSecret")
     return spec

@@ -20,8 +20,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tests.service.db import round_one_models as r1
 from tests.service.db.round_one_data import EPOCH_MS, INT32_MAX, create_round_one_database, snapshot
-from tests.support.waiting import free_port
 from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.waiting import free_port
 from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from tests.service.db.round_one_data import API_KEY, EPOCH_MS, JOB_TOKEN, create_round_one_database
 from tests.support.live_server import ROOT, ProcessServer, ThreadServer, make_settings
-from tests.support.waiting import free_port
 from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.waiting import free_port
 from tuneforge.service.cli.main import app
 
 
@@ -142,4 +142,4 @@ def test_db_commands_say_what_is_wrong(tmp_path: Path) -> None:
     refused = _serve({**env, "TUNEFORGE_DB_AUTO_UPGRADE": "true"})
     assert refused.returncode == 1 and "does not know" in refused.stderr and "Traceback" not in refused.stderr
     bad = _tuneforge({**env, "TUNEFORGE_DB_AUTO_UPGRADE": "maybe"}, "db", "current")
-    assert bad.exit_code != 0 and "TUNEFORGE_DB_AUTO_UPGRADE='maybe': expected true or false" in str(bad.exception)
+    assert bad.exit_code == 2 and "TUNEFORGE_DB_AUTO_UPGRADE='maybe': Input should be a valid boolean" in bad.stderr

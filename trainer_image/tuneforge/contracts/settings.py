@@ -114,3 +114,21 @@ def markdown_table(model: type[BaseModel]) -> str:
         default_cell = f"`{default}`" if default and not default.startswith("(") else default
         lines.append(f"| `{variable}` | {default_cell} | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+def describe_settings_error(exc: Any, model: type[BaseModel]) -> str:
+    """A settings ValidationError as "VARIABLE: what is wrong" lines, naming the environment variables."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        owner: type[BaseModel] = model
+        for part in loc[:-1]:
+            field = owner.model_fields.get(part)
+            if field is not None and _is_settings_group(field):
+                assert isinstance(field.annotation, type)
+                owner = field.annotation
+        field = owner.model_fields.get(loc[-1]) if loc else None
+        variable = env_name(owner, loc[-1], field) if field is not None else ".".join(loc)
+        value = error.get("input")
+        lines.append(f"{variable}={value!r}: {error.get('msg', 'invalid value')}")
+    return "; ".join(lines)

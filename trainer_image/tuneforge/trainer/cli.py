@@ -9,6 +9,7 @@ one ``error`` event with a one-line message; tracebacks go to stderr only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from tuneforge.contracts.exit_codes import ExitCode
 from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.contracts.validation import first_problem
 from tuneforge.trainer.errors import BadInput, TrainerError
 from tuneforge.trainer.launch import LaunchPlan, is_main_process, launch_plan
 from tuneforge.trainer.metrics_server import start_from_env as start_metrics_server
@@ -48,11 +50,13 @@ def load_spec(value: str) -> JobSpec:
         except OSError as exc:
             raise BadInput(f"cannot read the job spec {value!r}: {exc.strerror}") from exc
     try:
-        spec = JobSpec.from_json(text)
+        body = json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"invalid job spec: not JSON: {exc}") from exc
+    try:
+        spec = JobSpec.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
-        raise BadInput(f"invalid job spec: {where}: {first.get('msg')} ({exc.error_count()} errors)") from exc
+        raise BadInput(f"invalid job spec: {first_problem(exc.errors(), body)}") from exc
     return with_token_from_env(spec)
 
 

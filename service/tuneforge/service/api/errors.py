@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuneforge.contracts.validation import describe
 from tuneforge.service.core.errors import (
     Conflict,
     Forbidden,
@@ -26,7 +27,6 @@ from tuneforge.service.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from tuneforge.service.core.validation import describe
 
 log = logging.getLogger(__name__)
 

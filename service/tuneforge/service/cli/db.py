@@ -14,10 +14,10 @@ db_app = typer.Typer(help="The service's database schema (Alembic migrations).",
 
 
 def _engine() -> Engine:
-    from tuneforge.service.core.config import ServiceSettings
+    from tuneforge.service.cli.settings import service_settings
     from tuneforge.service.db.session import make_engine
 
-    return make_engine(ServiceSettings().database_url)
+    return make_engine(service_settings().database_url)
 
 
 @db_app.command("current")

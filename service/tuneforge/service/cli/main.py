@@ -14,6 +14,7 @@ from rich.table import Table
 from tuneforge.service.cli.client import APIError, Client
 from tuneforge.service.cli.db import db_app
 from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.settings import service_settings
 
 app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward models, RL).", no_args_is_help=True)
 files_app = typer.Typer(help="Training files.", no_args_is_help=True)
@@ -49,14 +50,6 @@ def _print_json(obj: Any) -> None:
     console.print_json(json.dumps(obj))
 
 
-def _service_settings(host: str | None = None, port: int | None = None) -> Any:
-    """The service's settings from the environment, with the command line's host and port on top."""
-    from tuneforge.service.core.config import ServerSettings, ServiceSettings
-
-    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    return ServiceSettings(server=ServerSettings(**overrides)) if overrides else ServiceSettings()
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="default: TUNEFORGE_HOST or 127.0.0.1")] = None,
@@ -67,10 +60,9 @@ def serve(
     import uvicorn
 
     from tuneforge.service.api.app import create_app
-
     from tuneforge.service.db.migrate import SchemaError
 
-    settings = _service_settings(host, port)
+    settings = service_settings(host, port)
     server = settings.server
     console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
                   f"{settings.storage.url})")
@@ -256,7 +248,7 @@ def models_push(
     The files go first and manifest.json (sizes and sha256) last: jobs use the model once the manifest is there."""
     import subprocess
 
-    url = store or _service_settings().storage.url
+    url = store or service_settings().storage.url
     raise typer.Exit(subprocess.call(
         [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", url]))
 
@@ -274,7 +266,7 @@ def models_register(
     from tuneforge.storage import open_store
 
     try:
-        register_directory(open_store(store or _service_settings().storage.url), path, name)
+        register_directory(open_store(store or service_settings().storage.url), path, name)
     except ValueError as exc:
         err_console.print(f"[red]Error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -306,7 +298,7 @@ def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", na
     from tuneforge.service.db.repo import SystemRepo
     from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 
-    settings = _service_settings()
+    settings = service_settings()
     engine = make_engine(settings.database_url)
     init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     key = new_api_key()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from tuneforge.contracts.settings import EnvSettings
-from tuneforge.service.core.config import DEFAULT_HOME
+from tuneforge.contracts.settings import EnvSettings, describe_settings_error
+from tuneforge.service.core.config import DEFAULT_HOME, ServerSettings, ServiceSettings
 
 
 class ClientSettings(EnvSettings):
@@ -22,3 +24,14 @@ class ClientSettings(EnvSettings):
             return self.api_key
         path = self.home.expanduser() / "api_key"
         return path.read_text().strip() if path.is_file() else None
+
+
+def service_settings(host: str | None = None, port: int | None = None) -> ServiceSettings:
+    """The service's settings from the environment (host and port from the command line win); a bad value is
+    one line naming the variable, and exit status 2."""
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:
+        return ServiceSettings(server=ServerSettings(**overrides)) if overrides else ServiceSettings()
+    except ValidationError as exc:
+        print(f"Invalid settings: {describe_settings_error(exc, ServiceSettings)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -17,10 +17,10 @@ from tuneforge.contracts.jobspec import AdapterSpec, DatasetRef, JobSpec, Progre
 from tuneforge.contracts.methods import AnyMethod, Method, ReinforcementMethod, SupervisedMethod
 from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import job_model_prefix, job_prefix
+from tuneforge.contracts.validation import describe
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.errors import InvalidRequest, QuotaExceeded
 from tuneforge.service.core.ids import new_id
-from tuneforge.service.core.validation import describe
 from tuneforge.service.db.models import File, Job, now
 from tuneforge.service.db.repo import TenantRepo
 from tuneforge.service.domain.lifecycle import add_event

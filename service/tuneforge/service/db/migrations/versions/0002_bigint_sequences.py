@@ -27,7 +27,8 @@ depends_on = None
 
 
 def _serial_sequence(table: str, column: str) -> str | None:
-    return op.get_bind().scalar(sa.text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table, "c": column})
+    name = op.get_bind().scalar(sa.text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table, "c": column})
+    return None if name is None else str(name)
 
 
 def upgrade() -> None:

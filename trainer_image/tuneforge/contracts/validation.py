@@ -1,4 +1,5 @@
-"""pydantic's validation errors as what a client needs: which field (as the client wrote it) and what is wrong.
+"""pydantic's validation errors of the contract models as a person needs them: which field, as they wrote it,
+and what is wrong. Shared by the service (400s), the operator (InvalidSpec) and the trainer (exit 65).
 
 pydantic's error locations carry its own bookkeeping: the tag of a discriminated union (``method.dpo.dpo.…``)
 and the member of a plain union (``n_epochs.constrained-int``). :func:`public_path` walks the request body
@@ -73,3 +74,14 @@ def describe(errors: Sequence[Any], body: Any, rename: Callable[[str], str] = st
         else:
             out[param] = {"param": param, "message": f"Invalid value for '{param}': Input should be 'auto'"}
     return list(out.values())
+
+
+def first_problem(errors: Sequence[Any], body: Any, prefix: str = "") -> str:
+    """``where: what`` of the first problem, for one-line messages (``prefix`` names the document)."""
+    details = describe(errors, body)
+    if not details:
+        return f"{prefix or 'input'}: invalid"
+    where = ".".join(p for p in (prefix, details[0]["param"]) if p)
+    message = details[0]["message"]
+    more = f" (and {len(details) - 1} more problems)" if len(details) > 1 else ""
+    return f"{where}: {message}{more}"
