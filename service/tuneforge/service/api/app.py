@@ -45,8 +45,7 @@ def create_app(settings: Settings | None = None, *, start_executor: bool = True)
     install_error_handlers(app)
     for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
         app.include_router(module.router)
-    # /metrics, and ?stream=true on the events list (see routes/events_stream.py)
+    # /metrics
     app.state.metrics = ServiceMetrics(state.sessions)
-    app.add_middleware(events_stream.EventsStreamAlias)
     app.add_middleware(observability.MetricsMiddleware, metrics=app.state.metrics)
     return app
