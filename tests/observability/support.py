@@ -1,4 +1,4 @@
-"""Helpers for the observability tests: a real Prometheus, SSE reading, small data files."""
+"""Helpers for the observability tests: a real Prometheus, headless Chromium's flags, small data files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,13 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+#: Debian's Chromium, driven by Playwright (never a downloaded browser): quiet, offline, no GPU, no sandbox
+#: (the tests run as root)
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
+    "--hide-scrollbars",
+]
 
 
 def free_port() -> int:
@@ -111,26 +117,6 @@ def upload(client: httpx.Client, path: Path) -> str:
         response = client.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
-
-
-def sse_frames(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    """Parses a text/event-stream body into frames {id, event, data, comment}."""
-    frame: dict[str, Any] = {"id": None, "event": "message", "data": [], "comment": None}
-    for line in response.iter_lines():
-        if line == "":
-            if frame["data"] or frame["comment"] is not None:
-                yield {**frame, "data": "\n".join(frame["data"])}
-            frame = {"id": None, "event": "message", "data": [], "comment": None}
-            continue
-        if line.startswith(":"):
-            frame["comment"] = line[1:].strip()
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            frame["data"].append(value)
-        elif field in ("id", "event"):
-            frame[field] = value
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -33,9 +32,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
 
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
 from tuneforge.storage.manifest import MANIFEST_NAME, publish_dir, read_manifest
@@ -57,15 +57,11 @@ def model_cache_dir() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path) -> FileLock:
+    """An exclusive lock on ``path`` across processes (and pods sharing the cache volume), waited for without
+    a timeout: the holder is converting or downloading the model that the waiter needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return FileLock(path)
 
 
 def _has_weights(path: Path) -> bool:

@@ -44,7 +44,5 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     install_error_handlers(app)
     for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
         app.include_router(module.router)
-    # ?stream=true on the events list (see routes/events_stream.py)
-    app.add_middleware(events_stream.EventsStreamAlias)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from tuneforge.service.cli.client import Client
-from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.progress_view import follow, throughput_text
 from tuneforge.service.cli.settings import ClientSettings
 
 DEMO_PROMPTS = ["Who are you?", "What is the capital of Japan?", "How many centimeters are in 7 meters?"]
@@ -83,9 +83,8 @@ def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epoch
         if job["status"] != "succeeded":
             console.print(f"[red]The job {job['status']}: {(job.get('error') or {}).get('message')}")
             return 1
-        tps = (job.get("progress") or {}).get("tokens_per_second")
         console.print(f"   [green]{job['fine_tuned_model']}[/green]: {job['trained_tokens']} tokens trained"
-                      + (f", {tps:.0f} tokens/s" if isinstance(tps, int | float) else ""))
+                      + throughput_text(client, job["id"]))
         console.print(f"4. Downloading the tuned model to {out}/ (sha256 checked against the manifest)")
         paths = client.download_artifacts(job["id"], out)
         console.print(f"   {', '.join(p.name for p in paths)}")

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from tuneforge.service.cli.client import APIError, Client
 from tuneforge.service.cli.db import db_app
-from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.progress_view import follow, throughput_text
 from tuneforge.service.cli.settings import service_settings
 
 app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward models, RL).", no_args_is_help=True)
@@ -160,7 +160,8 @@ def jobs_create(
 def _wait(client: Client, job_id: str) -> dict[str, Any]:
     job = follow(client, job_id, console)
     if job["status"] == "succeeded":
-        console.print(f"[green]Succeeded[/green]: {job['fine_tuned_model']}  ({job.get('trained_tokens')} tokens)")
+        console.print(f"[green]Succeeded[/green]: {job['fine_tuned_model']}  ({job.get('trained_tokens')} tokens"
+                      f"{throughput_text(client, job_id)})")
     else:
         message = (job.get("error") or {}).get("message", "")
         console.print(f"[red]{job['status']}[/red] {message}")

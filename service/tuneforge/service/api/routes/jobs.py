@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse
 
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import checkpoint_object, event_object, job_object
+from tuneforge.service.api.routes.events_stream import (
+    STREAM_CONTENT,
+    STREAM_DESCRIPTION,
+    HeartbeatQuery,
+    LastEventIdHeader,
+    open_stream,
+)
+from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.domain import jobs as job_actions
 from tuneforge.service.domain.artifacts import list_artifacts as artifact_list
@@ -73,14 +82,29 @@ def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
     return DeletedObject(id=job_id, object="fine_tuning.job")
 
 
-@router.get("/{job_id}/events", response_model=ListObject, summary="List a job's events")
+@router.get(
+    "/{job_id}/events",
+    response_model=ListObject,
+    summary="List a job's events (or stream them with stream=true)",
+    description="A page of the job's events (`application/json`, newest first unless `order=asc`). With "
+    "`stream=true`: the Server-Sent Events stream of `GET …/events/stream` (`text/event-stream`; `limit` and "
+    "`order` do not apply, `after` resumes after that event). " + STREAM_DESCRIPTION,
+    responses={200: {"content": STREAM_CONTENT}},
+)
 def list_events(
     job_id: str,
-    repo: RepoDep,
+    request: Request,
+    repo: ShortRepoDep,
+    state: StateDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
     order: Annotated[str, Query(pattern="^(asc|desc)$", description="desc (OpenAI's default) or asc")] = "desc",
-) -> ListObject:
+    stream: Annotated[bool, Query(description="answer with the live event stream (text/event-stream)")] = False,
+    last_event_id: LastEventIdHeader = None,
+    heartbeat: HeartbeatQuery = 15.0,
+) -> ListObject | EventSourceResponse:
+    if stream:
+        return open_stream(request, state, repo, job_id, last_event_id or after, heartbeat)
     job = repo.get_job(job_id)
     rows, has_more = repo.list_events(job, after, limit, newest_first=order == "desc")
     return page(rows, has_more, event_object)
