@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.observability.support import PROMETHEUS, Prometheus, chat_jsonl, free_port, upload
+from tests.observability.support import PROMETHEUS, Prometheus, chat_jsonl, upload
 from tests.support.live_server import ThreadServer, make_settings
 from tests.support.models import register_model
 from tests.support.tiny_model import make_tiny_model
+from tests.support.waiting import free_port
 
 STEPS = 60
 

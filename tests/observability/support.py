@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 
 from tests.e2e.data import write_chat_file
 from tests.support.processes import stop_process
+from tests.support.waiting import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,10 +27,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -119,12 +115,3 @@ def upload(client: httpx.Client, path: Path) -> str:
     return str(response.json()["id"])
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met in {timeout}s (last: {last!r})")

@@ -21,8 +21,9 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.observability.conftest import ObservedJob
-from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_until
+from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 from tests.support.live_server import wait_for_status
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -123,7 +124,7 @@ def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob) -> None:
 
             page.evaluate(f"location.hash = '#/jobs/{job_id}'")
             # a running job with a loss curve of several points, drawn from the live stream
-            wait_until(lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, what="job running")
+            wait_for("job running", lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, 0.3)
             train_path = page.locator("#loss-chart path.series-train")
             page.wait_for_function(
                 "() => { const p = document.querySelector('#loss-chart path.series-train');"

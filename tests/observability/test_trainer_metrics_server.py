@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.observability.support import free_port
+from tests.support.waiting import free_port
 from tuneforge.trainer.metrics_server import ENV_ADDR, ENV_PORT, start_from_env
 
 

@@ -50,7 +50,6 @@ WORK_DIR = "/work"
 TOKEN_KEY = "token"
 
 Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed", "Cancelled"]
-PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed", "Cancelled")
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 CONDITION_TYPES = ("Queued", "Running", "Suspended", "Succeeded", "Failed")
 
