@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +36,10 @@ MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 #: where Debian keeps the CA bundle, on the host and in the base
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+#: where the build sees the host's wheelhouse
+WHEELS_INSIDE = "/wheels"
+#: what pip needs to build rouge-score's source release in an isolated environment (setuptools' legacy backend)
+BUILD_BACKENDS = ("setuptools==84.2.1", "wheel==0.45.1")
 BASE_TAG = f"localhost/tuneforge-test-base:{SUITE}-python3"
 #: the images tests build: name -> Dockerfile
 DOCKERFILES = {
@@ -76,6 +82,14 @@ def _instructions(text: str) -> list[str]:
         out.append(current + line)
         current = ""
     return out
+
+
+EXTRA_PIN = re.compile(r"pip install --no-deps (?:--\S+ )*\"?([A-Za-z0-9_.-]+==[0-9][^\s\";]*)")
+
+
+def _pip_pins_in(dockerfile: Path) -> list[str]:
+    """Literal ``name==version`` pins a Dockerfile installs besides its lock (for example the bundled model)."""
+    return sorted(set(EXTRA_PIN.findall(dockerfile.read_text())))
 
 
 def inputs_hash(dockerfile: Path, build_args: Mapping[str, str], base_id: str) -> str:
@@ -224,7 +238,7 @@ class Buildah:
         ]
         for k, v in args.items():
             command += ["--build-arg", f"{k}={v}"]
-        for host, inside in self._trust_mounts().items():
+        for host, inside in self._pip_mounts(name).items():
             command += ["-v", f"{host}:{inside}:ro"]
         started = time.monotonic()
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
@@ -242,15 +256,46 @@ class Buildah:
         self._drop_old(repository, keep=tag)
         return Built(name, tag, seconds, self.image_size(tag))
 
-    def _trust_mounts(self) -> dict[str, str]:
-        """The host's CA bundle and a pip configuration that uses it, bind-mounted into the build's RUN steps
-        (not into any layer): behind a TLS-inspecting proxy pip then reaches PyPI as it does on the host."""
+    def _pip_mounts(self, name: str) -> dict[str, str]:
+        """Bind mounts for the build's RUN steps (never in a layer): a pip configuration that looks in a local
+        wheelhouse first, the wheelhouse, and the host's CA bundle (behind a TLS-inspecting proxy pip then
+        reaches PyPI as it does on the host). pip's HTTP cache stays empty here (the proxy's responses are not
+        cacheable), so the wheelhouse is what spares a rebuild the download of torch."""
+        wheels = self.wheelhouse(name)
+        config = ["[global]", f"find-links = {WHEELS_INSIDE}"]
+        mounts = {str(wheels): WHEELS_INSIDE}
         bundle = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or HOST_CA_BUNDLE)
-        if not bundle.is_file():
-            return {}
+        if bundle.is_file():
+            config.append(f"cert = {HOST_CA_BUNDLE}")
+            mounts[str(bundle)] = HOST_CA_BUNDLE
         pip_conf = self.cache / "pip.conf"
-        pip_conf.write_text(f"[global]\ncert = {HOST_CA_BUNDLE}\n")
-        return {str(bundle): HOST_CA_BUNDLE, str(pip_conf): "/etc/pip.conf"}
+        pip_conf.write_text("\n".join(config) + "\n")
+        mounts[str(pip_conf)] = "/etc/pip.conf"
+        return mounts
+
+    def wheelhouse(self, name: str) -> Path:
+        """Every distribution the image installs, downloaded once on the host (``pip download``) into one
+        directory shared by the images; pip prefers a local file over the index's copy of the same version."""
+        wheels = self.cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        dockerfile = DOCKERFILES[name]
+        lock = REPO / ".ci" / "locks" / f"{name}.txt"
+        pins = [*_pip_pins_in(dockerfile), *BUILD_BACKENDS]
+        key = hashlib.sha256(lock.read_bytes() + "\n".join(pins).encode()).hexdigest()[:16]
+        done_marker = wheels / f".complete-{name}-{key}"
+        if done_marker.is_file():
+            return wheels
+        requirements = self.cache / f"wheelhouse-{name}.txt"
+        requirements.write_text(lock.read_text() + "\n".join(pins) + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_FIND_LINKS")}
+        # this host is what the images are (CPython 3.11, x86-64 glibc Linux), so its wheels are theirs
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                   "--no-binary=rouge-score", "-d", str(wheels), "-r", str(requirements)]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise BuildError(f"pip download for the {name} image failed:\n{done.stderr[-4000:]}")
+        done_marker.touch()
+        return wheels
 
     def _drop_old(self, repository: str, keep: str) -> None:
         """Remove the older images of this name; with vfs also every dangling layer (each a full copy)."""
