@@ -36,6 +36,8 @@ MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 #: where Debian keeps the CA bundle, on the host and in the base
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+#: the containers tests run commands in: prefix, image name, the test process's pid
+TEST_CONTAINER_PREFIX = "tuneforge-test-"
 #: where the build sees the host's wheelhouse
 WHEELS_INSIDE = "/wheels"
 #: what pip needs to build rouge-score's source release in an isolated environment (setuptools' legacy backend)
@@ -230,6 +232,7 @@ class Buildah:
             "--isolation",
             "chroot",
             "--pull=never",
+            "--force-rm",  # a failed build leaves no working container (each can hold gigabytes)
             "-f",
             str(dockerfile),
             "-t",
@@ -240,6 +243,7 @@ class Buildah:
             command += ["--build-arg", f"{k}={v}"]
         for host, inside in self._pip_mounts(name).items():
             command += ["-v", f"{host}:{inside}:ro"]
+        self._remove_stale_containers()
         started = time.monotonic()
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -257,12 +261,13 @@ class Buildah:
         return Built(name, tag, seconds, self.image_size(tag))
 
     def _pip_mounts(self, name: str) -> dict[str, str]:
-        """Bind mounts for the build's RUN steps (never in a layer): a pip configuration that looks in a local
-        wheelhouse first, the wheelhouse, and the host's CA bundle (behind a TLS-inspecting proxy pip then
-        reaches PyPI as it does on the host). pip's HTTP cache stays empty here (the proxy's responses are not
-        cacheable), so the wheelhouse is what spares a rebuild the download of torch."""
+        """Bind mounts for the build's RUN steps (never in a layer): a pip configuration that installs from a
+        local wheelhouse only (given the same file, pip still prefers the index's copy), the wheelhouse, and the
+        host's CA bundle (for pip's build-time needs behind a TLS-inspecting proxy). pip's HTTP cache stays
+        empty here (the proxy's responses are not cacheable), so the wheelhouse is what spares a rebuild the
+        download of torch."""
         wheels = self.wheelhouse(name)
-        config = ["[global]", f"find-links = {WHEELS_INSIDE}"]
+        config = ["[global]", f"find-links = {WHEELS_INSIDE}", "no-index = true"]
         mounts = {str(wheels): WHEELS_INSIDE}
         bundle = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or HOST_CA_BUNDLE)
         if bundle.is_file():
@@ -274,8 +279,8 @@ class Buildah:
         return mounts
 
     def wheelhouse(self, name: str) -> Path:
-        """Every distribution the image installs, downloaded once on the host (``pip download``) into one
-        directory shared by the images; pip prefers a local file over the index's copy of the same version."""
+        """Every distribution the image installs (its lock, the Dockerfile's other pins, the build backends of
+        source releases), downloaded once on the host (``pip download``) into one directory the images share."""
         wheels = self.cache / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
         dockerfile = DOCKERFILES[name]
@@ -297,6 +302,16 @@ class Buildah:
         done_marker.touch()
         return wheels
 
+    def _remove_stale_containers(self) -> None:
+        """Working containers of interrupted builds, and test containers whose process is gone."""
+        listed = json.loads(self.run("containers", "--json", check=False).stdout or "[]")
+        for container in listed or []:
+            name = str(container.get("containername", ""))
+            owner = name.removeprefix(TEST_CONTAINER_PREFIX).rsplit("-", 1)[-1]
+            if name.startswith(TEST_CONTAINER_PREFIX) and owner.isdigit() and Path(f"/proc/{owner}").exists():
+                continue
+            self.run("rm", container["id"], check=False)
+
     def _drop_old(self, repository: str, keep: str) -> None:
         """Remove the older images of this name; with vfs also every dangling layer (each a full copy)."""
         for old in self.tags(repository):
@@ -309,7 +324,10 @@ class Buildah:
 
     @contextmanager
     def container(self, tag: str) -> Iterator[Container]:
-        name = self.run("from", "--pull=never", tag).stdout.strip()
+        image = tag.split("/")[-1].split(":")[0]
+        name = self.run(
+            "from", "--pull=never", "--name", f"{TEST_CONTAINER_PREFIX}{image}-{os.getpid()}", tag
+        ).stdout.strip()
         try:
             yield Container(self, name, self.config(tag))
         finally:
