@@ -26,6 +26,9 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(3600),  # a cold trainer build downloads and unpacks torch's CUDA wheels
     pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())} (bash .ci/system-deps)"),
+    pytest.mark.skipif(
+        os.environ.get("TUNEFORGE_SKIP_IMAGE_BUILDS") == "1", reason="TUNEFORGE_SKIP_IMAGE_BUILDS=1 (a quick local run)"
+    ),
 ]
 UID = "10001"
 #: importable in no image but the one named
