@@ -57,13 +57,12 @@ def load_spec(value: str) -> JobSpec:
         spec = JobSpec.model_validate(body)
     except ValidationError as exc:
         raise BadInput(f"invalid job spec: {first_problem(exc.errors(), body)}") from exc
-    return with_token_from_env(spec)
+    return with_progress_token(spec, trainer_settings().progress_token)
 
 
-def with_token_from_env(spec: JobSpec) -> JobSpec:
+def with_progress_token(spec: JobSpec, token: str) -> JobSpec:
     """In cluster mode the spec travels in a ConfigMap without the progress token, which comes from a
     Secret as ``TUNEFORGE_PROGRESS_TOKEN``; a token in the spec (local executor) wins."""
-    token = trainer_settings().progress_token
     if spec.progress is None or spec.progress.token or not token:
         return spec
     return spec.model_copy(update={"progress": spec.progress.model_copy(update={"token": token})})
