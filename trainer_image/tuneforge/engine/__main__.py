@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop()
         print(f"error: --adapter: {exc.message}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning", access_log=False)
+    # on SIGTERM, in-flight answers get a few seconds; then the engine fails what is left and the streams end
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
     return 0
 
 

@@ -317,7 +317,7 @@ class Batcher:
     def _take(self, row: Row, token: int, entry: TokenLogprob | None) -> None:
         row.generated += 1
         row.last = token
-        if token in self.eos_ids:
+        if token in self.eos_ids and not row.params.ignore_eos:
             self._finish(row, "stop")
             return
         if row.counts is not None:
@@ -336,11 +336,10 @@ class Batcher:
             self._send(row, piece)
 
     def _send(self, row: Row, text: str) -> None:
-        if row.request.stream and (text or row.pending):
-            # logprobs ride with text; tokens that add no text yet (a split character) wait for the next piece
-            if text:
-                row.request.emit(Delta(row.choice, text, row.pending))
-                row.pending = []
+        # logprobs ride with text; tokens that add no text yet (a split character) wait for the next piece
+        if row.request.stream and text:
+            row.request.emit(Delta(row.choice, text, row.pending))
+            row.pending = []
 
     def _finish(self, row: Row, reason: str) -> None:
         if reason == "stop" and not row.stoptext.stopped:  # end of turn: release what was held for stop strings

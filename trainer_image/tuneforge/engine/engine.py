@@ -8,6 +8,7 @@ Their events come back on the asyncio loop through a queue per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -198,10 +199,8 @@ class Engine:
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is gone (server shutting down)
                 loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop is gone (server shutting down)
-                pass
 
         spec = prepared.spec
         request = Request(prompts=prepared.prompts, n=spec.n, params=spec.params,

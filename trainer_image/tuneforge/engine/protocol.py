@@ -69,6 +69,7 @@ class _Sampling(_Strict):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate through end-of-turn tokens (benchmarks)
     # labels only: accepted and ignored
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -126,6 +127,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -227,6 +229,7 @@ def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs
         logit_bias=_logit_bias(req.logit_bias, vocab_size),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=req.ignore_eos,
     )
 
 

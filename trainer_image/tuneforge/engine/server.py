@@ -11,6 +11,7 @@ stream began ends with an ``data: {"error": {...}}`` event (the ``openai`` clien
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -31,6 +33,25 @@ from tuneforge.engine.sampling import TokenLogprob
 
 log = logging.getLogger("tuneforge.engine")
 FINGERPRINT = "tuneforge-engine"
+
+
+class EventStream(StreamingResponse):
+    """A stream that stops generating as soon as the client goes away.
+
+    With ASGI 2.4 servers Starlette only notices a disconnect when a write fails, and uvicorn drops writes to a
+    closed connection silently, so the rows of a vanished client would run to their token budget. Listening for
+    ``http.disconnect`` beside the stream (Starlette's pre-2.4 way) cancels it, which cancels the rows.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def run_then_cancel(func: Any) -> None:
+                await func()
+                group.cancel_scope.cancel()
+
+            group.start_soon(run_then_cancel, functools.partial(self.stream_response, send))
+            await run_then_cancel(functools.partial(self.listen_for_disconnect, receive))
 
 
 def _error(exc: EngineError) -> JSONResponse:
@@ -164,6 +185,42 @@ async def _stream(shapes: Shapes, events: AsyncIterator[Any]) -> AsyncIterator[s
     yield "data: [DONE]\n\n"
 
 
+async def _collect(events: AsyncIterator[Any], request: Request) -> list[Finish] | None:
+    """The finished choices, or None when the client disconnects first (the generation is then cancelled)."""
+    finished: list[Finish] = []
+    gone = False
+    failure: EngineError | None = None
+    async with anyio.create_task_group() as group:
+
+        async def gather() -> None:
+            nonlocal failure
+            try:
+                async for event in events:
+                    if isinstance(event, Finish):
+                        finished.append(event)
+            except EngineError as exc:  # raised below, outside the task group (which would wrap it)
+                failure = exc
+            finally:
+                group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            group.cancel_scope.cancel()
+
+        group.start_soon(gather)
+        group.start_soon(watch)
+    if failure is not None:
+        raise failure
+    if gone:
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+        return None
+    return finished
+
+
 def create_app(engine: Engine) -> Starlette:
     async def completions(request: Request, kind: str) -> Response:
         try:
@@ -174,9 +231,11 @@ def create_app(engine: Engine) -> Starlette:
             shapes = Shapes(engine, prepared)
             events = engine.run(prepared)  # submitted here: an overloaded engine answers 503 before any stream
             if spec.stream:
-                return StreamingResponse(_stream(shapes, events), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            finished = [e async for e in events if isinstance(e, Finish)]
+                return EventStream(_stream(shapes, events), media_type="text/event-stream",
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            finished = await _collect(events, request)
+            if finished is None:  # the client left: its rows were cancelled, nobody reads an answer
+                return Response(status_code=499)
             return JSONResponse(shapes.answer(finished))
         except EngineError as exc:
             return _error(exc)
