@@ -1,8 +1,9 @@
 """Models and adapters for the engine tests, built offline in seconds.
 
-- ``make_peaked_model``: the tiny random Llama of :mod:`tests.support.tiny_model` with its (tied) embeddings
-  scaled up, so its next-token distributions are peaked: greedy answers then do not hinge on float rounding,
-  and a batched answer can be compared token for token with the same request alone;
+- ``make_peaked_model``: a tiny random Llama (the byte-level tokenizer and ChatML template of
+  :mod:`tests.support.tiny_model`) initialised with a wide spread, so its next-token distributions are peaked:
+  greedy answers then do not hinge on float rounding, and a batched answer can be compared token for token
+  with the same request alone;
 - ``make_lora``: a random LoRA adapter (PEFT's own format: adapter_config.json + adapter_model.safetensors)
   for a model directory; ``scale`` sets how far it moves the model (small for SmolLM2, so the tuned answer
   differs but stays fluent and still ends its turn).
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.support.tiny_model import make_tiny_model
+from tests.support.tiny_model import build_tokenizer
 
 
 def _publish(tmp: Path, target: Path) -> Path:
@@ -25,20 +26,31 @@ def _publish(tmp: Path, target: Path) -> Path:
     return target
 
 
-def make_peaked_model(directory: Path, scale: float = 24.0) -> Path:
-    target = directory / f"tiny-peaked-{scale:g}"
+def make_peaked_model(directory: Path, init_range: float = 0.25) -> Path:
+    target = directory / f"tiny-peaked-{init_range:g}"
     if (target / "model.safetensors").is_file():
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    source = make_tiny_model(directory)
-    model = AutoModelForCausalLM.from_pretrained(str(source))
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(scale)
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        # ten times the usual init spread: logits spread over several units, so greedy choices are clear and
+        # the text varies (the default init gives near-uniform logits and answers of repeated newlines)
+        initializer_range=init_range,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".peaked-", dir=directory))
     model.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
     return _publish(tmp, target)
 
 
@@ -53,7 +65,7 @@ def make_lora(model_dir: Path, directory: Path, seed: int, *, scale: float = 1.0
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, target_modules=target_modules,
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules,
                                                   init_lora_weights=False))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -22,6 +22,7 @@ from tuneforge.engine.adapters import AdapterInfo, AdapterSet
 from tuneforge.engine.batcher import Batcher, Event, Failed, Finish, Request
 from tuneforge.engine.errors import BadRequest, EngineError, NotFound
 from tuneforge.engine.protocol import GenerationSpec
+from tuneforge.engine.textstream import TokenText
 
 log = logging.getLogger("tuneforge.engine")
 
@@ -81,6 +82,7 @@ class Engine:
         self.eos_ids = self._end_ids(model)
         pad = self.tokenizer.pad_token_id
         self.chat_template: str | None = self.tokenizer.chat_template
+        self.token_text = TokenText(self.tokenizer)
         self.adapters = AdapterSet(model, config.max_loras, self.chat_template)
         self.batcher = Batcher(self.adapters, self.tokenizer, self.eos_ids, max_batch=config.max_batch,
                                pad_id=int(pad if pad is not None else min(self.eos_ids)),

@@ -76,19 +76,15 @@ class Shapes:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.completion_tokens = 0
-        self._token_text: dict[int, str] = {}
+        self.token_text = engine.token_text
 
     def _token(self, token: int) -> str:
-        text = self._token_text.get(token)
-        if text is None:
-            text = str(self.engine.tokenizer.decode([token]))
-            self._token_text[token] = text
-        return text
+        return self.token_text(token)[0]
 
     def _chat_logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         def one(token: int, logprob: float) -> dict[str, Any]:
-            text = self._token(token)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+            text, raw = self.token_text(token)
+            return {"token": text, "logprob": logprob, "bytes": raw}
 
         return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
                             for e in entries]}

@@ -83,3 +83,46 @@ class StopText:
         out = self.text[self.released : upto]
         self.released = upto
         return out
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-character -> byte map (inverse of its bytes_to_unicode), used by byte-level BPE vocabs."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+class TokenText:
+    """Text and raw bytes of single tokens, for logprobs (OpenAI's ``token`` and ``bytes``).
+
+    A token can hold part of a multi-byte character: its text alone is U+FFFD, but its bytes are exact, so a
+    client can join the bytes of consecutive tokens. Byte-level BPE vocabularies spell the bytes in the token
+    string; other vocabularies fall back to the UTF-8 of the decoded text.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, token: int) -> tuple[str, list[int]]:
+        hit = self._cache.get(token)
+        if hit is None:
+            text = str(self.tokenizer.decode([token]))
+            piece = self.tokenizer.convert_ids_to_tokens(token)
+            if token not in self.special and isinstance(piece, str) and piece and \
+                    all(ch in _BYTE_DECODER for ch in piece):
+                raw = [_BYTE_DECODER[ch] for ch in piece]
+            else:
+                raw = list(text.encode())
+            hit = self._cache[token] = (text, raw)
+        return hit
