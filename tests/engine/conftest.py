@@ -40,7 +40,7 @@ def smol_model() -> Path:
 
 def tuneforge_spec(model: Path | str, served: str, tmp: Path, *args: str, **kw: object) -> EngineSpec:
     return EngineSpec(kind="tuneforge", model=str(model), served_name=served, python=sys.executable,
-                      extra_args=tuple(args), log_dir=tmp, start_timeout=240, **kw)  # type: ignore[arg-type]
+                      extra_args=tuple(args), log_dir=tmp, start_timeout=900, **kw)  # type: ignore[arg-type]
 
 
 def start_engine(spec: EngineSpec) -> EngineProcess:

@@ -109,7 +109,7 @@ class EngineManager:
                 raise
             running = RunningEngine(spec, process, EngineClient(process.base_url, self.http))
             self.engines[base] = running
-            self._emit("started", base, kind=spec.kind, pid=process.pid, seconds=time.monotonic() - started)
+            self._emit("started", base, engine=spec.kind, pid=process.pid, seconds=time.monotonic() - started)
             return running
 
     async def stop(self, base: str) -> None:
