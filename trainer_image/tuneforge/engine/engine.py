@@ -73,9 +73,10 @@ class Engine:
         device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(config.model_dir), trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(config.model_dir), dtype=_dtype(config.dtype, device), use_safetensors=True, trust_remote_code=False
-        ).to(self.device)
+        )
+        model.to(self.device)
         model.eval()
         self.vocab_size = int(model.config.vocab_size)
         self.max_model_len = self._context_length(model.config, config.max_model_len)
@@ -161,7 +162,7 @@ class Engine:
                     raise BadRequest("prompt: an empty prompt has no tokens to continue", param="prompt")
                 prompts.append(list(ids))
                 if spec.echo:
-                    echo_texts.append(p if isinstance(p, str) else self.tokenizer.decode(p))
+                    echo_texts.append(p if isinstance(p, str) else str(self.tokenizer.decode(p)))
             where = "prompt"
         max_new = [self._budget(len(ids), spec.params.max_tokens, where) for ids in prompts]
         return Prepared(spec, adapter, prompts, max_new, echo_texts)

@@ -37,8 +37,7 @@ class GrowableLayer(DynamicLayer):
         self.kbuf[:, :, self.length : need] = key_states
         self.vbuf[:, :, self.length : need] = value_states
         self.length = need
-        self._views()
-        return self.keys, self.values
+        return self._views()
 
     def _reserve(self, like_k: torch.Tensor, like_v: torch.Tensor, capacity: int) -> None:
         b, h, _, d = like_k.shape
@@ -49,10 +48,11 @@ class GrowableLayer(DynamicLayer):
             vbuf[:, :, : self.length] = self.vbuf[:, :, : self.length]
         self.kbuf, self.vbuf = kbuf, vbuf
 
-    def _views(self) -> None:
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.kbuf is not None and self.vbuf is not None
-        self.keys = self.kbuf[:, :, : self.length]
-        self.values = self.vbuf[:, :, : self.length]
+        keys, values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+        self.keys, self.values = keys, values
+        return keys, values
 
     def set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Replace the content (already padded) and keep ``growth`` free positions after it."""
@@ -108,8 +108,10 @@ def merge(running: DynamicCache, running_mask: torch.Tensor, joining: DynamicCac
     length = max(running_mask.shape[1], joining_mask.shape[1])
     for mine, theirs in zip(running.layers, joining.layers, strict=True):
         assert isinstance(mine, GrowableLayer) and isinstance(theirs, GrowableLayer)
-        keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)], dim=0)
-        values = torch.cat([_pad_left(mine.values, length), _pad_left(theirs.values, length)], dim=0)
+        mk, mv = mine._views()
+        tk, tv = theirs._views()
+        keys = torch.cat([_pad_left(mk, length), _pad_left(tk, length)], dim=0)
+        values = torch.cat([_pad_left(mv, length), _pad_left(tv, length)], dim=0)
         mine.set(keys, values)
     return torch.cat([_pad_mask(running_mask, length), _pad_mask(joining_mask, length)], dim=0)
 
@@ -126,6 +128,7 @@ def select(cache: DynamicCache, mask: torch.Tensor, keep: list[int]) -> torch.Te
     index = torch.tensor(keep, dtype=torch.long, device=mask.device)
     mask = mask[index]
     for layer in cache.layers:
+        assert isinstance(layer, GrowableLayer)
         layer.batch_select_indices(index)
     used = mask.any(dim=0).nonzero()
     start = int(used[0]) if len(used) else mask.shape[1]

@@ -281,7 +281,7 @@ def parse_completion(body: Any, *, max_n: int, vocab_size: int) -> GenerationSpe
     if isinstance(req.prompt, str):
         prompts = [req.prompt]
     elif req.prompt and isinstance(req.prompt[0], int):
-        prompts = [list(req.prompt)]  # type: ignore[arg-type]
+        prompts = [list(req.prompt)]
     else:
         prompts = list(req.prompt)  # type: ignore[arg-type]
     if not prompts:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,7 +218,7 @@ class _Tracked(EngineStream):
             self.running.active -= 1
             self.running.last_used = time.monotonic()
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for event in super().__aiter__():
                 yield event
