@@ -57,6 +57,26 @@ PROMPTS = [
 MIXES = {"base": 0, "one": 1, "four": 4}
 
 
+def group_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of ``pid``'s process group (the engine and, for
+    vLLM, its engine-core and worker children). On a shared machine tokens per CPU-second compare engines
+    fairly where wall time mostly measures what the other tenants of the cores do."""
+    pgid = os.getpgid(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 100)) - 1))  # nearest rank
@@ -115,16 +135,18 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_t
     return tokens, ttft if ttft is not None else time.perf_counter() - start
 
 
-async def _wave(url: str, models: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
+async def _wave(url: str, models: list[str], concurrency: int, max_tokens: int, pid: int) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600), trust_env=False) as http:
+        cpu = group_cpu_seconds(pid)
         start = time.perf_counter()
         results = await asyncio.gather(*[_one(http, url, models[i % len(models)], PROMPTS[i % len(PROMPTS)],
                                               max_tokens) for i in range(concurrency)])
         wall = time.perf_counter() - start
+        cpu = group_cpu_seconds(pid) - cpu
     tokens = sum(t for t, _ in results)
     ttfts = [t for _, t in results]
     return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "ttft_p50": percentile(ttfts, 50),
-            "ttft_p99": percentile(ttfts, 99)}
+            "ttft_p99": percentile(ttfts, 99), "cpu_seconds": cpu, "tok_per_cpu_s": tokens / max(cpu, 1e-9)}
 
 
 def run_http_engine(name: str, spec: EngineSpec, adapters: list[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -145,15 +167,16 @@ def run_http_engine(name: str, spec: EngineSpec, adapters: list[Path], args: arg
     out: dict[str, Any] = {"start_seconds": time.perf_counter() - started}
     try:
         names = [f"a{i}" for i in range(len(adapters))]
-        asyncio.run(_wave(process.base_url, [spec.served_name], 2, 8))  # warm-up
+        assert process.pid is not None
+        asyncio.run(_wave(process.base_url, [spec.served_name], 2, 8, process.pid))  # warm-up
         for mix in args.mixes:
             for c in args.concurrency:
                 result = asyncio.run(_wave(process.base_url, models_for(mix, spec.served_name, names), c,
-                                           args.max_tokens))
+                                           args.max_tokens, process.pid))
                 out[f"{mix}/c{c}"] = result
                 print(f"[{name}] {mix:4s} c={c:2d}: {result['tok_s']:7.1f} tok/s  ttft p50 {result['ttft_p50']:.2f}"
-                      f" s p99 {result['ttft_p99']:.2f} s  ({result['tokens']} tokens in {result['seconds']:.1f} s)",
-                      flush=True)
+                      f" s p99 {result['ttft_p99']:.2f} s  ({result['tokens']} tokens in {result['seconds']:.1f} s, "
+                      f"{result['tok_per_cpu_s']:.1f} tokens per CPU-second)", flush=True)
     finally:
         asyncio.run(process.stop())
     return out
@@ -180,14 +203,17 @@ def run_hf(model_dir: Path, adapters: list[Path], args: argparse.Namespace) -> d
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                            tokenize=False) for p in PROMPTS]
     out: dict[str, Any] = {}
+    cpu_used: list[float] = []
 
     def generate(batch: list[str], names: list[str] | None) -> tuple[int, float]:
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         kwargs: dict[str, Any] = {"adapter_names": names} if names is not None else {}
         start = time.perf_counter()
+        cpu = time.process_time()
         gen = model.generate(**enc, max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, **kwargs)
         seconds = time.perf_counter() - start
+        cpu_used.append(time.process_time() - cpu)
         return int((gen.shape[1] - enc["input_ids"].shape[1]) * gen.shape[0]), seconds
 
     generate(texts[:1], ["__base__"] if adapters else None)  # warm-up
@@ -197,17 +223,21 @@ def run_hf(model_dir: Path, adapters: list[Path], args: argparse.Namespace) -> d
             continue
         names = [f"a{i % n}" for i in range(len(texts))] if n else (["__base__"] * len(texts) if adapters else None)
         tokens = seconds = 0.0
+        cpu_used.clear()
         for i in range(args.sequential_requests):
             t, s = generate(texts[i : i + 1], names[i : i + 1] if names else None)
             tokens += t
             seconds += s
-        seq = {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds}
+        seq = {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
+               "tok_per_cpu_s": tokens / max(sum(cpu_used), 1e-9)}
+        cpu_used.clear()
         t, s = generate(texts[: max(args.concurrency)], names[: max(args.concurrency)] if names else None)
-        batched = {"tokens": t, "seconds": s, "tok_s": t / s}
+        batched = {"tokens": t, "seconds": s, "tok_s": t / s, "tok_per_cpu_s": t / max(sum(cpu_used), 1e-9)}
         out[f"{mix}/sequential"] = seq
         out[f"{mix}/batched"] = batched
-        print(f"[hf] {mix:4s} sequential: {seq['tok_s']:6.1f} tok/s   padded batch of {max(args.concurrency)}: "
-              f"{batched['tok_s']:6.1f} tok/s", flush=True)
+        print(f"[hf] {mix:4s} sequential: {seq['tok_s']:6.1f} tok/s ({seq['tok_per_cpu_s']:.1f}/CPU-s)   padded "
+              f"batch of {max(args.concurrency)}: {batched['tok_s']:6.1f} tok/s ({batched['tok_per_cpu_s']:.1f}/CPU-s)",
+              flush=True)
     return out
 
 
@@ -230,8 +260,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 continue
             cells = [f"{row[f'{mix}/c{c}']['tok_s']:.1f} ({row[f'{mix}/c{c}']['ttft_p50']:.2f}/"
                      f"{row[f'{mix}/c{c}']['ttft_p99']:.2f})" for c in args.concurrency]
-            base = hf.get(f"{mix}/sequential", {}).get("tok_s")
-            ratio = f"{row[f'{mix}/c{top}']['tok_s'] / base:.2f}x" if base else "-"
+            base = hf.get(f"{mix}/sequential", {})
+            ratio = "-"
+            if base:
+                ratio = (f"{row[f'{mix}/c{top}']['tok_s'] / base['tok_s']:.2f}x wall, "
+                         f"{row[f'{mix}/c{top}']['tok_per_cpu_s'] / base['tok_per_cpu_s']:.2f}x per CPU-s")
             print(f"| {engine} | {mix} | " + " | ".join(cells) + f" | {ratio} |")
     for mix in args.mixes:
         if f"{mix}/sequential" in hf:
@@ -240,7 +273,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     tf = results.get("tuneforge", {})
     if f"one/c{top}" in tf and f"four/c{top}" in tf:
         cost = 1 - tf[f"four/c{top}"]["tok_s"] / tf[f"one/c{top}"]["tok_s"]
-        print(f"\ntuneforge, four adapters vs one at c={top}: {cost * 100:+.1f}% throughput cost")
+        cpu_cost = 1 - tf[f"four/c{top}"]["tok_per_cpu_s"] / tf[f"one/c{top}"]["tok_per_cpu_s"]
+        print(f"\ntuneforge, four adapters vs one at c={top}: {cost * 100:+.1f}% throughput cost "
+              f"({cpu_cost * 100:+.1f}% per CPU-second)")
 
 
 def main() -> int:
