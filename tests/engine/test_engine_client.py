@@ -142,7 +142,7 @@ def lru_engine(peaked_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from tests.engine.conftest import start_engine, stop_engine
 
     spec = EngineSpec(kind="tuneforge", model=str(peaked_model), served_name="tiny", python=sys.executable,
-                      max_loras=2, log_dir=tmp_path_factory.mktemp("lru-logs"), start_timeout=240)
+                      max_loras=2, log_dir=tmp_path_factory.mktemp("lru-logs"), start_timeout=900)
     process = start_engine(spec)
     yield process
     stop_engine(process)
