@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def _env(name: str, default: str) -> str:
@@ -14,6 +16,20 @@ def _env(name: str, default: str) -> str:
 
 def _env_int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
+
+
+def _env_json(name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    """A JSON object or array from the environment (the Helm chart renders these); empty: an empty one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON ({exc}): {raw[:200]!r}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {'object' if kind is dict else 'array'}, got: {raw[:200]!r}")
+    return value
 
 
 @dataclass
@@ -66,6 +82,18 @@ class ExecutorSettings:
     #: Kueue LocalQueue for the jobs (empty: no Kueue) and their PriorityClass
     kube_queue_name: str = ""
     kube_priority_class: str = ""
+    #: service account of the trainer pods (workload identity to the bucket; its API token is never mounted)
+    kube_service_account: str = ""
+    #: added to every trainer pod: node selector and tolerations of the GPU node pool, image pull secrets
+    kube_node_selector: dict[str, str] = field(default_factory=dict)
+    kube_tolerations: list[dict[str, Any]] = field(default_factory=list)
+    kube_image_pull_secrets: list[str] = field(default_factory=list)
+    #: GPU type of jobs that name none; CPU and memory per GPU of each type ({"h100": {"cpu": "12",
+    #: "memory": "160Gi"}}), multiplied by the pod's GPU count
+    kube_default_gpu_type: str = ""
+    kube_gpu_resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: extra environment variables of the trainer container (e.g. TUNEFORGE_TRAINER_METRICS_PORT)
+    kube_trainer_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +153,14 @@ class Settings:
                 kube_default_gpus=_env_int("TUNEFORGE_KUBE_DEFAULT_GPUS", 1),
                 kube_queue_name=_env("TUNEFORGE_KUBE_QUEUE", ""),
                 kube_priority_class=_env("TUNEFORGE_KUBE_PRIORITY_CLASS", ""),
+                kube_service_account=_env("TUNEFORGE_KUBE_SERVICE_ACCOUNT", ""),
+                kube_node_selector=_env_json("TUNEFORGE_KUBE_NODE_SELECTOR", dict),
+                kube_tolerations=_env_json("TUNEFORGE_KUBE_TOLERATIONS", list),
+                kube_image_pull_secrets=[s.strip() for s in _env("TUNEFORGE_KUBE_IMAGE_PULL_SECRETS", "").split(",")
+                                         if s.strip()],
+                kube_default_gpu_type=_env("TUNEFORGE_KUBE_DEFAULT_GPU_TYPE", ""),
+                kube_gpu_resources=_env_json("TUNEFORGE_KUBE_GPU_RESOURCES", dict),
+                kube_trainer_env=_env_json("TUNEFORGE_KUBE_TRAINER_ENV", dict),
             ),
             limits=LimitSettings(
                 max_upload_bytes=_env_int("TUNEFORGE_MAX_UPLOAD_BYTES", 1 << 30),

@@ -39,6 +39,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -111,8 +112,13 @@ def build_finetunejob(job: Job, settings: Settings) -> JSON:
     resources = dict(job.resources or {})
     gpus = int(resources.get("gpus") or 0) or ex.kube_default_gpus
     scheduling: JSON = {"gpus": gpus, "nodes": int(resources.get("nodes") or 1)}
-    if resources.get("gpu_type"):
-        scheduling["gpuType"] = str(resources["gpu_type"])
+    gpu_type = str(resources.get("gpu_type") or ex.kube_default_gpu_type or "")
+    if gpu_type:
+        scheduling["gpuType"] = gpu_type
+    if ex.kube_node_selector:
+        scheduling["nodeSelector"] = {str(k): str(v) for k, v in ex.kube_node_selector.items()}
+    if ex.kube_tolerations:
+        scheduling["tolerations"] = [dict(t) for t in ex.kube_tolerations]
     if ex.kube_queue_name:
         scheduling["queueName"] = ex.kube_queue_name
     if ex.kube_priority_class:
@@ -125,8 +131,17 @@ def build_finetunejob(job: Job, settings: Settings) -> JSON:
         # the cluster retries real failures itself; preemptions are retried without counting
         "backoffLimit": max(0, ex.max_attempts - 1),
     }
+    per_gpu = ex.kube_gpu_resources.get(gpu_type) if gpu_type else None
+    if per_gpu and gpus > 0:
+        spec["resources"] = {k: scale_quantity(str(v), gpus) for k, v in per_gpu.items() if k in ("cpu", "memory")}
     if ex.kube_storage_secret:
         spec["storageSecret"] = ex.kube_storage_secret
+    if ex.kube_service_account:
+        spec["serviceAccountName"] = ex.kube_service_account
+    if ex.kube_image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in ex.kube_image_pull_secrets]
+    if ex.kube_trainer_env:
+        spec["env"] = [{"name": str(k), "value": str(v)} for k, v in sorted(ex.kube_trainer_env.items())]
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -138,6 +153,39 @@ def build_finetunejob(job: Job, settings: Settings) -> JSON:
         },
         "spec": spec,
     }
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]{0,2})$")
+
+
+def scale_quantity(quantity: str, factor: int) -> str:
+    """A Kubernetes quantity times ``factor`` (``"160Gi"`` x 2 = ``"320Gi"``, ``"500m"`` x 3 = ``"1500m"``)."""
+    match = _QUANTITY.match(quantity.strip())
+    if not match:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity such as 12, 500m or 160Gi")
+    value = Decimal(match.group(1)) * factor
+    text = format(value.normalize(), "f") if value != value.to_integral() else str(int(value))
+    return text + match.group(2)
+
+
+def check_settings(settings: Settings) -> None:
+    """Fail at start, with the variable's name, on trainer settings that would make every submit fail."""
+    ex = settings.executor
+    for gpu_type, per_gpu in ex.kube_gpu_resources.items():
+        if not isinstance(per_gpu, dict) or set(per_gpu) - {"cpu", "memory"}:
+            raise ValueError(f"TUNEFORGE_KUBE_GPU_RESOURCES[{gpu_type!r}] must be an object with cpu and/or "
+                             f"memory, got {per_gpu!r}")
+        for key, value in per_gpu.items():
+            try:
+                scale_quantity(str(value), 1)
+            except ValueError as exc:
+                raise ValueError(f"TUNEFORGE_KUBE_GPU_RESOURCES[{gpu_type!r}].{key}: {exc}") from None
+    for i, toleration in enumerate(ex.kube_tolerations):
+        if not isinstance(toleration, dict):
+            raise ValueError(f"TUNEFORGE_KUBE_TOLERATIONS[{i}] must be an object, got {toleration!r}")
+    for key, value in ex.kube_node_selector.items():
+        if not isinstance(value, str):
+            raise ValueError(f"TUNEFORGE_KUBE_NODE_SELECTOR[{key!r}] must be a string, got {value!r}")
 
 
 def progress_text(progress: Mapping[str, Any] | None) -> str | None:
@@ -168,6 +216,7 @@ class _Expired(Exception):
 class KubernetesExecutor(Executor):
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore,
                  api_client: client.ApiClient | None = None) -> None:
+        check_settings(settings)
         self.settings = settings
         self.sessions = sessions
         self.store = store
