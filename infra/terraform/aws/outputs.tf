@@ -48,3 +48,8 @@ output "kms_key_arn" {
   description = "KMS key of the bucket, the database, EKS secrets and the log groups."
   value       = aws_kms_key.this.arn
 }
+
+output "image_registry" {
+  description = "Where to push the images: <this>/tuneforge/{service,operator,trainer}:<image_tag>."
+  value       = local.image_registry
+}

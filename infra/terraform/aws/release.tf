@@ -17,9 +17,10 @@ resource "helm_release" "nvidia_device_plugin" {
 }
 
 locals {
+  image_registry = var.image_registry != "" ? var.image_registry : "${local.account_id}.dkr.ecr.${var.region}.amazonaws.com"
   database_url = "postgresql+psycopg://${aws_db_instance.this.username}:${random_password.db.result}@${aws_db_instance.this.endpoint}/${aws_db_instance.this.db_name}?sslmode=require"
   chart_values = {
-    global = { imageRegistry = var.image_registry }
+    global = { imageRegistry = local.image_registry }
     api = {
       replicas       = 2
       image          = { tag = var.image_tag }

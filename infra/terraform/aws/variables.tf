@@ -167,8 +167,9 @@ variable "chart_path" {
 }
 
 variable "image_registry" {
-  description = "Registry of the tuneforge images (e.g. <account>.dkr.ecr.<region>.amazonaws.com)."
+  description = "Registry of the tuneforge images (empty: this account's ECR, where ecr.tf makes the repositories)."
   type        = string
+  default     = ""
 }
 
 variable "image_tag" {
