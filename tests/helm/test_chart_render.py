@@ -7,6 +7,7 @@ tests/operator/test_helm_install.py installs it into the real control plane."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,7 @@ def test_api_environment_is_what_the_service_reads(production: list[Manifest], m
 
     secrets = {**EXISTING_SECRETS, **{s["metadata"]["name"]: secret_data(s) for s in by_kind(production, "Secret")}}
     env = container_env(one(production, "Deployment", "tuneforge"), secrets)
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith(("TUNEFORGE_", "AWS_")):
             monkeypatch.delenv(name)
     for name, value in env.items():
@@ -243,7 +244,8 @@ def test_api_environment_is_what_the_service_reads(production: list[Manifest], m
                                     "effect": "NoSchedule"}]
     assert ex.kube_default_gpu_type == "a10g" and ex.kube_default_gpus == 1
     assert ex.kube_gpu_resources == {"a10g": {"cpu": "3", "memory": "14Gi"}, "h100": {"cpu": "20", "memory": "220Gi"}}
-    assert ex.kube_trainer_env == {"TUNEFORGE_TRAINER_METRICS_PORT": "9400", "TUNEFORGE_TRAINER_METRICS_ADDR": "0.0.0.0"}
+    assert ex.kube_trainer_env == {"TUNEFORGE_TRAINER_METRICS_PORT": "9400",
+                                   "TUNEFORGE_TRAINER_METRICS_ADDR": "0.0.0.0"}
     assert ex.max_attempts == 3 and ex.kube_queue_name == "" and ex.kube_image_pull_secrets == []
     assert settings.database_url == EXISTING_SECRETS["tuneforge-database"]["database-url"]
     assert settings.storage.url == "s3://acme-tuneforge-prod/tuneforge"

@@ -147,7 +147,7 @@ def test_checkov_finds_nothing_unexplained(checkov: str, tmp_path: Path):
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false",
            "LOG_LEVEL": "WARNING"}
     proc = subprocess.run([checkov, "--directory", str(TF), "--framework", "terraform", "--output", "json",
-                           "--quiet", "--compact", "--skip-download"],
+                           "--compact", "--skip-download"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     report = json.loads(proc.stdout)
     results = report["results"]

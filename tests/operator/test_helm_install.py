@@ -36,8 +36,15 @@ from kubernetes.config import new_client_from_config
 
 from tests.operator.helpers import GROUP, PLURAL, VERSION, free_port, wait_for
 from tests.service.helpers import chat_file, upload
-from tests.support.helm_chart import CHART, PRODUCTION_VALUES, Helm, build_helm, container_env, go_available, \
-    secret_data
+from tests.support.helm_chart import (
+    CHART,
+    PRODUCTION_VALUES,
+    Helm,
+    build_helm,
+    container_env,
+    go_available,
+    secret_data,
+)
 from tests.support.k8s_testbed import K8sTestbed
 from tests.support.postgres import PostgresServer, find_pg_bin
 from tests.support.processes import stop_process
