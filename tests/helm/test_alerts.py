@@ -54,9 +54,32 @@ def _promtool() -> str:
     return tool
 
 
+NS = "tuneforge"
+#: what the platform engineer reads, for the synthetic series below
+ANNOTATIONS = {
+    "TuneforgeJobsFailing": {
+        "summary": f"Fine-tuning jobs are failing in {NS}",
+        "description": "83.33% of the jobs that finished in the last 1h failed. Look at their error codes "
+                       f"(GET /v1/fine_tuning/jobs/ID, kubectl get ftj -n {NS} -o wide): out_of_memory, "
+                       "unschedulable or image_pull_error point at the cluster, invalid_training_file at users."},
+    "TuneforgeQueueStuck": {
+        "summary": f"A fine-tuning job has waited in the queue for too long in {NS}",
+        "description": f"The oldest queued job has waited 1h 20m 0s. Check kubectl get ftj -n {NS} -o wide (reason "
+                       "Unschedulable: no GPU node fits; WaitingForAdmission: Kueue quota), the GPU nodes and the "
+                       "operator's log."},
+    "TuneforgeAPIErrors": {
+        "summary": f"The tuneforge API answers with server errors in {NS}",
+        "description": "10% of the API's responses are 5xx. Check the api pods' logs, the database (GET /readyz) "
+                       "and the object store."},
+    "TuneforgeAPIDown": {
+        "summary": f"No tuneforge API pod in {NS} is scraped successfully",
+        "description": "Prometheus cannot scrape any api pod's /metrics; the API is probably down."},
+}
+
+
 def _alert(eval_time: str, name: str, severity: str | None) -> dict[str, Any]:
-    return {"eval_time": eval_time, "alertname": name,
-            "exp_alerts": [{"exp_labels": {"severity": severity}}] if severity else []}
+    expected = [{"exp_labels": {"severity": severity}, "exp_annotations": ANNOTATIONS[name]}] if severity else []
+    return {"eval_time": eval_time, "alertname": name, "exp_alerts": expected}
 
 
 def test_promtool_checks_and_unit_tests_the_alerts(rule: dict[str, Any], tmp_path: Path):

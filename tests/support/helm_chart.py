@@ -77,7 +77,7 @@ def values_args(values: Sequence[Path] = (), sets: Mapping[str, str] | None = No
     for path in values:
         args += ["-f", str(path)]
     for key, value in (sets or {}).items():
-        args += ["--set-string" if isinstance(value, str) and value.isdigit() else "--set", f"{key}={value}"]
+        args += ["--set", f"{key}={value}"]
     return args
 
 
