@@ -176,6 +176,8 @@ def test_trainer_network_policy(production: list[Manifest]):
     assert api["ports"] == [{"port": 8000, "protocol": "TCP"}]
     assert peers["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "trainer"
     assert store["ports"] == [{"port": 443, "protocol": "TCP"}]
+    # public addresses only: not the cluster, its API server or the instance metadata service
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(store["to"][0]["ipBlock"]["except"])
     assert len(egress) == 4  # nothing else
     # the monitoring namespace may scrape the trainers' metrics port, and only that
     ingress = np["spec"]["ingress"]

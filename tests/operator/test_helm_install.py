@@ -256,7 +256,7 @@ def test_apiserver_accepts_every_object_and_pods_are_scheduled(installed: dict[s
                       "ingress.networking.k8s.io", "servicemonitor.monitoring.coreos.com",
                       "podmonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com", "configmap"}
     assert {n.split("/")[0] for n in names} == expected_kinds, names
-    assert len(names) == 21, names
+    assert len(names) == 23, names
     pods = installed["core"].list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
     assert sorted(p.metadata.labels["app.kubernetes.io/component"] for p in pods) == ["api", "api", "operator"]
     for pod in pods:
