@@ -148,7 +148,7 @@ class Proc:
                                          stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
                                          start_new_session=True)
 
-    def wait_http(self, url: str, timeout: float = 90) -> None:
+    def wait_http(self, url: str, timeout: float = 150) -> None:
         def ok() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited with {self.proc.returncode}:\n{self.tail()}")
