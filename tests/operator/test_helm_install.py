@@ -131,10 +131,10 @@ def _local_command(container: dict[str, Any], replace: dict[str, str]) -> list[s
         raise AssertionError(f"unexpected entry point {argv}")
     out = []
     for i, arg in enumerate(argv):
-        if arg in replace:
+        if i > 0 and argv[i - 1] == "--port" and "--port" in replace:
+            out.append(replace["--port"])  # the value after --port
+        elif arg in replace and arg != "--port":
             out.append(replace[arg])
-        elif i > 0 and argv[i - 1] == "--port" and "--port" in replace:
-            out.append(replace["--port"])
         else:
             out.append(arg)
     return out

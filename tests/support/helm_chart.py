@@ -105,8 +105,8 @@ def container_env(deployment: Manifest, secrets: Mapping[str, Mapping[str, str]]
         assert ref, f"only secretRef envFrom is expected, got {source}"
         env.update(secrets[ref["name"]])
     for item in container.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
+        if "valueFrom" not in item:  # the apiserver drops an empty value
+            env[item["name"]] = str(item.get("value", ""))
             continue
         ref = item["valueFrom"]["secretKeyRef"]
         data = secrets.get(ref["name"], {})
