@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,19 @@ def label_value(value: str) -> str:
 
 _NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+
+
+_SIMPLE_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]{0,2})$")
+
+
+def scale_quantity(quantity: str, factor: int) -> str:
+    """A Kubernetes quantity times ``factor`` (``"160Gi"`` x 2 = ``"320Gi"``, ``"500m"`` x 3 = ``"1500m"``)."""
+    match = _SIMPLE_QUANTITY.match(quantity.strip())
+    if not match:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity such as 12, 500m or 160Gi")
+    value = Decimal(match.group(1)) * factor
+    text = format(value.normalize(), "f") if value != value.to_integral() else str(int(value))
+    return text + match.group(2)
 
 
 def _quantity(description: str) -> Any:

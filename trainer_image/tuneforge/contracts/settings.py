@@ -10,6 +10,7 @@ Tests and tools build settings explicitly with :func:`explicit`, so a developer'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -116,19 +117,39 @@ def markdown_table(model: type[BaseModel]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe_settings_error(exc: Any, model: type[BaseModel]) -> str:
-    """A settings ValidationError as "VARIABLE: what is wrong" lines, naming the environment variables."""
+def _groups(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for field in model.model_fields.values():
+        if _is_settings_group(field):
+            assert isinstance(field.annotation, type)
+            yield from _groups(field.annotation)
+
+
+def describe_settings_error(exc: Exception, model: type[BaseModel]) -> str:
+    """A settings error as "VARIABLE=value: what is wrong", naming the environment variable (for a person)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):  # pydantic-settings' SettingsError: a value that is not valid JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        found = [g for g in _groups(model) if match and match.group(1) in g.model_fields]
+        variable = env_name(found[0], match.group(1), found[0].model_fields[match.group(1)]) if found and match \
+            else "a setting"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        return f"{variable} is not valid JSON{cause}"
+    # a group constructed on its own (its default factory read the environment) names itself in the title
+    title = getattr(exc, "title", None)
+    start = next((g for g in _groups(model) if g.__name__ == title), model)
     lines = []
-    for error in exc.errors():
+    for error in errors():
         loc = [str(p) for p in error.get("loc", ())]
-        owner: type[BaseModel] = model
-        for part in loc[:-1]:
-            field = owner.model_fields.get(part)
-            if field is not None and _is_settings_group(field):
+        owner, variable, rest = start, "a setting", loc
+        while rest and rest[0] in owner.model_fields:
+            field = owner.model_fields[rest[0]]
+            if _is_settings_group(field):
                 assert isinstance(field.annotation, type)
-                owner = field.annotation
-        field = owner.model_fields.get(loc[-1]) if loc else None
-        variable = env_name(owner, loc[-1], field) if field is not None else ".".join(loc)
-        value = error.get("input")
-        lines.append(f"{variable}={value!r}: {error.get('msg', 'invalid value')}")
+                owner, rest = field.annotation, rest[1:]
+                continue
+            variable, rest = env_name(owner, rest[0], field), rest[1:]
+            break
+        where = "".join(f"[{p!r}]" for p in rest)
+        lines.append(f"{variable}{where}={error.get('input')!r}: {error.get('msg', 'invalid value')}")
     return "; ".join(lines)

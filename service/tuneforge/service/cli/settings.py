@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
+from pydantic_settings import SettingsError
 
 from tuneforge.contracts.settings import EnvSettings, describe_settings_error
 from tuneforge.service.core.config import DEFAULT_HOME, ServerSettings, ServiceSettings
@@ -32,6 +33,6 @@ def service_settings(host: str | None = None, port: int | None = None) -> Servic
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
         return ServiceSettings(server=ServerSettings(**overrides)) if overrides else ServiceSettings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"Invalid settings: {describe_settings_error(exc, ServiceSettings)}", file=sys.stderr)
         raise SystemExit(2) from None

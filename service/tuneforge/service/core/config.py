@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from tuneforge.contracts.catalog import DEFAULT_BASE_MODEL
+from tuneforge.contracts.finetunejob import scale_quantity
 from tuneforge.contracts.settings import EnvSettings
 
 DEFAULT_HOME = Path.home() / ".tuneforge"
 DEFAULT_CACHE = Path.home() / ".cache" / "tuneforge"
+
+
+def _comma_list(value: Any) -> Any:
+    """``a,b`` (how the Helm chart renders a list) or a JSON array."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class ServerSettings(EnvSettings):
@@ -72,6 +86,38 @@ class ExecutorSettings(EnvSettings):
     kube_queue_name: str = Field("", validation_alias="TUNEFORGE_KUBE_QUEUE",
                                  description="Kubernetes: Kueue LocalQueue of the jobs (empty: no Kueue)")
     kube_priority_class: str = Field("", description="Kubernetes: PriorityClass of the trainer pods")
+    kube_service_account: str = Field("", description="Kubernetes: service account of the trainer pods (workload "
+                                      "identity to the bucket; its API token is never mounted)")
+    kube_node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: node selector of "
+                                               "every trainer pod (JSON object)",
+                                               json_schema_extra={"default_text": "{}"})
+    kube_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes: tolerations of "
+                                                   "every trainer pod (JSON array)",
+                                                   json_schema_extra={"default_text": "[]"})
+    kube_image_pull_secrets: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = Field(
+        default_factory=list, description="Kubernetes: image pull secrets of the trainer pods (comma-separated)",
+        json_schema_extra={"default_text": "(none)"})
+    kube_default_gpu_type: str = Field("", description="Kubernetes: GPU type of jobs that name none")
+    kube_gpu_resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Kubernetes: CPU and memory per GPU of each type, multiplied by the pod's "
+        'GPU count (JSON, e.g. {"h100": {"cpu": "12", "memory": "160Gi"}})', json_schema_extra={"default_text": "{}"})
+    kube_trainer_env: dict[str, str] = Field(default_factory=dict, description="Kubernetes: extra environment of "
+                                             "the trainer container (JSON object)",
+                                             json_schema_extra={"default_text": "{}"})
+
+
+    @field_validator("kube_gpu_resources")
+    @classmethod
+    def _quantities(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for gpu_type, per_gpu in value.items():
+            if set(per_gpu) - {"cpu", "memory"}:
+                raise ValueError(f"{gpu_type!r}: only cpu and memory can be given per GPU, got {sorted(per_gpu)}")
+            for key, quantity in per_gpu.items():
+                try:
+                    scale_quantity(quantity, 1)
+                except ValueError as exc:
+                    raise ValueError(f"{gpu_type!r}.{key}: {exc}") from None
+        return value
 
 
 class LimitSettings(EnvSettings):

@@ -57,13 +57,17 @@ from tuneforge.contracts.finetunejob import (
     TERMINAL_PHASES,
     TOKEN_KEY,
     VERSION,
+    ContainerResources,
+    EnvVar,
     FineTuneJob,
     FineTuneJobSpec,
+    Named,
     Reason,
     Scheduling,
     TokenSecretRef,
     child_names,
     label_value,
+    scale_quantity,
 )
 from tuneforge.contracts.jobspec import JobSpec, ProgressChannel
 from tuneforge.contracts.status import TERMINAL_STATUSES as TERMINAL
@@ -113,21 +117,33 @@ def build_finetunejob(job: Job, settings: ServiceSettings) -> JSON:
     url = jobspec.progress.url if jobspec.progress and jobspec.progress.url else settings.server.base_url
     jobspec = jobspec.model_copy(update={"progress": ProgressChannel(url=url, token="")})
     resources = jobspec.resources
+    gpus = resources.gpus or ex.kube_default_gpus
+    gpu_type = resources.gpu_type or ex.kube_default_gpu_type or None
     scheduling = Scheduling(
-        gpus=resources.gpus or ex.kube_default_gpus,
+        gpus=gpus,
         nodes=resources.nodes,
-        gpu_type=resources.gpu_type,
+        gpu_type=gpu_type,
+        node_selector=dict(ex.kube_node_selector) or None,
+        tolerations=[dict(t) for t in ex.kube_tolerations] or None,
         queue_name=ex.kube_queue_name or None,
         priority_class_name=ex.kube_priority_class or None,
     )
+    per_gpu = ex.kube_gpu_resources.get(gpu_type) if gpu_type else None
+    container = None
+    if per_gpu and gpus > 0:
+        container = ContainerResources(**{k: scale_quantity(str(v), gpus) for k, v in per_gpu.items()})
     spec = FineTuneJobSpec(
         job_spec=jobspec,
         image=ex.kube_image,
         scheduling=scheduling,
+        resources=container,
         progress_token_secret=TokenSecretRef(name=token_secret_name(job.id), key=TOKEN_KEY),
         # the cluster retries real failures itself; preemptions are retried without counting
         backoff_limit=max(0, ex.max_attempts - 1),
         storage_secret=ex.kube_storage_secret or None,
+        service_account_name=ex.kube_service_account or None,
+        image_pull_secrets=[Named(name=n) for n in ex.kube_image_pull_secrets] or None,
+        env=[EnvVar(name=str(k), value=str(v)) for k, v in sorted(ex.kube_trainer_env.items())] or None,
     )
     metadata = {
         "name": job.id,
