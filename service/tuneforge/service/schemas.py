@@ -103,6 +103,8 @@ class ModelObject(BaseModel):
     kind: Literal["base", "fine-tuned"] = "base"
     base_model: str | None = None
     fine_tuning_job_id: str | None = None
+    #: the engine that answers completions on this model (None: it cannot generate, e.g. a reward model)
+    engine: str | None = None
 
 
 class ListObject(BaseModel):

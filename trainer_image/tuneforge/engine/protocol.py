@@ -11,105 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from tuneforge.contracts.completions import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingRequest,
+)
 from tuneforge.engine.errors import BadRequest
-
-MAX_STOP_SEQUENCES = 4
-MAX_TOP_LOGPROBS = 20
-MAX_COMPLETION_LOGPROBS = 5
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    # tool-call fields (tool_calls, tool_call_id) pass through to the chat template, which may ignore them
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM's name; accepted, usage comes in the last chunk
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["text", "json_object", "json_schema"]
-
-
-class _Sampling(_Strict):
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=-1)  # vLLM's extension; 0 or -1: off
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    ignore_eos: bool = False  # vLLM's extension: generate through end-of-turn tokens (benchmarks)
-    # labels only: accepted and ignored
-    user: str | None = None
-    metadata: dict[str, Any] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-
-    @model_validator(mode="after")
-    def _stop_list(self) -> _Sampling:
-        stops = self.stop_list()
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"stop: at most {MAX_STOP_SEQUENCES} stop sequences (got {len(stops)})")
-        if any(s == "" for s in stops):
-            raise ValueError("stop: a stop sequence must not be empty")
-        return self
-
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: Any = None
-    parallel_tool_calls: bool | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +91,7 @@ def _from_validation(exc: ValidationError) -> BadRequest:
     return BadRequest("; ".join(problems[:5]), param=first_param, code="invalid_request")
 
 
-def _parse(model: type[_Sampling], body: Any) -> Any:
+def _parse(model: type[SamplingRequest], body: Any) -> Any:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_request")
     try:
@@ -214,7 +123,7 @@ def _logit_bias(raw: dict[str, float] | None, vocab_size: int) -> tuple[tuple[in
     return tuple(out)
 
 
-def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs: int,
+def _params(req: SamplingRequest, max_tokens: int | None, logprobs: bool, top_logprobs: int,
             vocab_size: int) -> SamplingParams:
     temperature = 1.0 if req.temperature is None else req.temperature
     return SamplingParams(

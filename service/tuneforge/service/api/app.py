@@ -11,7 +11,17 @@ from fastapi import FastAPI
 from tuneforge.service import __version__
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
-from tuneforge.service.api.routes import artifacts, events_stream, files, health, internal, jobs, models, ui
+from tuneforge.service.api.routes import (
+    artifacts,
+    events_stream,
+    files,
+    health,
+    internal,
+    jobs,
+    models,
+    serving,
+    ui,
+)
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.observability import http as observability
 
@@ -27,9 +37,11 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         ensure_api_key(state)
         if start_executor and state.executor:
             state.executor.start()
+        await state.serving.start()
         try:
             yield
         finally:
+            await state.serving.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
             state.engine.dispose()
@@ -42,7 +54,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     )
     app.state.tuneforge = state
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, serving, internal, observability, ui):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

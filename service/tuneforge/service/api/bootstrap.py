@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from tuneforge.service.api.state import AppState
 from tuneforge.service.core.config import ServiceSettings
@@ -14,8 +15,9 @@ from tuneforge.service.core.security import hash_secret, new_api_key
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.observability.metrics import ServiceMetrics
-from tuneforge.storage import open_store
+from tuneforge.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,10 @@ def build_state(settings: ServiceSettings) -> AppState:
     init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     sessions = make_session_factory(engine)
     store = open_store(settings.storage.url)
+    metrics = ServiceMetrics(sessions)
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
-                     metrics=ServiceMetrics(sessions))
+                     metrics=metrics, serving=build_serving(settings, store, metrics))
     state.executor = build_executor(state)
     return state
 
@@ -48,6 +51,17 @@ def _home_secret(path: Path) -> str:
     if not path.exists():
         _write_private(path, secrets.token_hex(32))
     return path.read_text().strip()
+
+
+def build_serving(settings: ServiceSettings, store: ObjectStore, metrics: ServiceMetrics) -> ServingBackend:
+    from tuneforge.service.executors.serving_local import LocalServing
+
+    def on_event(kind: str, base: str, data: dict[str, Any]) -> None:
+        metrics.serving.engine_events.labels(base, kind).inc()
+        level = logging.WARNING if kind in ("crashed", "start_failed", "stream_cut") else logging.INFO
+        log.log(level, "engine %s for %s: %s", kind, base, {k: v for k, v in data.items() if k != "log_tail"})
+
+    return LocalServing(settings, store, on_event)
 
 
 def build_executor(state: AppState) -> Executor | None:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
 
@@ -22,4 +23,5 @@ class AppState:
     #: HMAC key of signed download links (the setting, or one generated once per home)
     link_secret: str
     metrics: ServiceMetrics
+    serving: ServingBackend
     executor: Executor | None = None

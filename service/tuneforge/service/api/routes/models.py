@@ -13,20 +13,23 @@ from tuneforge.service.schemas import ListObject, ModelObject
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _base(model_id: str) -> ModelObject:
-    return ModelObject(id=model_id, created=BASE_CREATED, owned_by="tuneforge")
+def _base(model_id: str, engine: str) -> ModelObject:
+    return ModelObject(id=model_id, created=BASE_CREATED, owned_by="tuneforge", engine=engine)
 
 
-def _tuned(job: Job) -> ModelObject:
+def _tuned(job: Job, engine: str) -> ModelObject:
+    generates = (job.method or {}).get("type") != "reward_model"
     return ModelObject(
         id=job.fine_tuned_model or job.id, created=job.finished_at or job.created_at, owned_by=job.tenant_id,
-        kind="fine-tuned", base_model=job.model, fine_tuning_job_id=job.id,
+        kind="fine-tuned", base_model=job.model, fine_tuning_job_id=job.id, engine=engine if generates else None,
     )
 
 
 @router.get("", response_model=ListObject, summary="List base and fine-tuned models")
 def list_models(repo: RepoDep, state: StateDep) -> ListObject:
-    data = [_base(m.id) for m in base_models(state.store)] + [_tuned(j) for j in repo.succeeded_jobs()]
+    engine = state.serving.kind
+    data = [_base(m.id, engine) for m in base_models(state.store)] + [_tuned(j, engine)
+                                                                      for j in repo.succeeded_jobs()]
     return ListObject(data=data)
 
 
@@ -34,5 +37,5 @@ def list_models(repo: RepoDep, state: StateDep) -> ListObject:
 def get_model(model_id: str, repo: RepoDep, state: StateDep) -> ModelObject:
     base = find_base_model(state.store, model_id)
     if base is not None:
-        return _base(base)
-    return _tuned(tuned_model_job(repo, model_id))
+        return _base(base, state.serving.kind)
+    return _tuned(tuned_model_job(repo, model_id), state.serving.kind)
