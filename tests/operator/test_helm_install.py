@@ -34,7 +34,6 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.config import new_client_from_config
 
-from tests.operator.helpers import GROUP, PLURAL, VERSION, free_port, wait_for
 from tests.service.helpers import chat_file, upload
 from tests.support.helm_chart import (
     CHART,
@@ -49,6 +48,8 @@ from tests.support.k8s_testbed import K8sTestbed
 from tests.support.postgres import PostgresServer, find_pg_bin
 from tests.support.processes import stop_process
 from tests.support.s3_server import TEST_ENV, MotoServer
+from tests.support.waiting import free_port, wait_for
+from tuneforge.contracts.finetunejob import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.slow
 
