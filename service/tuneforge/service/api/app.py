@@ -42,6 +42,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             yield
         finally:
             await state.serving.aclose()
+            await state.exporter.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
             state.engine.dispose()

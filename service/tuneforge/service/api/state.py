@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
@@ -24,4 +25,5 @@ class AppState:
     link_secret: str
     metrics: ServiceMetrics
     serving: ServingBackend
+    exporter: Exporter
     executor: Executor | None = None
