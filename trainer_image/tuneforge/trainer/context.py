@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ class RunContext:
     @property
     def hp(self) -> Any:
         return self.spec.hyperparameters
+
+
+def env_flag(name: str) -> bool | None:
+    """A boolean override from the environment (``1/true/yes/on``, ``0/false/no/off``); None when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
 
 
 def logging_steps(total_steps: int) -> int:
@@ -123,8 +134,16 @@ def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[
     }
     if checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    if ctx.device.cuda and has_module("liger_kernel"):
+    # Liger's Triton kernels (fused RMSNorm/RoPE/SwiGLU, linear+cross-entropy) whenever they are installed on CUDA;
+    # TUNEFORGE_LIGER=0 turns them off and TUNEFORGE_TORCH_COMPILE=1 compiles the model (benchmarks measure each)
+    liger = ctx.device.cuda and has_module("liger_kernel") and env_flag("TUNEFORGE_LIGER") is not False
+    if liger:
         kwargs["use_liger_kernel"] = True
+    if env_flag("TUNEFORGE_TORCH_COMPILE"):
+        kwargs["torch_compile"] = True
+        ctx.notes["torch_compile"] = True
+    if ctx.device.cuda:
+        ctx.notes["liger"] = liger
     kwargs.update(distributed_training_args(cuda=ctx.device.cuda))
     return kwargs
 
