@@ -266,7 +266,9 @@ class _ByteBudget:
 class _Multipart:
     key: str
     upload_id: str
-    futures: list[Future[dict[str, Any]]] = field(default_factory=list)
+    #: one per part, in part order: (the part for CompleteMultipartUpload, its CRC32, its length)
+    futures: list[Future[tuple[dict[str, Any], int, int]]] = field(default_factory=list)
+    #: the whole object's CRC32 (combined from the parts' once they are all sent) and size
     crc: int = 0
     size: int = 0
 
@@ -695,9 +697,10 @@ class S3Store(ObjectStore):
         return min(max(size, MIN_PART_SIZE), MAX_PART_SIZE)
 
     def _checksum_args(self, data: bytes) -> tuple[dict[str, str], int]:
-        crc = zlib.crc32(data)
+        """The request's checksum arguments and the CRC32 of ``data`` (0, not computed, when checksums are off)."""
         if self.settings.checksum == "off":
-            return {}, crc
+            return {}, 0
+        crc = zlib.crc32(data)
         return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _b64_crc32(crc)}, crc
 
     def _upload(self, key: str, read: Callable[[int], bytes], size_hint: int | None) -> int:
@@ -751,10 +754,12 @@ class S3Store(ObjectStore):
             raise self._error("CREATE MULTIPART", key, exc) from exc
         mpu = _Multipart(key=full, upload_id=upload_id)
         try:
-            data, eof, part_number = holder.pop(), False, 1
+            # each part is read with one read() into the bytes that are sent (no copy), and its CRC32 computed
+            # once, by the thread that sends it; the whole object's CRC32 is combined from the parts' at the end
+            data, part_number, requested = holder.pop(), 1, held
             while True:
-                mpu.crc = zlib.crc32(data, mpu.crc)
-                mpu.size += len(data)
+                length = len(data)
+                mpu.size += length
                 fut = self._parts.submit(self._upload_part, mpu, part_number, data)
                 fut.add_done_callback(functools.partial(self._release_after, held))
                 held = 0  # handed to the part upload
@@ -763,19 +768,26 @@ class S3Store(ObjectStore):
                 failed = next((f for f in mpu.futures if f.done() and f.exception() is not None), None)
                 if failed is not None:
                     failed.result()  # raises: stop reading, abort
-                if eof:
+                if length < requested:
+                    break  # a short read is the end of the stream
+                size = self._part_size(size_hint, part_number + 1)
+                self._budget.acquire(size)
+                held = requested = size
+                data = _read_exact(read, size, head=carry)  # carry (one byte) only before the second part
+                carry = b""
+                if not data:
+                    self._budget.release(held)
+                    held = 0
                     break
                 part_number += 1
                 if part_number > MAX_PARTS:
                     raise StoreError(f"PUT {self._where(key)}: more than {MAX_PARTS} parts; "
                                      "raise TUNEFORGE_S3_PART_SIZE_MB or pass the object's size")
-                size = self._part_size(size_hint, part_number)
-                self._budget.acquire(size)
-                held = size
-                data = _read_exact(read, size, head=carry)  # carry is never empty here
-                carry = read(1) if len(data) == size else b""
-                eof = not carry
-            parts = [f.result() for f in mpu.futures]
+            parts = []
+            for fut in mpu.futures:
+                part, crc, length = fut.result()
+                parts.append(part)
+                mpu.crc = crc32_combine(mpu.crc, crc, length)
             self._complete(key, mpu, parts)
         except BaseException as exc:
             if held:
@@ -792,14 +804,14 @@ class S3Store(ObjectStore):
     def _release_after(self, n: int, _future: Future[Any]) -> None:
         self._budget.release(n)
 
-    def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> dict[str, Any]:
-        args, _ = self._checksum_args(data)
+    def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> tuple[dict[str, Any], int, int]:
+        args, crc = self._checksum_args(data)
         response = self._client.upload_part(Bucket=self.bucket, Key=mpu.key, UploadId=mpu.upload_id,
                                             PartNumber=part_number, Body=data, **args)
         part: dict[str, Any] = {"PartNumber": part_number, "ETag": response["ETag"]}
         if "ChecksumCRC32" in args:
             part["ChecksumCRC32"] = response.get("ChecksumCRC32") or args["ChecksumCRC32"]
-        return part
+        return part, crc, len(data)
 
     def _complete(self, key: str, mpu: _Multipart, parts: builtins.list[dict[str, Any]]) -> None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": mpu.key, "UploadId": mpu.upload_id,
