@@ -2,7 +2,7 @@
 
 An engine takes a list of concurrent requests (chat prompts) and returns how many tokens it generated for each.
 Every request asks for exactly ``new_tokens`` tokens (random weights would otherwise stop at a random end of
-sequence), greedy. Per concurrency level: one untimed warm-up batch, then ``rounds`` timed ones;
+sequence), greedy. Per concurrency level: one short untimed warm-up batch, then ``rounds`` timed ones;
 output tokens/s = tokens generated / wall time (synchronised).
 
 Engines:
@@ -104,7 +104,7 @@ def _prompts(n: int, data_dir: Path) -> list[list[dict[str, str]]]:
 
 def measure_level(engine: Engine, prompts: list[list[dict[str, str]]], concurrency: int, new_tokens: int,
                   rounds: int) -> dict[str, Any]:
-    engine.generate(prompts[:concurrency], new_tokens)  # warm-up at this batch shape
+    engine.generate(prompts[:concurrency], min(8, new_tokens))  # warm-up at this batch size (kernels, allocator)
     tokens, seconds = 0, 0.0
     for r in range(rounds):
         batch = prompts[(r * concurrency) % len(prompts):][:concurrency]

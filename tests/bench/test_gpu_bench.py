@@ -39,7 +39,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip(f"shared data sets not found at {SHARED_DATA}")
     dest = tmp_path_factory.mktemp("gpu-bench-staged")
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "stage.py"), "--shared-data", str(SHARED_DATA),
-                           "--dest", str(dest), "--gsm8k-rows", "200"],
+                           "--dest", str(dest), "--gsm8k-rows", "300"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dest / "data", dest / "tokenizer"

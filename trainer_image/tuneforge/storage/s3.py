@@ -11,9 +11,10 @@ Uploads
     bytes goes up as a single ``PutObject``; a larger one as a multipart upload of ``part_size`` parts sent
     by a shared pool of ``max_inflight`` threads. Every request carries a CRC32 of its bytes (the server
     rejects a damaged part), and a multipart upload is completed with a ``FULL_OBJECT`` CRC32 of the whole
-    object, computed while reading, which the server checks against the parts. boto3's transfer manager
-    cannot do the latter while streaming (it wants the whole-object checksum before it starts), hence this
-    engine; its knobs are those of a ``TransferConfig`` (threshold, chunk size, concurrency, memory).
+    object, combined from the parts' CRC32s (each computed once, by the thread that sends the part), which the
+    server checks against the parts. boto3's transfer manager cannot do the latter while streaming (it wants
+    the whole-object checksum before it starts), hence this engine; its knobs are those of a
+    ``TransferConfig`` (threshold, chunk size, concurrency, memory).
 
 Atomic visibility
     An object appears under its key only when its ``PutObject`` or ``CompleteMultipartUpload`` succeeds. Any
