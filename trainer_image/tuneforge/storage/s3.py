@@ -508,7 +508,10 @@ class S3Store(ObjectStore):
         if size <= self.settings.multipart_threshold:
             return None
         crc = head.get("ChecksumCRC32")
-        whole = bool(crc) and "-" not in crc and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        # a whole-object CRC32: FULL_OBJECT said, or no type said of an object that was not uploaded in parts
+        # (moto's HEAD names neither the type nor the part count of a COMPOSITE checksum)
+        kind = head.get("ChecksumType") or ("COMPOSITE" if "-" in str(head.get("ETag", "")) else "FULL_OBJECT")
+        whole = bool(crc) and "-" not in crc and kind == "FULL_OBJECT"
         if self.settings.checksum != "off" and not whole:
             return None
         return _RangePlan(size=size, etag=str(head.get("ETag", "")), crc32=crc if whole else None)
