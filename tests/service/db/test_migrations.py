@@ -20,8 +20,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tests.service.db import round_one_models as r1
 from tests.service.db.round_one_data import EPOCH_MS, INT32_MAX, create_round_one_database, snapshot
-from tests.support.postgres import PostgresServer, find_pg_bin
-from tests.support.waiting import free_port
+from tests.support.databases import PostgresDatabases
+from tests.support.postgres import PostgresServer
 from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine
@@ -29,13 +29,10 @@ from tuneforge.service.db.session import init_db, make_engine
 HEAD = "0002"
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    if find_pg_bin() is None:
-        pytest.skip("PostgreSQL server not installed (.ci/system-deps)")
-    server = PostgresServer(free_port()).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def pg_server(postgres_databases: PostgresDatabases) -> PostgresServer:
+    """The session's PostgreSQL server (tests/conftest.py); each test makes its own empty databases on it."""
+    return postgres_databases.server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

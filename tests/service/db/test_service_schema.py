@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,19 +15,17 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from tests.service.db.round_one_data import API_KEY, EPOCH_MS, JOB_TOKEN, create_round_one_database
+from tests.support.databases import PostgresDatabases
 from tests.support.live_server import ROOT, ProcessServer, ThreadServer, make_settings
-from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.postgres import PostgresServer
 from tests.support.waiting import free_port
 from tuneforge.service.cli.main import app
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    if find_pg_bin() is None:
-        pytest.skip("PostgreSQL server not installed (.ci/system-deps)")
-    server = PostgresServer(free_port()).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def pg_server(postgres_databases: PostgresDatabases) -> PostgresServer:
+    """The session's PostgreSQL server (tests/conftest.py); each test makes its own empty databases on it."""
+    return postgres_databases.server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
