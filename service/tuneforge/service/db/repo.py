@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.status import ACTIVE_STATUSES, JobStatus
@@ -164,6 +164,26 @@ class SystemRepo:
 
     def job(self, job_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id))
+
+    def set_status(self, job_id: str, expected: str, values: dict[str, Any]) -> bool:
+        """Compare-and-set on the job's status: write ``values`` (the new status among them) only if the status
+        is still ``expected``; False when another writer changed it first. Not committed: the caller's
+        transaction also records the transition's event. A plain UPDATE, not the ORM's unit of work, so a
+        stale copy of the row in some session can never write its old status back."""
+        with self.session.no_autoflush:
+            result = self.session.execute(
+                update(Job).where(Job.id == job_id, Job.status == expected).values(**values)
+                .execution_options(synchronize_session=False))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def record_pid(self, job_id: str, pid: int) -> None:
+        """The trainer's process id, kept only while the job is running (a cancel may have ended it already)."""
+        self.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(pid=pid)
+                             .execution_options(synchronize_session=False))
+        self.session.commit()
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        return {str(i): str(s) for i, s in self.session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
 
     def jobs_with_status(self, *statuses: str) -> list[Job]:
         return list(self.session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.seq)))
