@@ -28,7 +28,8 @@ def build_state(settings: ServiceSettings) -> AppState:
     store = open_store(settings.storage.url)
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
-                     metrics=ServiceMetrics(sessions))
+                     metrics=ServiceMetrics(sessions),
+                     metrics_token=settings.auth.metrics_token or _home_secret(settings.home / "metrics_token"))
     state.executor = build_executor(state)
     return state
 

@@ -22,4 +22,6 @@ class AppState:
     #: HMAC key of signed download links (the setting, or one generated once per home)
     link_secret: str
     metrics: ServiceMetrics
+    #: the bearer token of /metrics' private series (the setting, or one generated once per home)
+    metrics_token: str = ""
     executor: Executor | None = None

@@ -19,6 +19,7 @@ from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Job, JobEvent, now
 from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.usage import gpu_count, method_type
 
 S = JobStatus
 ALLOWED: dict[str, set[str]] = {
@@ -110,10 +111,16 @@ def transition(
         values.update(finished_at=now(), estimated_finish=None, pid=None)
     if error is not None:
         values["error"] = error
-    if not SystemRepo(session).set_status(job.id, current, values):
+    repo = SystemRepo(session)
+    if not repo.set_status(job.id, current, values):
         session.expire(job)  # drop what this writer believed (and any change it made to the row meanwhile)
         session.refresh(job)
         return False
+    if status in TERMINAL_STATUSES:
+        # counted once, by the one writer that ended the job, in the same transaction
+        seconds = max(0, values["finished_at"] - started_at) if started_at else 0
+        repo.add_finished_usage(job.tenant_id, status, method_type(job.method), seconds,
+                                seconds * gpu_count(job.resources))
     for key, value in {**values, "started_at": started_at}.items():
         set_committed_value(job, key, value)  # what the database now holds; nothing left to flush
     add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
