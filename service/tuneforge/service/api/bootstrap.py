@@ -31,7 +31,8 @@ def build_state(settings: ServiceSettings) -> AppState:
     metrics = ServiceMetrics(sessions)
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
-                     metrics=metrics, serving=build_serving(settings, store, metrics))
+                     metrics=metrics, serving=build_serving(settings, store, metrics),
+                     metrics_token=settings.auth.metrics_token or _home_secret(settings.home / "metrics_token"))
     state.executor = build_executor(state)
     return state
 

@@ -1,4 +1,10 @@
-"""FastAPI dependencies: state, DB session, and the tenant-scoped repository."""
+"""FastAPI dependencies: state, DB session, and the tenant-scoped repository.
+
+Every session here is closed as soon as the route function returns (``scope="function"``), before the response
+is sent: a request never holds a database connection while it waits on its client (a slow download, a stream,
+a client that stops reading). Routes therefore turn rows into response objects before they return (the
+presenters), and a streaming response reads only the object store, never the database.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ def get_session(state: StateDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def bearer_token(request: Request) -> str:
@@ -50,4 +56,4 @@ def get_tenant_repo(request: Request, session: SessionDep) -> TenantRepo:
     return TenantRepo(session, tenant)
 
 
-RepoDep = Annotated[TenantRepo, Depends(get_tenant_repo)]
+RepoDep = Annotated[TenantRepo, Depends(get_tenant_repo, scope="function")]

@@ -24,4 +24,6 @@ class AppState:
     link_secret: str
     metrics: ServiceMetrics
     serving: ServingBackend
+    #: the bearer token of /metrics' private series (the setting, or one generated once per home)
+    metrics_token: str = ""
     executor: Executor | None = None

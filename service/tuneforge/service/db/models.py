@@ -34,6 +34,7 @@ class ApiKey(Base):
 
 class File(Base):
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_seq", "tenant_id", "seq"),)
     # integer sequence keeps cursor pagination stable when timestamps tie
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
@@ -67,6 +68,8 @@ class Job(Base):
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: sha256 of the create request that used ``idempotency_key``: the same key with another body is a conflict
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     token_hash: Mapped[str] = mapped_column(String(64))
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
     result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -85,7 +88,13 @@ class Job(Base):
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),
+        # a tenant's newest jobs (listing, cursor pages) and its jobs by status (quota, models) without a sort
+        # or a scan of the tenant's history
+        Index("ix_jobs_tenant_seq", "tenant_id", "seq"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
+    )
 
 
 #: 64-bit on PostgreSQL; on SQLite INTEGER is 64-bit already and must stay INTEGER to be the rowid
@@ -119,3 +128,18 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     prefix: Mapped[str] = mapped_column(String(512))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512))
+
+
+class JobUsage(Base):
+    """What finished jobs added up to, per tenant, terminal status and method: written by the transition that
+    ends a job (in its transaction), so /metrics reads a few rows instead of every job ever run. Deleting a job
+    does not take it back out (these are counters)."""
+
+    __tablename__ = "job_usage"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: wall-clock seconds from first start to end, and those seconds times the GPUs requested
+    job_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)

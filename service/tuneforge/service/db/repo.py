@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from tuneforge.contracts.status import ACTIVE_STATUSES, JobStatus
+from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.errors import NotFound
-from tuneforge.service.db.models import ApiKey, Checkpoint, File, Job, JobEvent, Tenant
+from tuneforge.service.db.models import ApiKey, Checkpoint, File, Job, JobEvent, JobUsage, Tenant
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint)
 
@@ -174,29 +176,59 @@ class SystemRepo:
     def job(self, job_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id))
 
+    def set_status(self, job_id: str, expected: str, values: dict[str, Any]) -> bool:
+        """Compare-and-set on the job's status: write ``values`` (the new status among them) only if the status
+        is still ``expected``; False when another writer changed it first. Not committed: the caller's
+        transaction also records the transition's event. A plain UPDATE, not the ORM's unit of work, so a
+        stale copy of the row in some session can never write its old status back."""
+        with self.session.no_autoflush:
+            result = self.session.execute(
+                update(Job).where(Job.id == job_id, Job.status == expected).values(**values)
+                .execution_options(synchronize_session=False))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def record_pid(self, job_id: str, pid: int) -> None:
+        """The trainer's process id, kept only while the job is running (a cancel may have ended it already)."""
+        self.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(pid=pid)
+                             .execution_options(synchronize_session=False))
+        self.session.commit()
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        return {str(i): str(s) for i, s in self.session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
+
     def jobs_with_status(self, *statuses: str) -> list[Job]:
         return list(self.session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.seq)))
 
-    def count_by_status_and_method(self) -> list[tuple[str, Any, int]]:
-        """(status, stored method object, count) groups."""
-        rows = self.session.execute(select(Job.status, Job.method, func.count()).group_by(Job.status, Job.method))
-        return [(str(status), method, int(count)) for status, method, count in rows]
+    def add_finished_usage(self, tenant_id: str, status: str, method: str, seconds: int, gpu_seconds: int) -> None:
+        """Count one finished job in ``job_usage`` (an upsert; not committed: part of the ending transition)."""
+        values = {"tenant_id": tenant_id, "status": status, "method": method, "jobs": 1, "job_seconds": seconds,
+                  "gpu_seconds": gpu_seconds}
+        insert = sqlite_insert if self.session.get_bind().dialect.name == "sqlite" else postgresql_insert
+        stmt = insert(JobUsage).values(**values)
+        self.session.execute(stmt.on_conflict_do_update(
+            index_elements=[JobUsage.tenant_id, JobUsage.status, JobUsage.method],
+            set_={"jobs": JobUsage.jobs + 1, "job_seconds": JobUsage.job_seconds + seconds,
+                  "gpu_seconds": JobUsage.gpu_seconds + gpu_seconds}))
 
-    def queued_since(self) -> list[int]:
-        """Creation times of the queued jobs."""
-        return [int(t) for t in self.session.scalars(select(Job.created_at).where(Job.status == JobStatus.QUEUED))]
+    def finished_usage(self) -> list[tuple[str, str, str, int, int, int]]:
+        """(tenant, status, method, jobs, job seconds, GPU-seconds) of finished jobs: a few rows per tenant."""
+        rows = self.session.execute(select(JobUsage.tenant_id, JobUsage.status, JobUsage.method, JobUsage.jobs,
+                                           JobUsage.job_seconds, JobUsage.gpu_seconds))
+        return [(str(t), str(st), str(m), int(n), int(s), int(g)) for t, st, m, n, s, g in rows]
+
+    def unfinished_jobs(self) -> list[tuple[str, str, Any, Any, int, int | None]]:
+        """(tenant, status, method, resources, created_at, started_at) of every job that has not ended: bounded by
+        the tenants' quotas, found through the status index, never a scan of finished jobs."""
+        rows = self.session.execute(
+            select(Job.tenant_id, Job.status, Job.method, Job.resources, Job.created_at, Job.started_at)
+            .where(Job.status.not_in(TERMINAL_STATUSES)))
+        return [(str(t), str(st), m, r, int(c), s) for t, st, m, r, c, s in rows]
 
     def running_progress(self) -> list[tuple[str, str, Any, dict[str, Any], int | None]]:
         """(job id, tenant, method, live progress, started_at) of every running job."""
         rows = self.session.execute(select(Job.id, Job.tenant_id, Job.method, Job.progress, Job.started_at)
                                     .where(Job.status == JobStatus.RUNNING))
         return [(str(i), str(t), m, p or {}, s) for i, t, m, p, s in rows]
-
-    def usage_rows(self) -> list[tuple[str, str, Any, int | None, int | None]]:
-        """(tenant, status, resources, started_at, finished_at) of every job, for usage metrics."""
-        rows = self.session.execute(select(Job.tenant_id, Job.status, Job.resources, Job.started_at,
-                                           Job.finished_at))
-        return [(str(t), str(st), r, s, f) for t, st, r, s, f in rows]
 
     def delete_checkpoints(self, job: Job, steps: list[int]) -> None:
         """Forget checkpoints that retention removed from the store (not committed: part of the caller's batch)."""

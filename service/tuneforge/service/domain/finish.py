@@ -50,8 +50,9 @@ def finish_job(
         return  # cancelled (or already decided): nothing to do
     if exit_code == ExitCode.OK:
         if _manifest_ok(store, job):
-            job.fine_tuned_model = fine_tuned_model_name(job)
-            transition(session, job, JobStatus.SUCCEEDED, f"The job has successfully completed: {job.fine_tuned_model}")
+            name = fine_tuned_model_name(job)
+            transition(session, job, JobStatus.SUCCEEDED, f"The job has successfully completed: {name}",
+                       fields={"fine_tuned_model": name})
             return
         message = "The trainer exited without publishing a model (no manifest.json)."
         transition(session, job, JobStatus.FAILED, message, error={"code": "training_error", "message": message})

@@ -11,12 +11,22 @@ from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.lifecycle import transition
 from tuneforge.storage import ObjectStore
 
+#: compare-and-set rounds a cancel tries (each lost round means the status really moved meanwhile)
+CANCEL_ATTEMPTS = 10
+
 
 def cancel(repo: TenantRepo, executor: Executor | None, job_id: str) -> Job:
     job = repo.get_job(job_id)
-    if job.status in TERMINAL_STATUSES:
-        raise Conflict(f"Job {job_id} has already {job.status} and cannot be cancelled.", code="job_not_cancellable")
-    transition(repo.session, job, JobStatus.CANCELLED, "Fine-tuning job cancelled by the user")
+    # the user's word wins: when an executor moved the job meanwhile (queued → running), cancel from there
+    for _ in range(CANCEL_ATTEMPTS):
+        if job.status in TERMINAL_STATUSES:
+            raise Conflict(f"Job {job_id} has already {job.status} and cannot be cancelled.",
+                           code="job_not_cancellable")
+        if transition(repo.session, job, JobStatus.CANCELLED, "Fine-tuning job cancelled by the user"):
+            break
+    else:
+        raise Conflict(f"Job {job_id} changed status {CANCEL_ATTEMPTS} times while it was being cancelled; "
+                       "try again.", code="job_busy")
     if executor:
         executor.cancel(job_id)
     return job

@@ -18,7 +18,7 @@ from typing import IO
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.contracts.status import JobStatus
+from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.security import hash_secret, new_job_token
 from tuneforge.service.db.models import Job
@@ -156,20 +156,24 @@ class LocalExecutor(Executor):
     # -- restart reconciliation --
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
+            left = [(job.id, job.pid) for job in SystemRepo(session).jobs_with_status(JobStatus.RUNNING)]
+        # waiting for orphans holds no database connection (it can take a minute)
+        for _, pid in left:
+            if pid and _pid_alive(pid):
+                # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+                for _ in range(120):
+                    if not _pid_alive(pid):
+                        break
+                    time.sleep(0.5)
+        with self.sessions() as session:
             repo = SystemRepo(session)
-            for job in repo.jobs_with_status(JobStatus.RUNNING):
-                if job.pid and _pid_alive(job.pid):
-                    # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(job.pid, signal.SIGTERM)
-                    for _ in range(120):
-                        if not _pid_alive(job.pid):
-                            break
-                        time.sleep(0.5)
-                requeue_or_fail(
-                    session, job, self.settings.executor.max_attempts,
-                    "The service restarted while this job was running",
-                )
+            for job_id, _ in left:
+                job = repo.job(job_id)
+                if job is not None:
+                    requeue_or_fail(session, job, self.settings.executor.max_attempts,
+                                    "The service restarted while this job was running")
 
     # -- control loop --
     def _loop(self) -> None:
@@ -180,6 +184,7 @@ class LocalExecutor(Executor):
         with self.sessions() as session:
             repo = SystemRepo(session)
             self._collect_finished(session, repo)
+            self._stop_cancelled(repo)
             for job in repo.jobs_with_status(JobStatus.VALIDATING_FILES):
                 self._validate(session, job)
             with self._lock:
@@ -205,43 +210,59 @@ class LocalExecutor(Executor):
 
     def _launch(self, session: Session, job: Job) -> None:
         token = new_job_token()
+        attempts = job.attempts + 1
         spec_data = dict(job.spec)
         spec_data["progress"] = {"url": self.settings.server.base_url, "token": token}
         spec = JobSpec.model_validate(spec_data)
-        job.attempts += 1
-        job.token_hash = hash_secret(token)
-        job_dir = self.work_dir / job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = job_dir / f"jobspec-attempt-{job.attempts}.json"
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
-        with os.fdopen(fd, "w") as fh:
-            fh.write(spec.to_json())
-        log_path = self.log_dir / f"{job.id}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - held open by the running trainer, closed when it exits
-        env = dict(os.environ)
-        env.update({
-            "PYTHONUNBUFFERED": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "TUNEFORGE_MODEL_CACHE": str(self.settings.executor.model_cache),
-            "TUNEFORGE_WORKDIR": str(job_dir / "work"),
-        })
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        cmd = [self.settings.executor.trainer_python, "-m", "tuneforge.trainer", "--spec", str(spec_path)]
-        try:
-            process = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        except OSError as exc:
-            log_file.close()
-            transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
-                       error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
-            return
-        job.pid = process.pid
+        attempt = f" (attempt {attempts})" if attempts > 1 else ""
+        # under the lock: a cancel that arrives between the claim and the start waits for the process to be
+        # registered, and then stops it
         with self._lock:
+            # claim the job first: if the user cancelled it since this tick looked, nothing is started
+            if not transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}",
+                              fields={"attempts": attempts, "token_hash": hash_secret(token)}):
+                return
+            job_dir = self.work_dir / job.id
+            job_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = job_dir / f"jobspec-attempt-{attempts}.json"
+            fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
+            with os.fdopen(fd, "w") as fh:
+                fh.write(spec.to_json())
+            log_path = self.log_dir / f"{job.id}.log"
+            log_file = open(log_path, "ab")  # noqa: SIM115 - held open by the running trainer, closed when it exits
+            env = dict(os.environ)
+            env.update({
+                "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "TUNEFORGE_MODEL_CACHE": str(self.settings.executor.model_cache),
+                "TUNEFORGE_WORKDIR": str(job_dir / "work"),
+            })
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            cmd = [self.settings.executor.trainer_python, "-m", "tuneforge.trainer", "--spec", str(spec_path)]
+            try:
+                process = subprocess.Popen(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                log_file.close()
+                transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
+                           error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
+                return
             self.running[job.id] = _Running(job.id, process, log_path, log_file)
-        attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}")
+        SystemRepo(session).record_pid(job.id, process.pid)
+
+    def _stop_cancelled(self, repo: SystemRepo) -> None:
+        """Stop the trainers of jobs that ended without this executor being told (cancelled through another
+        process, or by a cancel that raced the start)."""
+        with self._lock:
+            live = [job_id for job_id, run in self.running.items() if not run.cancelled]
+        if not live:
+            return
+        for job_id, status in repo.statuses(live).items():
+            if status in TERMINAL_STATUSES:
+                log.info("job %s is %s: stopping its trainer", job_id, status)
+                self.cancel(job_id)
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:
