@@ -223,7 +223,9 @@ def new_revision(message: str, script_location: Path = MIGRATIONS) -> Path:
 
     script = script_directory(script_location)
     head = script.get_current_head()
-    rev_id = f"{int(head or '0') + 1:04d}"
+    # ids start with a number (``0003`` or ``0003_job_features``): the next one is that number plus one
+    number = head.split("_", 1)[0] if head else "0"
+    rev_id = f"{int(number) + 1:04d}"
     with tempfile.TemporaryDirectory() as scratch:
         engine = create_engine(f"sqlite:///{scratch}/head.db")
         try:
