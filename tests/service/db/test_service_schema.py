@@ -113,10 +113,10 @@ def test_auto_upgrade_off_refuses_to_start_until_db_upgrade(tmp_path: Path) -> N
     assert upgraded.exit_code == 0, upgraded.stderr
     assert "Upgraded: unversioned" in upgraded.stdout and f"-> at revision {HEAD} (head)" in upgraded.stdout
     again = _tuneforge(env, "db", "upgrade")
-    assert "Already at revision 0002 (head); nothing to do." in again.stdout
+    assert f"Already at revision {HEAD} (head); nothing to do." in again.stdout
 
     current = _tuneforge(env, "db", "current", "--check")
-    assert current.exit_code == 0 and "current:  at revision 0002 (head)" in current.stdout
+    assert current.exit_code == 0 and f"current:  at revision {HEAD} (head)" in current.stdout
 
     srv = ProcessServer(home, env={k: env[k] for k in ("TUNEFORGE_DATABASE_URL", "TUNEFORGE_DB_AUTO_UPGRADE")})
     srv.start()
