@@ -10,13 +10,18 @@ from sqlalchemy.orm import Session
 from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Job, JobEvent, now
+from tuneforge.service.db.repo import compare_and_set_status
+from tuneforge.service.domain import usage, webhooks
 
 S = JobStatus
 ALLOWED: dict[str, set[str]] = {
-    S.VALIDATING_FILES: {S.QUEUED, S.FAILED, S.CANCELLED},
-    S.QUEUED: {S.RUNNING, S.FAILED, S.CANCELLED},
+    S.VALIDATING_FILES: {S.QUEUED, S.FAILED, S.CANCELLED, S.PAUSED},
+    S.QUEUED: {S.RUNNING, S.FAILED, S.CANCELLED, S.PAUSED},
     # running → queued: interrupted (service restart, preemption) and started again
-    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED},
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED, S.PAUSED},
+    # paused → queued (or validating_files, when it was never dispatched): resumed; a trainer that was
+    # stopping when the pause came can still finish (succeeded) or fail
+    S.PAUSED: {S.QUEUED, S.VALIDATING_FILES, S.SUCCEEDED, S.FAILED, S.CANCELLED},
     S.SUCCEEDED: set(),
     S.FAILED: set(),
     S.CANCELLED: set(),
@@ -77,14 +82,20 @@ def transition(
     error: dict[str, Any] | None = None,
     level: str = "info",
 ) -> bool:
-    """Move ``job`` to ``status``; returns False (and changes nothing) when the job is already terminal."""
+    """Move ``job`` to ``status``; returns False (and changes nothing) when the job is already terminal, or when
+    another request or process changed its status since ``job`` was read (compare-and-set: ``job`` is then
+    refreshed, and the caller decides again on what it now holds)."""
     if job.status == status:
         return False
     if status not in ALLOWED.get(job.status, set()):
         if job.status in TERMINAL_STATUSES:
             return False
         raise InvalidTransition(f"{job.id}: {job.status} → {status}")
+    old = job.status
+    if not compare_and_set_status(session, job, old, status):
+        return False
     job.status = status
+    usage.on_status_change(job, old, status)
     if status == JobStatus.RUNNING:
         job.started_at = job.started_at or now()
     if status in TERMINAL_STATUSES:
@@ -93,8 +104,9 @@ def transition(
         job.pid = None
     if error is not None:
         job.error = error
-    add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
-              data={"status": status}, commit=False)
+    event = add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
+                      data={"status": status}, commit=False)
+    webhooks.enqueue_job_event(session, job, old, status, event.created_at)
     session.commit()
     notifier.notify()
     return True

@@ -47,6 +47,7 @@ class _Running:
     log_path: Path
     log_file: IO[bytes]
     cancelled: bool = False
+    paused: bool = False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -133,6 +134,16 @@ class LocalExecutor(Executor):
         self._signal(run, signal.SIGINT)
         threading.Thread(target=self._kill_later, args=(run,), daemon=True).start()
 
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            run = self.running.get(job_id)
+            if run is None or run.cancelled:
+                return
+            run.paused = True
+        # SIGTERM: the trainer saves a checkpoint at the end of the current step and exits 75; its slot is
+        # free once it has exited (a resume before then waits for it: never two trainers on one job)
+        self._signal(run, signal.SIGTERM)
+
     def _kill_later(self, run: _Running) -> None:
         try:
             run.process.wait(timeout=self.settings.executor.cancel_grace_seconds)
@@ -157,6 +168,13 @@ class LocalExecutor(Executor):
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
             repo = SystemRepo(session)
+            for job in repo.jobs_with_status(JobStatus.PAUSED):
+                # paused while the previous service ran: its trainer was told to stop; let it finish saving
+                if job.pid and _pid_alive(job.pid):
+                    for _ in range(120):
+                        if not _pid_alive(job.pid):
+                            break
+                        time.sleep(0.5)
             for job in repo.jobs_with_status(JobStatus.RUNNING):
                 if job.pid and _pid_alive(job.pid):
                     # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
@@ -184,8 +202,11 @@ class LocalExecutor(Executor):
                 self._validate(session, job)
             with self._lock:
                 free = self.settings.executor.max_concurrent_jobs - len(self.running)
+                stopping = set(self.running)
             if free > 0:
-                for job in repo.jobs_with_status(JobStatus.QUEUED)[:free]:
+                # a job resumed while its paused trainer is still saving waits for that trainer to exit
+                waiting = [j for j in repo.jobs_with_status(JobStatus.QUEUED) if j.id not in stopping]
+                for job in waiting[:free]:
                     self._launch(session, job)
 
     def _validate(self, session: Session, job: Job) -> None:
@@ -241,7 +262,12 @@ class LocalExecutor(Executor):
         with self._lock:
             self.running[job.id] = _Running(job.id, process, log_path, log_file)
         attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}")
+        if not transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}"):
+            # paused or cancelled while it was starting: the user's word wins
+            if job.status == JobStatus.PAUSED:
+                self.pause(job.id)
+            else:
+                self.cancel(job.id)
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:
@@ -257,7 +283,7 @@ class LocalExecutor(Executor):
             code = run.process.returncode
             log.info("trainer for %s exited with %s", job.id, code)
             finish_job(
-                session, job, self.store, exit_code=code, cancelled=run.cancelled,
+                session, job, self.store, exit_code=code, cancelled=run.cancelled or job.status == JobStatus.CANCELLED,
                 max_attempts=self.settings.executor.max_attempts,
                 fallback_message=last_error_line(run.log_path),
             )

@@ -75,6 +75,21 @@ def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
     return job_object(job_actions.cancel(repo, state.executor, job_id))
 
 
+@router.post("/{job_id}/pause", response_model=JobObject, summary="Pause a fine-tuning job",
+             description="A running trainer saves a checkpoint at the next step boundary and stops, freeing its GPU; "
+             "a waiting job is not started. Pausing a paused job changes nothing; a finished job answers 409.")
+def pause(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
+    return job_object(job_actions.pause(repo, state.executor, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobObject, summary="Resume a paused fine-tuning job",
+             description="The job is queued again and continues from its latest checkpoint, with the same steps "
+             "and losses as a run that was never paused. Resuming a waiting or running job changes nothing; a "
+             "finished one answers 409; a spent budget or a full active-job quota answers 429.")
+def resume(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
+    return job_object(job_actions.resume(repo, state.executor, state.settings, job_id))
+
+
 @router.delete("/{job_id}", response_model=DeletedObject,
                summary="Delete a finished job: its objects (checkpoints, model, metrics) and its records")
 def delete_job(job_id: str, repo: RepoDep, state: StateDep) -> DeletedObject:
