@@ -3,6 +3,7 @@ other tenants' ids, and pause/cancel/resume racing each other."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 
@@ -88,7 +89,7 @@ def test_another_tenants_job_is_a_missing_job(api_server: ThreadServer, client: 
 
 
 def _valid_history(statuses: list[str]) -> bool:
-    return all(b in ALLOWED[a] for a, b in zip(statuses, statuses[1:], strict=False))
+    return all(b in ALLOWED[a] for a, b in itertools.pairwise(statuses))
 
 
 def test_pause_cancel_resume_races_end_consistently(api_server: ThreadServer, client: httpx.Client) -> None:
@@ -101,7 +102,8 @@ def test_pause_cancel_resume_races_end_consistently(api_server: ThreadServer, cl
         answers: list[tuple[str, int, str]] = []
         lock = threading.Lock()
 
-        def hammer(actions: list[str], job_id: str = job["id"]) -> None:
+        def hammer(actions: list[str], job_id: str = job["id"], answers: list = answers,
+                   lock: threading.Lock = lock) -> None:
             with api_server.client() as own:
                 for action in actions:
                     resp = own.post(f"/v1/fine_tuning/jobs/{job_id}/{action}")

@@ -23,7 +23,7 @@ from tests.support.waiting import free_port
 
 pytestmark = pytest.mark.slow
 LOSS_TOLERANCE = 1e-3
-HP = {"n_epochs": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 96}
+HP = {"n_epochs": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_pause_frees_the_slot_and_resume_continues_exactly(tmp_path: Path, tiny:
     try:
         model = register_model(server, tiny)
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
-        data = write_chat_file(tmp_path / "train.jsonl", rows=24)
+        data = write_chat_file(tmp_path / "train.jsonl", rows=10)
         file_id = client.files.create(file=data.open("rb"), purpose="fine-tune").id
         method = {"type": "supervised", "supervised": {"hyperparameters": HP}}
         paused_job = client.fine_tuning.jobs.create(model=model, training_file=file_id, seed=5, method=method)
@@ -74,7 +74,7 @@ def test_pause_frees_the_slot_and_resume_continues_exactly(tmp_path: Path, tiny:
         checkpoints = client.fine_tuning.jobs.checkpoints.list(paused_job.id).data
         assert checkpoints, "pausing saves a checkpoint"
         paused_at = max(c.step_number for c in checkpoints)
-        assert 3 <= paused_at < 24
+        assert 3 <= paused_at < 10
         messages = [e.message for e in client.fine_tuning.jobs.list_events(paused_job.id, limit=100)]
         assert any("stopped after saving a checkpoint" in m for m in messages)
 
@@ -90,7 +90,7 @@ def test_pause_frees_the_slot_and_resume_continues_exactly(tmp_path: Path, tiny:
         assert final.fine_tuned_model
 
         resumed, uninterrupted = _losses(server, paused_job.id), _losses(server, reference.id)
-        assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 25))
+        assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 11))
         worst = max(abs(resumed[s] - uninterrupted[s]) for s in resumed)
         assert worst <= LOSS_TOLERANCE, worst
         assert final.trained_tokens == client.fine_tuning.jobs.retrieve(reference.id).trained_tokens

@@ -164,3 +164,64 @@ class JobCreate(BaseModel):
     # extensions
     adapter: AdapterSpec | None = None
     resources: ResourceSpec | None = None
+
+
+# -- webhooks (tuneforge's endpoint management; the events and their signing are OpenAI's / Standard Webhooks) --
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(..., min_length=1, max_length=2048, description="Where events are POSTed (http or https)")
+    events: list[str] | None = Field(None, max_length=16, description="Event types to send (default: "
+                                     "fine_tuning.job.succeeded, .failed and .cancelled)")
+    description: str = Field("", max_length=512)
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    events: list[str] | None = Field(None, max_length=16)
+    description: str | None = Field(None, max_length=512)
+    enabled: bool | None = None
+
+
+class WebhookObject(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: int
+    #: the signing secret: in the answer to the create only (never stored in plain text)
+    secret: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: int
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+
+
+class WebhookDeliveryObject(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: int | None = None
+    created_at: int
+    finished_at: int | None = None
+
+
+class BudgetObject(BaseModel):
+    object: Literal["organization.budget"] = "organization.budget"
+    organization_id: str
+    gpu_hours: float | None = Field(None, description="The budget (none: unlimited); an admin sets it")
+    spent_gpu_hours: float
+    exhausted: bool

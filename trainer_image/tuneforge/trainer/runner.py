@@ -18,6 +18,7 @@ from tuneforge.trainer.data import load_dataset_rows
 from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
 from tuneforge.trainer.graders import check_grader
+from tuneforge.trainer.initial_weights import fetch as fetch_initial_weights
 from tuneforge.trainer.launch import is_main_process, world
 from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
@@ -141,6 +142,14 @@ def _run(
         else (None, None)
     )
     model_dir = resolve_model(spec.base_model, store)
+    initial_adapter = None
+    if spec.initial_weights is not None:
+        fetched = fetch_initial_weights(store, spec.initial_weights, workdir / "initial")
+        if spec.initial_weights.kind == "full":
+            model_dir = fetched
+        else:
+            initial_adapter = fetched
+        reporter.info(f"Continuing training from {spec.initial_weights.source or spec.initial_weights.prefix}")
     if preempt.requested:
         raise Preempted("stopped before training started; nothing new to checkpoint")
     ctx = RunContext(
@@ -155,6 +164,7 @@ def _run(
         train_rows=train_rows,
         valid_format=valid_format,
         valid_rows=valid_rows,
+        initial_adapter=initial_adapter,
     )
     built = importlib.import_module(METHODS[spec.method.type]).build(ctx)
     ckpt, resume_dir = _resume_point(ctx)

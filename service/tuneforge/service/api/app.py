@@ -9,9 +9,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge.service import __version__
+from tuneforge.service.api.background import BackgroundLoops
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
-from tuneforge.service.api.routes import artifacts, events_stream, files, health, internal, jobs, models, ui
+from tuneforge.service.api.routes import (
+    artifacts,
+    budget,
+    events_stream,
+    files,
+    health,
+    internal,
+    jobs,
+    models,
+    ui,
+    webhooks,
+)
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.observability import http as observability
 
@@ -21,15 +33,18 @@ log = logging.getLogger(__name__)
 def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True) -> FastAPI:
     settings = settings or ServiceSettings()
     state = build_state(settings)
+    background = BackgroundLoops(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ensure_api_key(state)
         if start_executor and state.executor:
             state.executor.start()
+        background.start()
         try:
             yield
         finally:
+            background.stop()
             if start_executor and state.executor:
                 state.executor.stop()
             state.engine.dispose()
@@ -41,8 +56,10 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         lifespan=lifespan,
     )
     app.state.tuneforge = state
+    app.state.background = background
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui, webhooks,
+                   budget):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

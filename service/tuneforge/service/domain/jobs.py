@@ -18,7 +18,6 @@ from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.lifecycle import transition
 from tuneforge.storage import ObjectStore
 
-
 #: statuses a job can be paused from
 PAUSABLE = frozenset({JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING})
 #: statuses in which resuming changes nothing (the job already runs or waits to)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
@@ -22,7 +22,7 @@ from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.domain import jobs as job_actions
 from tuneforge.service.domain.artifacts import list_artifacts as artifact_list
-from tuneforge.service.domain.job_requests import create_job
+from tuneforge.service.domain.job_requests import create_job, estimate_job
 from tuneforge.service.schemas import DeletedObject, JobCreate, JobObject, ListObject
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -39,6 +39,15 @@ def create(
     if state.executor:
         state.executor.wake()
     return job_object(job)
+
+
+@router.post("/estimate", summary="Estimate a job before creating it (tuneforge extension)",
+             description="The same body as a create. Answers the tokens and steps it would train, the expected "
+             "duration on the requested hardware (from a throughput table: measured where this deployment has a "
+             "measurement, modelled otherwise, as `throughput_source` says), GPU-hours, the cost from the "
+             "deployment's price table, and the organization's budget. Nothing is created.")
+def estimate(body: JobCreate, repo: RepoDep, state: StateDep) -> dict[str, Any]:
+    return estimate_job(repo, state.store, state.settings, body)
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str] | None:
