@@ -25,7 +25,7 @@ def resolve_integrations(requested: list[Integration], settings: ServiceSettings
     for i, item in enumerate(requested):
         if isinstance(item, MlflowIntegration):
             uri = item.mlflow.tracking_uri or default
-            param = f"integrations[{i}].mlflow.tracking_uri"
+            param = f"integrations.{i}.mlflow.tracking_uri"
             if not uri:
                 raise InvalidRequest("This deployment has no MLflow tracking server (TUNEFORGE_MLFLOW_TRACKING_URI); "
                                      "name one in 'tracking_uri' that it allows", param=param)
