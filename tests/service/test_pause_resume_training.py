@@ -75,7 +75,7 @@ def test_pause_frees_the_slot_and_resume_continues_exactly(tmp_path: Path, tiny:
         assert checkpoints, "pausing saves a checkpoint"
         paused_at = max(c.step_number for c in checkpoints)
         assert 3 <= paused_at < 10
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(paused_job.id, limit=100)]
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(paused_job.id, limit=100).data]
         assert any("stopped after saving a checkpoint" in m for m in messages)
 
         # the freed slot runs the uninterrupted reference job while the first one is paused
@@ -94,7 +94,7 @@ def test_pause_frees_the_slot_and_resume_continues_exactly(tmp_path: Path, tiny:
         worst = max(abs(resumed[s] - uninterrupted[s]) for s in resumed)
         assert worst <= LOSS_TOLERANCE, worst
         assert final.trained_tokens == client.fine_tuning.jobs.retrieve(reference.id).trained_tokens
-        events = [e.message for e in client.fine_tuning.jobs.list_events(paused_job.id, limit=100)]
+        events = [e.message for e in client.fine_tuning.jobs.list_events(paused_job.id, limit=100).data]
         assert any(f"Resuming from the checkpoint at step {paused_at}" in m for m in events)
     finally:
         server.stop()
