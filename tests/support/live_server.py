@@ -29,6 +29,7 @@ def make_settings(
     storage_url: str = "",
     api_key: str | None = None,
     limits: dict[str, Any] | None = None,
+    groups: dict[str, Any] | None = None,
     **executor: Any,
 ) -> ServiceSettings:
     """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored."""
@@ -41,6 +42,8 @@ def make_settings(
         storage={"url": storage_url},
         executor={"trainer_python": sys.executable, **executor},
         limits=limits or {},
+        # other settings groups by name, e.g. {"webhooks": {"webhook_allow_private_urls": True}}
+        **(groups or {}),
     )
 
 

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tuneforge.contracts.integrations import IntegrationList
 from tuneforge.contracts.jobspec import AdapterSpec, ResourceSpec
 from tuneforge.contracts.methods import Method
+
+#: OpenAI's limits on ``metadata``: keys, key length, value length
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"at most {METADATA_MAX_KEYS} keys are allowed, got {len(value)}")
+    for key, item in value.items():
+        if not key or len(key) > METADATA_MAX_KEY_CHARS:
+            raise ValueError(f"key {key[:80]!r} must be 1 to {METADATA_MAX_KEY_CHARS} characters, got {len(key)}")
+        if len(item) > METADATA_MAX_VALUE_CHARS:
+            raise ValueError(f"the value of {key!r} must be at most {METADATA_MAX_VALUE_CHARS} characters, got "
+                             f"{len(item)}")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata), Field(
+    description=f"Up to {METADATA_MAX_KEYS} string pairs (keys up to {METADATA_MAX_KEY_CHARS} characters, "
+    f"values up to {METADATA_MAX_VALUE_CHARS})")]
 
 
 class FileObject(BaseModel):
@@ -58,7 +81,7 @@ class JobObject(BaseModel):
     seed: int
     suffix: str | None = None
     metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
+    integrations: list[dict[str, Any]] | None = None
     # extensions
     adapter: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, Any] = Field(default_factory=dict)
@@ -123,17 +146,84 @@ class JobCreate(BaseModel):
     schema shows them and a job the trainer would refuse is refused here)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., min_length=1, max_length=256, description="A base model id or an ft: model")
+    model: str = Field(..., min_length=1, max_length=512, description="A base model id, an ft: model of this "
+                       "organization, or one of its checkpoints' fine_tuned_model_checkpoint (training continues "
+                       "from its weights)")
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(None, min_length=1, max_length=64)
     hyperparameters: dict[str, Any] | None = Field(
         None, description="Deprecated by OpenAI in favour of method.<type>.hyperparameters; merged into them "
         "(the method's values win)")
     method: Method | None = Field(None, description="The fine-tuning method (default: supervised)")
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$",
+                               description="Up to 64 letters, digits, '.', '_' or '-', added to the model's name")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
+    metadata: Metadata | None = None
+    integrations: IntegrationList | None = Field(
+        None, description="W&B ({type: wandb, wandb: {project, name, entity, tags}}) as OpenAI defines it, and "
+        "MLflow ({type: mlflow, mlflow: {experiment_name, run_name, tracking_uri, tags}}); credentials come from "
+        "the deployment, never the request")
     # extensions
     adapter: AdapterSpec | None = None
     resources: ResourceSpec | None = None
+
+
+# -- webhooks (tuneforge's endpoint management; the events and their signing are OpenAI's / Standard Webhooks) --
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(..., min_length=1, max_length=2048, description="Where events are POSTed (http or https)")
+    events: list[str] | None = Field(None, max_length=16, description="Event types to send (default: "
+                                     "fine_tuning.job.succeeded, .failed and .cancelled)")
+    description: str = Field("", max_length=512)
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    events: list[str] | None = Field(None, max_length=16)
+    description: str | None = Field(None, max_length=512)
+    enabled: bool | None = None
+
+
+class WebhookObject(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: int
+    #: the signing secret: in the answer to the create only (never stored in plain text)
+    secret: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: int
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+
+
+class WebhookDeliveryObject(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: int | None = None
+    created_at: int
+    finished_at: int | None = None
+
+
+class BudgetObject(BaseModel):
+    object: Literal["organization.budget"] = "organization.budget"
+    organization_id: str
+    gpu_hours: float | None = Field(None, description="The budget (none: unlimited); an admin sets it")
+    spent_gpu_hours: float
+    exhausted: bool

@@ -26,7 +26,8 @@ from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine
 
-HEAD = "0003_hardening"
+#: the newest revision (several branches add revisions; the lead chains them when merging)
+HEAD = migrate.head_revision()
 
 
 @pytest.fixture
@@ -197,12 +198,12 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
     """The whole upgrade is one transaction, SQLite's batch table copy included."""
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0099_fails.py").write_text(textwrap.dedent(f"""\
+    (scripts / "versions" / "0099_fails.py").write_text(textwrap.dedent("""\
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0099_fails"
-        down_revision = "{HEAD}"
+        revision = "9999_fails"
+        down_revision = "HEAD_REVISION"
         branch_labels = None
         depends_on = None
 
@@ -216,7 +217,7 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
 
         def downgrade():
             pass
-        """))
+        """).replace("HEAD_REVISION", HEAD))
     contents = create_round_one_database(db_url)
     with pytest.raises(RuntimeError, match="boom in 0099"):
         migrate.upgrade(engine, script_location=scripts)
@@ -263,7 +264,7 @@ def test_new_revision_drafts_nothing_when_models_match_head(tmp_path: Path) -> N
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("no changes", script_location=scripts)
-    assert path.name == "0004_no_changes.py"
+    assert path.name == f"{int(HEAD.split('_')[0]) + 1:04d}_no_changes.py"
     body = path.read_text()
     assert f'down_revision = "{HEAD}"' in body or f"down_revision = '{HEAD}'" in body
     upgrade_body = body.split("def upgrade() -> None:")[1].split("def downgrade")[0]

@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge.service import __version__
+from tuneforge.service.api.background import BackgroundLoops
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
 from tuneforge.service.api.routes import (
     artifacts,
+    budget,
     events_stream,
     files,
     health,
@@ -21,6 +23,7 @@ from tuneforge.service.api.routes import (
     models,
     serving,
     ui,
+    webhooks,
 )
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.observability import http as observability
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True) -> FastAPI:
     settings = settings or ServiceSettings()
     state = build_state(settings)
+    background = BackgroundLoops(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -38,9 +42,11 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         if start_executor and state.executor:
             state.executor.start()
         await state.serving.start()
+        background.start()
         try:
             yield
         finally:
+            background.stop()
             await state.serving.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
@@ -53,8 +59,10 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         lifespan=lifespan,
     )
     app.state.tuneforge = state
+    app.state.background = background
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, serving, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, serving, internal, observability, ui,
+                   webhooks, budget):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

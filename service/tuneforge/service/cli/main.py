@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneforge.service.cli.budgets import budgets_app
 from tuneforge.service.cli.client import APIError, Client
 from tuneforge.service.cli.db import db_app
 from tuneforge.service.cli.progress_view import follow, throughput_text
@@ -26,6 +27,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(budgets_app, name="budgets")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -147,6 +147,42 @@ class LimitSettings(EnvSettings):
                                             description="Jobs validating, queued or running per organization")
 
 
+class IntegrationSettings(EnvSettings):
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking server jobs log to when their `mlflow` "
+                                     "integration names none (empty: such jobs are refused)")
+    mlflow_allowed_tracking_uris: list[str] = Field(
+        default_factory=list, description="Other MLflow tracking servers a job may name (JSON list); trainers "
+        "reach no others. Credentials: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD in the trainer's environment")
+
+
+class WebhookSettings(EnvSettings):
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="Deliveries of one event before it is marked "
+                                      "failed")
+    webhook_backoff_seconds: float = Field(10.0, gt=0, le=3600, description="First retry delay; each next one "
+                                           "doubles (with jitter)")
+    webhook_max_backoff_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="How long a receiver may take to answer")
+    webhook_allow_private_urls: bool = Field(False, description="Deliver to loopback and private addresses "
+                                             "(development and tests; off: public addresses only)")
+    webhook_poll_interval_seconds: float = Field(1.0, gt=0, le=60, description="How often due deliveries are "
+                                                 "looked for")
+
+
+class EstimateSettings(EnvSettings):
+    gpu_hour_prices: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.0, "default": 2.0},
+        description="Price of one device-hour by device (JSON object: a `gpu_type` such as NVIDIA-H100-80GB-HBM3, "
+        "`cpu`, or `default`), for `POST /v1/fine_tuning/jobs/estimate`")
+    price_currency: str = Field("USD", max_length=8, description="Currency of the prices above")
+    default_device: str = Field("", description="Device an estimate assumes when a job names no gpu_type "
+                                "(empty: `cpu` for the local executor, `default` for Kubernetes)")
+    throughput_overrides: dict[str, float] = Field(
+        default_factory=dict, description="Measured training tokens/s to use instead of the built-in table, keyed "
+        "`DEVICE` or `DEVICE/PARAMS_BUCKET` (JSON object, e.g. {\"NVIDIA-H100-80GB-HBM3/135M\": 25000})")
+    budget_check_seconds: float = Field(5.0, gt=0, le=3600, description="How often spent GPU-hour budgets are "
+                                        "checked (their jobs are paused)")
+
+
 class ServiceSettings(EnvSettings):
     home: Path = Field(DEFAULT_HOME, description="Database, object store, logs and API key file (embedded mode)",
                        json_schema_extra={"default_text": "~/.tuneforge"})
@@ -164,6 +200,9 @@ class ServiceSettings(EnvSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
 
     @model_validator(mode="after")
     def _derive_from_home(self) -> ServiceSettings:

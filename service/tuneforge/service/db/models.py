@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -87,6 +87,10 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: GPU-seconds spent in ``running`` (devices x seconds), added up each time the job leaves it (budgets)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: when the job last entered ``running`` (epoch seconds, fractional); None while it is not running
+    running_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),
@@ -143,3 +147,52 @@ class JobUsage(Base):
     #: wall-clock seconds from first start to end, and those seconds times the GPUs requested
     job_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
     gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Budget(Base):
+    """An organization's GPU-hour budget (set by an admin); its jobs are paused once it is spent."""
+
+    __tablename__ = "budgets"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    gpu_hours: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookEndpoint(Base):
+    """Where an organization wants job events POSTed (Standard Webhooks); the secret is kept encrypted."""
+
+    __tablename__ = "webhook_endpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(512), default="")
+    events: Mapped[list[Any]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: the signing secret, encrypted with a key derived from the service's secret (shown once, at creation)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, and every attempt to deliver it."""
+
+    __tablename__ = "webhook_deliveries"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    #: the Standard Webhooks ``webhook-id``: the same on every retry, so receivers can drop duplicates
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: pending, succeeded or failed (gave up)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
+                      Index("ix_webhook_deliveries_endpoint_seq", "endpoint_id", "seq"))

@@ -17,9 +17,21 @@ from sqlalchemy.orm import Session
 
 from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.errors import NotFound
-from tuneforge.service.db.models import ApiKey, Checkpoint, File, Job, JobEvent, JobUsage, Tenant
+from tuneforge.service.db.models import (
+    ApiKey,
+    Budget,
+    Checkpoint,
+    File,
+    Job,
+    JobEvent,
+    JobUsage,
+    Tenant,
+    WebhookDelivery,
+    WebhookEndpoint,
+    now,
+)
 
-T = TypeVar("T", File, Job, JobEvent, Checkpoint)
+T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery)
 
 
 def _page(
@@ -34,6 +46,17 @@ def _page(
     stmt = stmt.order_by(model.seq.desc() if newest_first else model.seq.asc()).limit(limit + 1)
     rows = list(session.scalars(stmt))
     return rows[:limit], len(rows) > limit
+
+
+def webhook_endpoints_of(session: Session, tenant_id: str) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+                                .order_by(WebhookEndpoint.seq)))
+
+
+def usage_jobs_of(session: Session, tenant_id: str) -> list[Job]:
+    """The organization's jobs that have spent or are spending GPU time."""
+    return list(session.scalars(select(Job).where(
+        Job.tenant_id == tenant_id, (Job.gpu_seconds > 0) | Job.running_since.is_not(None))))
 
 
 class TenantRepo:
@@ -144,13 +167,57 @@ class TenantRepo:
         ))
 
     def find_checkpoint(self, name: str) -> tuple[Checkpoint, Job] | None:
-        """A checkpoint by its ``fine_tuned_model_checkpoint`` name, with its job (this tenant's only)."""
-        row = self.session.execute(
-            select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
-                Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
-                Checkpoint.fine_tuned_model_checkpoint == name)
-        ).first()
-        return (row[0], row[1]) if row is not None else None
+        """A checkpoint of this organization by its ``fine_tuned_model_checkpoint``, with its job."""
+        row = self.session.execute(select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
+            Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
+            Checkpoint.fine_tuned_model_checkpoint == name).order_by(Checkpoint.seq.desc()).limit(1)).first()
+        return None if row is None else (row[0], row[1])
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs that may still start or run (what a spent budget pauses)."""
+        return list(self.session.scalars(select(Job).where(
+            Job.tenant_id == self.tenant_id,
+            Job.status.in_((JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING))).order_by(Job.seq)))
+
+    def budget(self) -> Budget | None:
+        return self.session.get(Budget, self.tenant_id)
+
+    # -- webhooks --
+    def add_webhook(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        endpoint.tenant_id = self.tenant_id
+        self.session.add(endpoint)
+        self.session.commit()
+        return endpoint
+
+    def count_webhooks(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == self.tenant_id)) or 0
+
+    def get_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        row = self.session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
+                                                                WebhookEndpoint.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("webhook endpoint", endpoint_id)
+        return row
+
+    def list_webhooks(self, after: str | None, limit: int) -> tuple[list[WebhookEndpoint], bool]:
+        stmt = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == self.tenant_id)
+        return _page(self.session, stmt, WebhookEndpoint, after, limit, newest_first=True)
+
+    def save(self) -> None:
+        self.session.commit()
+
+    def delete_webhook(self, endpoint: WebhookEndpoint) -> None:
+        self.session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
+                                                           WebhookDelivery.tenant_id == self.tenant_id))
+        self.session.delete(endpoint)
+        self.session.commit()
+
+    def list_deliveries(self, endpoint: WebhookEndpoint, after: str | None, limit: int
+                        ) -> tuple[list[WebhookDelivery], bool]:
+        stmt = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
+                                             WebhookDelivery.tenant_id == self.tenant_id)
+        return _page(self.session, stmt, WebhookDelivery, after, limit, newest_first=True)
 
 
 class SystemRepo:
@@ -238,6 +305,46 @@ class SystemRepo:
     def latest_checkpoint(self, job: Job) -> Checkpoint | None:
         return self.session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id)
                                    .order_by(Checkpoint.step_number.desc()).limit(1))
+
+    # -- budgets --
+    def set_budget(self, tenant_id: str, gpu_hours: float | None) -> None:
+        """Set (or with None remove) an organization's GPU-hour budget."""
+        self.ensure_tenant(tenant_id)
+        row = self.session.get(Budget, tenant_id)
+        if gpu_hours is None:
+            if row is not None:
+                self.session.delete(row)
+        elif row is None:
+            self.session.add(Budget(tenant_id=tenant_id, gpu_hours=gpu_hours))
+        else:
+            row.gpu_hours = gpu_hours
+            row.updated_at = now()
+        self.session.commit()
+
+    def budgets(self) -> list[Budget]:
+        return list(self.session.scalars(select(Budget).order_by(Budget.tenant_id)))
+
+    # -- webhook deliveries --
+    def due_deliveries(self, at: float, limit: int) -> list[WebhookDelivery]:
+        return list(self.session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= at)
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit)))
+
+    def claim_delivery(self, delivery: WebhookDelivery, lease_until: float) -> bool:
+        """Take a due delivery for one sender (another replica's claim wins the race): compare-and-set on its
+        ``next_attempt_at``, committed at once."""
+        result = self.session.execute(update(WebhookDelivery).where(
+            WebhookDelivery.id == delivery.id, WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at == delivery.next_attempt_at).values(next_attempt_at=lease_until)
+            .execution_options(synchronize_session=False))
+        self.session.commit()
+        return getattr(result, "rowcount", 0) == 1
+
+    def delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        return self.session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id))
+
+    def webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self.session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
 
     def recent_events(self, job: Job, limit: int = 50) -> list[JobEvent]:
         return list(self.session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 from sqlalchemy.orm import Session
 
@@ -11,7 +12,7 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import MANIFEST_NAME, job_model_prefix
 from tuneforge.service.db.models import Job
 from tuneforge.service.domain.job_requests import fine_tuned_model_name
-from tuneforge.service.domain.lifecycle import transition
+from tuneforge.service.domain.lifecycle import add_event, transition
 from tuneforge.storage import ObjectStore
 
 
@@ -46,7 +47,19 @@ def finish_job(
     max_attempts: int,
     fallback_message: str | None,
 ) -> None:
-    if job.status != JobStatus.RUNNING or cancelled:
+    if cancelled:
+        return
+    if job.status == JobStatus.PAUSED:
+        # the pause's SIGTERM: checkpoint saved (75), or the trainer stopped before it could take the signal
+        if exit_code in (ExitCode.PREEMPTED, -signal.SIGTERM):
+            # a pause is not an interruption: this start does not count against max_attempts
+            job.attempts = max(0, job.attempts - 1)
+            job.pid = None
+            add_event(session, job, "The trainer stopped after saving a checkpoint; the job is paused until it "
+                      "is resumed", data={"exit_code": exit_code})
+            return
+        # it finished (or failed) before the pause reached it: that outcome stands
+    elif job.status != JobStatus.RUNNING:
         return  # cancelled (or already decided): nothing to do
     if exit_code == ExitCode.OK:
         if _manifest_ok(store, job):

@@ -14,19 +14,23 @@ from typing import Any
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.expression import ClauseElement
 
 from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Job, JobEvent, now
 from tuneforge.service.db.repo import SystemRepo
-from tuneforge.service.domain.usage import gpu_count, method_type
+from tuneforge.service.domain import usage, webhooks
 
 S = JobStatus
 ALLOWED: dict[str, set[str]] = {
-    S.VALIDATING_FILES: {S.QUEUED, S.FAILED, S.CANCELLED},
-    S.QUEUED: {S.RUNNING, S.FAILED, S.CANCELLED},
+    S.VALIDATING_FILES: {S.QUEUED, S.FAILED, S.CANCELLED, S.PAUSED},
+    S.QUEUED: {S.RUNNING, S.FAILED, S.CANCELLED, S.PAUSED},
     # running → queued: interrupted (service restart, preemption) and started again
-    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED},
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED, S.PAUSED},
+    # paused → queued (or validating_files, when it was never dispatched): resumed; a trainer that was
+    # stopping when the pause came can still finish (succeeded) or fail
+    S.PAUSED: {S.QUEUED, S.VALIDATING_FILES, S.SUCCEEDED, S.FAILED, S.CANCELLED},
     S.SUCCEEDED: set(),
     S.FAILED: set(),
     S.CANCELLED: set(),
@@ -101,7 +105,8 @@ def transition(
         if current in TERMINAL_STATUSES:
             return False
         raise InvalidTransition(f"{job.id}: {current} → {status}")
-    values: dict[str, Any] = {"status": status, **(fields or {})}
+    values: dict[str, Any] = {"status": status, **usage.running_time_fields(current, status, job.resources),
+                              **(fields or {})}
     started_at = job.started_at
     if status == JobStatus.RUNNING:
         # the first start counts (a re-queued job keeps it), whatever this session's copy says
@@ -119,12 +124,17 @@ def transition(
     if status in TERMINAL_STATUSES:
         # counted once, by the one writer that ended the job, in the same transaction
         seconds = max(0, values["finished_at"] - started_at) if started_at else 0
-        repo.add_finished_usage(job.tenant_id, status, method_type(job.method), seconds,
-                                seconds * gpu_count(job.resources))
+        repo.add_finished_usage(job.tenant_id, status, usage.method_type(job.method), seconds,
+                                seconds * usage.gpu_count(job.resources))
+    computed = [key for key, value in values.items() if isinstance(value, ClauseElement) and key != "started_at"]
     for key, value in {**values, "started_at": started_at}.items():
-        set_committed_value(job, key, value)  # what the database now holds; nothing left to flush
-    add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
-              data={"status": status}, commit=False)
+        if key not in computed:
+            set_committed_value(job, key, value)  # what the database now holds; nothing left to flush
+    if computed:
+        session.expire(job, computed)  # computed by the database (GPU time): read back when next used
+    event = add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
+                      data={"status": status}, commit=False)
+    webhooks.enqueue_job_event(session, job, current, status, event.created_at)
     session.commit()
     notifier.notify()
     return True

@@ -11,6 +11,10 @@ The service never talks to pods. It
   ``Cancelled`` -> cancelled. Pod trouble the user should know about (unschedulable, image pull, preempted)
   becomes a warning event;
 * cancels by setting ``spec.cancel: true`` (the operator deletes the Job and its pods);
+* pauses by setting ``spec.suspend: true`` (the operator suspends the Job: its pod gets SIGTERM, the trainer
+  checkpoints and exits) and resumes with ``spec.suspend: false`` (a new pod continues from the latest
+  checkpoint). A paused job stays ``paused`` whatever non-final phase the FineTuneJob reports; the user's last
+  word is re-sent when the FineTuneJob disagrees with it (e.g. paused while the cluster was unreachable);
 * refuses ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.running_reason`) until the
   FineTuneJob is in a final phase and its pods have stopped (``status.activePods`` is 0);
 * on ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.discard`) deletes the FineTuneJob and the
@@ -195,6 +199,8 @@ class KubernetesExecutor(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._cancels: set[str] = set()
+        #: job id -> the ``spec.suspend`` to send (the last word: a pause then a resume sends false)
+        self._suspends: dict[str, bool] = {}
         #: deleted jobs whose FineTuneJob and token Secret are still to be deleted from the cluster
         self._deletes: set[str] = set()
         self._pushed: dict[str, tuple[Any, ...]] = {}
@@ -237,6 +243,16 @@ class KubernetesExecutor(Executor):
     def cancel(self, job_id: str) -> None:
         with self._lock:
             self._cancels.add(job_id)
+        self._wake.set()
+
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            self._suspends[job_id] = True
+        self._wake.set()
+
+    def resume(self, job_id: str) -> None:
+        with self._lock:
+            self._suspends[job_id] = False
         self._wake.set()
 
     def running_reason(self, job_id: str) -> str | None:
@@ -288,6 +304,7 @@ class KubernetesExecutor(Executor):
         for job in pending:
             self._submit(job)
         self._send_cancels()
+        self._send_suspends()
         self._send_deletes()
         if time.monotonic() - self._last_push >= PROGRESS_PUSH_SECONDS:
             self._last_push = time.monotonic()
@@ -388,6 +405,26 @@ class KubernetesExecutor(Executor):
                 continue
             with self._lock:
                 self._cancels.discard(job_id)
+
+    def _send_suspends(self) -> None:
+        assert self.custom is not None
+        with self._lock:
+            pending = dict(self._suspends)
+        for job_id, suspend in sorted(pending.items()):
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job_id, {"spec": {"suspend": suspend}},
+                    _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status not in (404, 422):  # never submitted / finished: nothing to suspend
+                    log.warning("cannot %s %s yet: %s", "pause" if suspend else "resume", job_id, _api_message(exc))
+                    continue
+            except Exception as exc:
+                log.warning("cannot %s %s yet: %s", "pause" if suspend else "resume", job_id, exc)
+                continue
+            with self._lock:
+                if self._suspends.get(job_id) == suspend:  # a newer word may have come meanwhile
+                    del self._suspends[job_id]
 
     def _send_deletes(self) -> None:
         """Delete the FineTuneJobs (the operator deletes their Job and pods) and token Secrets of deleted jobs.
@@ -496,7 +533,8 @@ class KubernetesExecutor(Executor):
         """Jobs whose FineTuneJob disappeared while nobody watched (e.g. deleted while the service was down)."""
         assert self.custom is not None
         with self.sessions() as session:
-            active = [j.id for j in SystemRepo(session).jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)]
+            active = [j.id for j in SystemRepo(session).jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING,
+                                                                           JobStatus.PAUSED)]
         for job_id in active:
             if job_id in seen:
                 continue
@@ -584,6 +622,20 @@ class KubernetesExecutor(Executor):
         reason = str(status.get("reason") or phase)
         message = str(status.get("message") or phase)
         attempts = int(status.get("attempts") or 0)
+        suspended = bool((cr.get("spec") or {}).get("suspend"))
+        if phase not in TERMINAL_PHASES:
+            wanted = job.status == JobStatus.PAUSED
+            if suspended != wanted:
+                with self._lock:  # the user's word did not reach the cluster (yet): say it again
+                    self._suspends.setdefault(job.id, wanted)
+                self._wake.set()
+            if job.status == JobStatus.PAUSED:
+                if phase == "Suspended" and self._signatures.get(job.id, (None,))[0] != "Suspended":
+                    self._signatures[job.id] = (phase, reason, attempts)
+                    add_event(session, job, "Kubernetes: the trainer pod stopped after saving a checkpoint; the job "
+                              "is paused until it is resumed", data={"kubernetes": {"phase": phase, "reason": reason,
+                                                                                   "attempts": attempts}})
+                return None
         signature = (phase, reason, attempts)
         if self._signature(session, job) == signature and phase not in TERMINAL_PHASES:
             return None

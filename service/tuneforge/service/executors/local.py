@@ -47,6 +47,7 @@ class _Running:
     log_path: Path
     log_file: IO[bytes]
     cancelled: bool = False
+    paused: bool = False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -133,6 +134,16 @@ class LocalExecutor(Executor):
         self._signal(run, signal.SIGINT)
         threading.Thread(target=self._kill_later, args=(run,), daemon=True).start()
 
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            run = self.running.get(job_id)
+            if run is None or run.cancelled:
+                return
+            run.paused = True
+        # SIGTERM: the trainer saves a checkpoint at the end of the current step and exits 75; its slot is
+        # free once it has exited (a resume before then waits for it: never two trainers on one job)
+        self._signal(run, signal.SIGTERM)
+
     def _kill_later(self, run: _Running) -> None:
         try:
             run.process.wait(timeout=self.settings.executor.cancel_grace_seconds)
@@ -157,7 +168,14 @@ class LocalExecutor(Executor):
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
             left = [(job.id, job.pid) for job in SystemRepo(session).jobs_with_status(JobStatus.RUNNING)]
+            paused = [job.pid for job in SystemRepo(session).jobs_with_status(JobStatus.PAUSED) if job.pid is not None]
         # waiting for orphans holds no database connection (it can take a minute)
+        for paused_pid in paused:
+            # paused while the previous service ran: its trainer was told to stop; let it finish saving
+            for _ in range(120):
+                if not _pid_alive(paused_pid):
+                    break
+                time.sleep(0.5)
         for _, pid in left:
             if pid and _pid_alive(pid):
                 # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
@@ -189,8 +207,11 @@ class LocalExecutor(Executor):
                 self._validate(session, job)
             with self._lock:
                 free = self.settings.executor.max_concurrent_jobs - len(self.running)
+                stopping = set(self.running)
             if free > 0:
-                for job in repo.jobs_with_status(JobStatus.QUEUED)[:free]:
+                # a job resumed while its paused trainer is still saving waits for that trainer to exit
+                waiting = [j for j in repo.jobs_with_status(JobStatus.QUEUED) if j.id not in stopping]
+                for job in waiting[:free]:
                     self._launch(session, job)
 
     def _validate(self, session: Session, job: Job) -> None:
@@ -253,16 +274,19 @@ class LocalExecutor(Executor):
         SystemRepo(session).record_pid(job.id, process.pid)
 
     def _stop_cancelled(self, repo: SystemRepo) -> None:
-        """Stop the trainers of jobs that ended without this executor being told (cancelled through another
-        process, or by a cancel that raced the start)."""
+        """Stop the trainers of jobs that ended or were paused without this executor being told (through another
+        process, or by a cancel or pause that raced the start)."""
         with self._lock:
-            live = [job_id for job_id, run in self.running.items() if not run.cancelled]
+            live = [job_id for job_id, run in self.running.items() if not run.cancelled and not run.paused]
         if not live:
             return
         for job_id, status in repo.statuses(live).items():
             if status in TERMINAL_STATUSES:
                 log.info("job %s is %s: stopping its trainer", job_id, status)
                 self.cancel(job_id)
+            elif status == JobStatus.PAUSED:
+                log.info("job %s is paused: its trainer checkpoints and stops", job_id)
+                self.pause(job_id)
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:
@@ -278,7 +302,7 @@ class LocalExecutor(Executor):
             code = run.process.returncode
             log.info("trainer for %s exited with %s", job.id, code)
             finish_job(
-                session, job, self.store, exit_code=code, cancelled=run.cancelled,
+                session, job, self.store, exit_code=code, cancelled=run.cancelled or job.status == JobStatus.CANCELLED,
                 max_attempts=self.settings.executor.max_attempts,
                 fallback_message=last_error_line(run.log_path),
             )
