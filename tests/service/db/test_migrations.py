@@ -26,7 +26,7 @@ from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine
 
-HEAD = "0002"
+HEAD = "0003_orgs"
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0003"
-        down_revision = "0002"
+        revision = "9999_fails"
+        down_revision = "HEAD"
         branch_labels = None
         depends_on = None
 
@@ -214,7 +214,7 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
 
         def downgrade():
             pass
-        """))
+        """).replace('"HEAD"', repr(HEAD)))
     contents = create_round_one_database(db_url)
     with pytest.raises(RuntimeError, match="boom in 0003"):
         migrate.upgrade(engine, script_location=scripts)
@@ -261,9 +261,9 @@ def test_new_revision_drafts_nothing_when_models_match_head(tmp_path: Path) -> N
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("no changes", script_location=scripts)
-    assert path.name == "0003_no_changes.py"
+    assert path.name == f"{int(HEAD[:4]) + 1:04d}_no_changes.py"
     body = path.read_text()
-    assert 'down_revision = "0002"' in body or "down_revision = '0002'" in body
+    assert f'down_revision = "{HEAD}"' in body or f"down_revision = '{HEAD}'" in body
     upgrade_body = body.split("def upgrade() -> None:")[1].split("def downgrade")[0]
     assert upgrade_body.split() == ["#", "###", "commands", "auto", "generated", "by", "Alembic", "-", "please",
                                     "adjust!", "###", "pass", "#", "###", "end", "Alembic", "commands", "###"]

@@ -7,24 +7,48 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from tuneforge.service import __version__
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
-from tuneforge.service.api.routes import artifacts, events_stream, files, health, internal, jobs, models, ui
+from tuneforge.service.api.routes import (
+    artifacts,
+    events_stream,
+    files,
+    health,
+    internal,
+    jobs,
+    models,
+    organizations,
+    ui,
+)
 from tuneforge.service.core.config import ServiceSettings
+from tuneforge.service.db.event_channel import EventChannelListener, supports_notifications
+from tuneforge.service.domain.lifecycle import notifier
 from tuneforge.service.observability import http as observability
+from tuneforge.service.observability.request_context import RequestContextMiddleware
 
 log = logging.getLogger(__name__)
+
+
+class TuneforgeApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # outside Starlette's ServerErrorMiddleware, so that even an unexpected 500 carries its x-request-id
+        return RequestContextMiddleware(super().build_middleware_stack())
 
 
 def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True) -> FastAPI:
     settings = settings or ServiceSettings()
     state = build_state(settings)
+    # several replicas on one PostgreSQL: every replica's event streams hear of every new event
+    listener = EventChannelListener(state.engine, notifier.notify) if supports_notifications(state.engine) else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ensure_api_key(state)
+        if listener is not None:
+            listener.start()
         if start_executor and state.executor:
             state.executor.start()
         try:
@@ -32,17 +56,21 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         finally:
             if start_executor and state.executor:
                 state.executor.stop()
+            if listener is not None:
+                listener.stop()
             state.engine.dispose()
 
-    app = FastAPI(
+    app = TuneforgeApp(
         title="tuneforge",
         version=__version__,
         summary="Managed fine-tuning: SFT, DPO, reward models and RL behind an OpenAI-shaped API.",
         lifespan=lifespan,
     )
     app.state.tuneforge = state
+    app.state.event_listener = listener
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, organizations, internal, observability,
+                   ui):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

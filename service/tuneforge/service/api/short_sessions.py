@@ -14,7 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from tuneforge.service.api.deps import StateDep, get_tenant_repo
+from tuneforge.service.api.deps import StateDep, authenticate
+from tuneforge.service.core.roles import Principal
 from tuneforge.service.db.repo import TenantRepo
 
 
@@ -25,17 +26,26 @@ def _short_session(state: StateDep) -> Iterator[Session]:
 
 def _short_repo(request: Request,
                 session: Annotated[Session, Depends(_short_session, scope="function")]) -> TenantRepo:
-    return get_tenant_repo(request, session)
+    return TenantRepo(session, authenticate(request, session).tenant_id)
 
 
 #: the tenant repository, its session closed as soon as the route function returns
 ShortRepoDep = Annotated[TenantRepo, Depends(_short_repo, scope="function")]
 
 
-def _tenant_id(request: Request, state: StateDep) -> str:
+def _principal(request: Request, state: StateDep) -> Principal:
     with state.sessions() as session:
-        return get_tenant_repo(request, session).tenant_id
+        return authenticate(request, session)
 
 
-#: the caller's tenant (401 for a missing or wrong key); no session is left open
+#: the caller (401 for a missing or wrong key, 403 for a role without the route's permission); no session is
+#: left open
+ShortPrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def _tenant_id(principal: ShortPrincipalDep) -> str:
+    return principal.tenant_id
+
+
+#: the caller's tenant, as :data:`ShortPrincipalDep` checks it
 TenantIdDep = Annotated[str, Depends(_tenant_id)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuneforge.service.api.rate_limit import RequestRateLimiter
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.observability.metrics import ServiceMetrics
@@ -23,3 +24,4 @@ class AppState:
     link_secret: str
     metrics: ServiceMetrics
     executor: Executor | None = None
+    rate_limiter: RequestRateLimiter | None = None

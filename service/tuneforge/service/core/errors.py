@@ -61,6 +61,16 @@ class QuotaExceeded(ServiceError):
     default_code = "quota_exceeded"
 
 
+class RateLimited(ServiceError):
+    """Too many requests for this API key; ``retry_after`` seconds until the next one is accepted."""
+
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServiceError):
     """A dependency (engine, cluster, store) cannot serve the request right now; retrying later may work."""
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -87,6 +88,9 @@ class LocalExecutor(Executor):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: recorded on the jobs this executor starts: after a restart it re-queues its own, never another
+        #: replica's
+        self.replica = settings.executor.replica_id or socket.gethostname()
         self.work_dir = settings.home / "jobs"
         self.log_dir = settings.home / "logs"
 
@@ -157,7 +161,7 @@ class LocalExecutor(Executor):
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
             repo = SystemRepo(session)
-            for job in repo.jobs_with_status(JobStatus.RUNNING):
+            for job in repo.running_jobs_of(self.replica):
                 if job.pid and _pid_alive(job.pid):
                     # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
                     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -180,13 +184,29 @@ class LocalExecutor(Executor):
         with self.sessions() as session:
             repo = SystemRepo(session)
             self._collect_finished(session, repo)
+            self._follow_changes_from_elsewhere(repo)
             for job in repo.jobs_with_status(JobStatus.VALIDATING_FILES):
                 self._validate(session, job)
             with self._lock:
                 free = self.settings.executor.max_concurrent_jobs - len(self.running)
             if free > 0:
-                for job in repo.jobs_with_status(JobStatus.QUEUED)[:free]:
-                    self._launch(session, job)
+                for job in repo.jobs_with_status(JobStatus.QUEUED):
+                    if free <= 0:
+                        break
+                    if self._launch(session, repo, job):
+                        free -= 1
+
+    def _follow_changes_from_elsewhere(self, repo: SystemRepo) -> None:
+        """A job this executor runs was cancelled (or deleted) through another replica: stop its trainer here.
+        One query per tick for the trainers of this replica."""
+        with self._lock:
+            mine = [job_id for job_id, run in self.running.items() if not run.cancelled]
+        current = repo.statuses(mine)
+        for job_id in mine:
+            status = current.get(job_id)
+            if status is None or status == JobStatus.CANCELLED:
+                log.info("job %s is %s elsewhere: stopping its trainer", job_id, status or "deleted")
+                self.cancel(job_id)
 
     def _validate(self, session: Session, job: Job) -> None:
         missing = [fid for fid, key in self._file_keys(job) if not self.store.exists(key)]
@@ -203,12 +223,17 @@ class LocalExecutor(Executor):
         refs = [spec["training_file"], spec.get("validation_file")]
         return [(r["file_id"], r["key"]) for r in refs if r]
 
-    def _launch(self, session: Session, job: Job) -> None:
+    def _launch(self, session: Session, repo: SystemRepo, job: Job) -> bool:
+        """Start the job's trainer, once: returns False when another replica claimed this attempt first."""
+        if not repo.claim_launch(job.id, job.attempts, self.replica):
+            return False
+        session.refresh(job)
+        if job.status != JobStatus.QUEUED:  # cancelled in the meantime
+            return True
         token = new_job_token()
         spec_data = dict(job.spec)
         spec_data["progress"] = {"url": self.settings.server.base_url, "token": token}
         spec = JobSpec.model_validate(spec_data)
-        job.attempts += 1
         job.token_hash = hash_secret(token)
         job_dir = self.work_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -236,12 +261,14 @@ class LocalExecutor(Executor):
             log_file.close()
             transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
                        error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
-            return
+            return True
         job.pid = process.pid
         with self._lock:
             self.running[job.id] = _Running(job.id, process, log_path, log_file)
         attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}")
+        if not transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}"):
+            self.cancel(job.id)  # the user's cancel landed while the trainer started: it wins
+        return True
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:

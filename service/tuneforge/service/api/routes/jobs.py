@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from tuneforge.service.api.deps import RepoDep, StateDep
+from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import checkpoint_object, event_object, job_object
 from tuneforge.service.api.routes.events_stream import (
@@ -32,10 +32,11 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 def create(
     body: JobCreate,
     repo: RepoDep,
+    principal: PrincipalDep,
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> JobObject:
-    job = create_job(repo, state.store, state.settings, body, idempotency_key)
+    job = create_job(repo, state.store, state.settings, body, idempotency_key, limits_of(state, principal))
     if state.executor:
         state.executor.wake()
     return job_object(job)
