@@ -29,6 +29,8 @@ def make_settings(
     storage_url: str = "",
     api_key: str | None = None,
     limits: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
     **executor: Any,
 ) -> ServiceSettings:
     """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored."""
@@ -36,8 +38,8 @@ def make_settings(
         ServiceSettings,
         home=home,
         database_url=database_url,
-        server={"host": "127.0.0.1", "port": port},
-        auth={"api_key": api_key},
+        server={"host": "127.0.0.1", "port": port, **(server or {})},
+        auth={"api_key": api_key, **(auth or {})},
         storage={"url": storage_url},
         executor={"trainer_python": sys.executable, **executor},
         limits=limits or {},

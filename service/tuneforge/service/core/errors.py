@@ -37,7 +37,7 @@ class NotFound(ServiceError):
     """No such object for this organization (a foreign id is exactly as missing as an unknown one)."""
 
     def __init__(self, kind: str, ident: str, param: str | None = None) -> None:
-        code = kind.replace(" ", "_").replace("-", "_") + "_not_found"
+        code = kind.lower().replace(" ", "_").replace("-", "_") + "_not_found"
         super().__init__(f"No {kind} found with id '{ident}'.", param=param, code=code)
 
 

@@ -80,15 +80,13 @@ def usage(repo: TenantRepo, default_gpus: int) -> Usage:
 def _check_job(limits: Limits, used: Usage, gpus: int) -> None:
     if used.active_jobs + 1 > limits.max_active_jobs:
         raise QuotaExceeded(f"Quota exceeded: this organization has {used.active_jobs} active jobs, at most "
-                            f"{limits.max_active_jobs} are allowed. Wait for one to finish or cancel one.",
-                           )
+                            f"{limits.max_active_jobs} are allowed. Wait for one to finish or cancel one.")
     if limits.max_queued_jobs and used.queued_jobs + 1 > limits.max_queued_jobs:
         raise QuotaExceeded(f"Quota exceeded: this organization has {used.queued_jobs} jobs waiting to start, at "
                             f"most {limits.max_queued_jobs} are allowed.")
     if limits.max_gpus and used.gpus + gpus > limits.max_gpus:
         raise QuotaExceeded(f"Quota exceeded: this job asks for {gpus} GPUs and this organization's active jobs "
-                            f"hold {used.gpus}, at most {limits.max_gpus} are allowed.", param="resources.gpus",
-                           )
+                            f"hold {used.gpus}, at most {limits.max_gpus} are allowed.", param="resources.gpus")
 
 
 def admit_job(repo: TenantRepo, limits: Limits, job: Job, *, default_gpus: int, created_message: str,
@@ -121,8 +119,7 @@ def check_upload_room(repo: TenantRepo, limits: Limits) -> None:
     """Refuse an upload before its body is read when the organization's storage is already full."""
     if limits.max_stored_bytes and repo.stored_bytes() >= limits.max_stored_bytes:
         raise QuotaExceeded(f"Quota exceeded: this organization's files take {repo.stored_bytes()} bytes, at most "
-                            f"{limits.max_stored_bytes} are allowed. Delete files to make room.",
-                           )
+                            f"{limits.max_stored_bytes} are allowed. Delete files to make room.")
 
 
 def admit_file(repo: TenantRepo, limits: Limits, row: File) -> None:
@@ -133,9 +130,9 @@ def admit_file(repo: TenantRepo, limits: Limits, row: File) -> None:
         repo.lock_quotas()
         used = repo.stored_bytes()
         if limits.max_stored_bytes and used + row.bytes > limits.max_stored_bytes:
-            raise QuotaExceeded(f"Quota exceeded: this file has {row.bytes} bytes and this organization's files take "
-                           f"{used}, at most {limits.max_stored_bytes} are allowed. Delete files to make room.",
-                           param="file")
+            raise QuotaExceeded(f"Quota exceeded: this file has {row.bytes} bytes and this organization's files "
+                                f"take {used}, at most {limits.max_stored_bytes} are allowed. Delete files to make "
+                                "room.", param="file")
         row.tenant_id = repo.tenant_id
         session.add(row)
         session.commit()
