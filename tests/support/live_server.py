@@ -96,8 +96,10 @@ class ThreadServer:
 class ProcessServer:
     """`python -m tuneforge.service.cli.main serve` as a separate process, like a user runs it."""
 
-    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None,
+                 log_level: str = "warning") -> None:
         self.home = home
+        self.log_level = log_level
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # the developer's own TUNEFORGE_* settings must not reach the server under test
@@ -138,7 +140,7 @@ class ProcessServer:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             env=self.env,
             stdout=log,

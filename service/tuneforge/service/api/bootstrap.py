@@ -88,5 +88,6 @@ def ensure_api_key(state: AppState) -> str | None:
         register_admin_key(repo, tenant, key, "key file")
         message = f"Created an API key for tenant '{tenant}'; it is in {key_file}"
         log.warning(message)
-        print(message, flush=True)
+        if settings.logging.log_format == "plain":  # JSON logs stay one JSON object per line
+            print(message, flush=True)
         return message

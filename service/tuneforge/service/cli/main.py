@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,8 +72,11 @@ def serve(
             update={"log_level": log_level.lower()})})
     configure_logging(settings.logging)
     server = settings.server
-    console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
-                  f"{settings.storage.url})")
+    banner = f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store {settings.storage.url})"
+    if settings.logging.log_format == "json":
+        logging.getLogger("tuneforge.service").info(banner)
+    else:
+        console.print(banner)
     try:
         application = create_app(settings)
     except SchemaError as exc:  # a schema that is behind (auto-upgrade off) or one this version cannot use
