@@ -219,14 +219,22 @@ class SystemRepo:
     def job(self, job_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id))
 
-    def claim_launch(self, job_id: str, attempts: int, runner: str) -> bool:
-        """Take the right to start attempt ``attempts + 1`` of a queued job; False when another replica (or an
-        earlier tick) took it first. The attempt counter is the fence: one conditional UPDATE, committed at once."""
+    def claim_launch(self, job_id: str, runner: str) -> bool:
+        """Take the right to start the next attempt of a queued job that no replica has claimed; False when
+        another replica (or an earlier tick) took it first. One conditional UPDATE, committed at once; the claim
+        (``runner``) is released when the job is queued again."""
         result = self.session.execute(update(Job).where(
-            Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempts,
-        ).values(attempts=attempts + 1, runner=runner))
+            Job.id == job_id, Job.status == JobStatus.QUEUED, Job.runner.is_(None),
+        ).values(attempts=Job.attempts + 1, runner=runner))
         self.session.commit()
         return bool(getattr(result, "rowcount", 0) == 1)
+
+    def release_claims(self, runner: str) -> int:
+        """Claims of queued jobs this replica took but never started (it stopped in between)."""
+        result = self.session.execute(update(Job).where(Job.runner == runner, Job.status == JobStatus.QUEUED)
+                                      .values(runner=None))
+        self.session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
         """Current statuses of these jobs (a deleted job is missing)."""

@@ -20,6 +20,7 @@ def requeue_or_fail(session: Session, job: Job, max_attempts: int, reason: str) 
     if job.status != JobStatus.RUNNING:
         return
     if job.attempts < max_attempts:
+        job.runner = None  # any replica may start the next attempt
         transition(session, job, JobStatus.QUEUED,
                    f"{reason}; re-queued, it resumes from its latest checkpoint (attempt {job.attempts + 1})",
                    level="warn")

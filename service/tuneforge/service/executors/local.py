@@ -161,6 +161,7 @@ class LocalExecutor(Executor):
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
             repo = SystemRepo(session)
+            repo.release_claims(self.replica)
             for job in repo.running_jobs_of(self.replica):
                 if job.pid and _pid_alive(job.pid):
                     # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
@@ -225,7 +226,7 @@ class LocalExecutor(Executor):
 
     def _launch(self, session: Session, repo: SystemRepo, job: Job) -> bool:
         """Start the job's trainer, once: returns False when another replica claimed this attempt first."""
-        if not repo.claim_launch(job.id, job.attempts, self.replica):
+        if not repo.claim_launch(job.id, self.replica):
             return False
         session.refresh(job)
         if job.status != JobStatus.QUEUED:  # cancelled in the meantime
