@@ -99,7 +99,8 @@ class LimitSettings(EnvSettings):
                                      "limit); an organization can have its own")
     rate_limit_storage: str = Field("memory://", validation_alias="TUNEFORGE_RATE_LIMIT_STORAGE",
                                     description="Where request counts live (a `limits` storage URI): memory:// "
-                                    "counts per replica; redis://host:6379 shares them between replicas")
+                                    "counts in each replica; a shared store (redis://host:6379, with the `redis` "
+                                    "package installed) counts across replicas")
 
 
 class LogSettings(EnvSettings):
