@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from tuneforge.contracts.integrations import IntegrationList
 from tuneforge.contracts.jobspec import AdapterSpec, ResourceSpec
 from tuneforge.contracts.methods import Method
+from tuneforge.service.core.roles import Role
 
 #: OpenAI's limits on ``metadata``: keys, key length, value length
 METADATA_MAX_KEYS = 16
@@ -227,3 +228,102 @@ class BudgetObject(BaseModel):
     gpu_hours: float | None = Field(None, description="The budget (none: unlimited); an admin sets it")
     spent_gpu_hours: float
     exhausted: bool
+
+
+# -- organizations, API keys, audit log (the admin API) --
+
+ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class OrganizationLimits(BaseModel):
+    """An organization's limits. In a request, a field left out keeps its value and ``null`` returns it to the
+    service's default; in a response every field is the value in force."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_active_jobs: int | None = Field(None, ge=1, le=1_000_000, description="Jobs validating, queued or running")
+    max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000,
+                                        description="Jobs validating or queued (0: only max_active_jobs)")
+    max_gpus: int | None = Field(None, ge=0, le=1_000_000, description="GPUs requested by active jobs (0: no limit)")
+    max_stored_bytes: int | None = Field(None, ge=0, le=1 << 60, description="Bytes of files (0: no limit)")
+    max_upload_bytes: int | None = Field(None, ge=1, le=1 << 50, description="Largest file")
+    requests_per_minute: int | None = Field(None, ge=0, le=10_000_000,
+                                            description="Requests per minute per API key (0: no limit)")
+
+
+class OrganizationUsage(BaseModel):
+    active_jobs: int
+    queued_jobs: int
+    gpus: int
+    stored_bytes: int
+
+
+class OrganizationObject(BaseModel):
+    id: str
+    object: Literal["organization"] = "organization"
+    name: str
+    created_at: int
+    limits: OrganizationLimits
+    usage: OrganizationUsage | None = None
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=ORG_ID_PATTERN, description="lowercase letters, digits, '-' and '_' (at most 64)")
+    name: str = Field("", max_length=256)
+    limits: OrganizationLimits | None = None
+
+
+class OrganizationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=256)
+    limits: OrganizationLimits | None = None
+
+
+class ApiKeyObject(BaseModel):
+    id: str
+    object: Literal["organization.api_key"] = "organization.api_key"
+    name: str
+    role: Role
+    redacted_value: str
+    #: the secret itself: in the response that creates the key, never again
+    value: str | None = None
+    organization_id: str
+    created_at: int
+    created_by: str | None = None
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", max_length=128)
+    role: Role = Role.MEMBER
+
+
+class ApiKeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=128)
+    role: Role | None = None
+
+
+class AuditActorKey(BaseModel):
+    id: str | None = None
+    redacted_value: str | None = None
+    organization_id: str | None = None
+
+
+class AuditActor(BaseModel):
+    type: Literal["api_key", "operator"]
+    api_key: AuditActorKey | None = None
+
+
+class AuditLogObject(BaseModel):
+    id: str
+    object: Literal["organization.audit_log"] = "organization.audit_log"
+    type: str
+    effective_at: int
+    organization_id: str
+    actor: AuditActor
+    resource_id: str | None = None
+    details: dict[str, Any] | None = None
+    request_id: str | None = None

@@ -12,16 +12,26 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from tuneforge.service.api.deps import RepoDep, StateDep, get_tenant_repo
+from tuneforge.service.api.deps import RepoDep, StateDep, authenticate
+from tuneforge.service.core.roles import Principal
 
 #: the tenant repository, its session closed as soon as the route function returns
 ShortRepoDep = RepoDep
 
 
-def _tenant_id(request: Request, state: StateDep) -> str:
+def _principal(request: Request, state: StateDep) -> Principal:
     with state.sessions() as session:
-        return get_tenant_repo(request, session).tenant_id
+        return authenticate(request, session)
 
 
-#: the caller's tenant (401 for a missing or wrong key); no session is left open
+#: the caller (401 for a missing or wrong key, 403 for a role without the route's permission); no session is
+#: left open
+ShortPrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def _tenant_id(principal: ShortPrincipalDep) -> str:
+    return principal.tenant_id
+
+
+#: the caller's tenant, as :data:`ShortPrincipalDep` checks it
 TenantIdDep = Annotated[str, Depends(_tenant_id)]

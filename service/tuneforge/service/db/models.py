@@ -18,18 +18,55 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
+    """An organization."""
+
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    #: overrides of the service's limits (``domain.quotas.LIMIT_FIELDS``); a missing or null one: the default
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: bumped by every quota reservation: the UPDATE is what serializes an organization's reservations
+    quota_version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: the id the API shows (``key_…``); the secret itself is never stored, only its SHA-256
+    public_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    #: the key's first characters and last four (``tf-abc12…wxyz``), to recognize it by
+    redacted_value: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    #: the public id of the key that created this one (None: created by the operator on the server)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: updated at most once per ``last_used_resolution_seconds``, not on every request
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditLog(Base):
+    """An administrative action: who (which key of which organization), what, on what, when."""
+
+    __tablename__ = "audit_logs"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the organization the action concerned (its admins can read the entry)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    effective_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    actor_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor_redacted_value: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (Index("ix_audit_logs_tenant_seq", "tenant_id", "seq"),)
 
 
 class File(Base):
@@ -83,6 +120,8 @@ class Job(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: the replica whose local executor runs the trainer (several replicas share one database)
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

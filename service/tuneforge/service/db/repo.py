@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.errors import NotFound
+from tuneforge.service.core.ids import new_key_id
 from tuneforge.service.db.models import (
     ApiKey,
+    AuditLog,
     Budget,
     Checkpoint,
     File,
@@ -120,6 +122,30 @@ class TenantRepo:
                 jobs = jobs[ids.index(after) + 1:] if after in ids else jobs
             return jobs[:limit], len(jobs) > limit
         return _page(self.session, stmt, Job, after, limit, newest_first=True)
+
+    # -- quotas: reserve inside one transaction that starts with lock_quotas() --
+    def lock_quotas(self) -> None:
+        """Serialize this organization's quota reservations until the transaction ends: the UPDATE takes the
+        tenant row's lock on PostgreSQL and SQLite's write lock (pysqlite begins the transaction with it), so
+        the usage read next cannot be stale."""
+        self.session.execute(update(Tenant).where(Tenant.id == self.tenant_id)
+                             .values(quota_version=Tenant.quota_version + 1))
+
+    def active_job_usage(self) -> list[tuple[str, dict[str, Any]]]:
+        """(status, resources) of every active job (bounded by the active-job quota)."""
+        rows = self.session.execute(select(Job.status, Job.resources).where(
+            Job.tenant_id == self.tenant_id, Job.status.in_(ACTIVE_STATUSES)))
+        return [(str(status), resources or {}) for status, resources in rows]
+
+    def stored_bytes(self) -> int:
+        return int(self.session.scalar(select(func.coalesce(func.sum(File.bytes), 0))
+                                       .where(File.tenant_id == self.tenant_id)) or 0)
+
+    def organization(self) -> Tenant:
+        row = self.session.get(Tenant, self.tenant_id)
+        if row is None:
+            raise NotFound("organization", self.tenant_id)
+        return row
 
     def count_active_jobs(self) -> int:
         return self.session.scalar(
@@ -227,18 +253,47 @@ class SystemRepo:
         self.session = session
 
     def tenant_for_key_hash(self, key_hash: str) -> str | None:
-        return self.session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
+        return self.session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash,
+                                                                  ApiKey.revoked_at.is_(None)))
 
-    def ensure_tenant(self, tenant_id: str) -> None:
+    def key_for_hash(self, key_hash: str) -> tuple[ApiKey, Tenant] | None:
+        """The key with this hash (revoked ones too: the caller says why it is refused) and its organization:
+        one indexed query per request, never cached, so a revocation applies to the very next request."""
+        row = self.session.execute(select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id)
+                                   .where(ApiKey.key_hash == key_hash)).first()
+        return None if row is None else (row[0], row[1])
+
+    def key_is_active(self, key_id: str) -> bool:
+        return self.session.scalar(select(func.count()).select_from(ApiKey).where(
+            ApiKey.public_id == key_id, ApiKey.revoked_at.is_(None))) == 1
+
+    def touch_key(self, key_id: str, at: int, resolution: int) -> None:
+        """Record a use, unless one was recorded less than ``resolution`` seconds ago (also by another replica)."""
+        self.session.execute(update(ApiKey).where(
+            ApiKey.public_id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= at - resolution),
+        ).values(last_used_at=at))
+        self.session.commit()
+
+    def ensure_tenant(self, tenant_id: str, name: str = "") -> None:
         if self.session.get(Tenant, tenant_id) is None:
-            self.session.add(Tenant(id=tenant_id))
+            self.session.add(Tenant(id=tenant_id, name=name or tenant_id))
             self.session.commit()
 
-    def add_api_key(self, tenant_id: str, key_hash: str, name: str = "") -> None:
+    def add_api_key(self, tenant_id: str, key_hash: str, name: str = "", *, role: str = "admin",
+                    public_id: str | None = None, redacted_value: str = "tf-…") -> bool:
+        """Register a key unless its hash is known already; returns whether it was added."""
         self.ensure_tenant(tenant_id)
-        if self.tenant_for_key_hash(key_hash) is None:
-            self.session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, name=name))
-            self.session.commit()
+        existing = self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+        if existing is not None:
+            if existing.redacted_value in ("", "tf-…"):  # a key from before redacted values were kept
+                existing.redacted_value = redacted_value
+                self.session.commit()
+            return False
+        self.session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, name=name, role=role,
+                                public_id=public_id or new_key_id(), redacted_value=redacted_value))
+        self.session.commit()
+        return True
 
     def job(self, job_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id))
@@ -261,7 +316,15 @@ class SystemRepo:
         self.session.commit()
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """Current statuses of these jobs (a deleted job is missing)."""
+        if not job_ids:
+            return {}
         return {str(i): str(s) for i, s in self.session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
+
+    def running_jobs_of(self, runner: str) -> list[Job]:
+        """Jobs marked running by this replica's executor (or by one from before replicas were recorded)."""
+        return list(self.session.scalars(select(Job).where(
+            Job.status == JobStatus.RUNNING, or_(Job.runner == runner, Job.runner.is_(None))).order_by(Job.seq)))
 
     def jobs_with_status(self, *statuses: str) -> list[Job]:
         return list(self.session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.seq)))
@@ -349,3 +412,92 @@ class SystemRepo:
     def recent_events(self, job: Job, limit: int = 50) -> list[JobEvent]:
         return list(self.session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
                                          .order_by(JobEvent.seq.desc()).limit(limit)))
+
+
+class OrganizationRepo:
+    """Organizations, their API keys and audit log, as an admin sees them: an organization admin sees their
+    own organization only (another one is a 404 exactly like a missing one); an instance admin sees all."""
+
+    def __init__(self, session: Session, tenant_id: str, *, instance_admin: bool) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.instance_admin = instance_admin
+
+    def _visible(self, org_id: str) -> bool:
+        return self.instance_admin or org_id == self.tenant_id
+
+    def get_org(self, org_id: str) -> Tenant:
+        row = self.session.get(Tenant, org_id) if self._visible(org_id) else None
+        if row is None:
+            raise NotFound("organization", org_id)
+        return row
+
+    def lock(self, org_id: str) -> None:
+        """Serialize changes that check the organization's keys (e.g. keeping its last admin key)."""
+        self.session.execute(update(Tenant).where(Tenant.id == org_id).values(quota_version=Tenant.quota_version + 1))
+
+    def org_exists(self, org_id: str) -> bool:
+        return self.session.get(Tenant, org_id) is not None
+
+    def list_orgs(self, after: str | None, limit: int) -> tuple[list[Tenant], bool]:
+        stmt = select(Tenant)
+        if not self.instance_admin:
+            stmt = stmt.where(Tenant.id == self.tenant_id)
+        if after:
+            stmt = stmt.where(Tenant.id > after)
+        rows = list(self.session.scalars(stmt.order_by(Tenant.id).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def add_org(self, org: Tenant) -> None:
+        self.session.add(org)
+
+    def keys(self, org_id: str, after: str | None, limit: int,
+             include_revoked: bool = False) -> tuple[list[ApiKey], bool]:
+        """Newest first; ``after`` is the public id of the last key seen."""
+        stmt = select(ApiKey).where(ApiKey.tenant_id == self.get_org(org_id).id)
+        if not include_revoked:
+            stmt = stmt.where(ApiKey.revoked_at.is_(None))
+        if after:
+            cursor = self.session.scalar(stmt.with_only_columns(ApiKey.id).where(ApiKey.public_id == after))
+            if cursor is not None:
+                stmt = stmt.where(ApiKey.id < cursor)
+        rows = list(self.session.scalars(stmt.order_by(ApiKey.id.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def get_key(self, org_id: str, key_id: str) -> ApiKey:
+        row = self.session.scalar(select(ApiKey).where(ApiKey.tenant_id == self.get_org(org_id).id,
+                                                       ApiKey.public_id == key_id))
+        if row is None:
+            raise NotFound("API key", key_id)
+        return row
+
+    def add_key(self, key: ApiKey) -> None:
+        self.session.add(key)
+
+    def count_admin_keys(self, org_id: str) -> int:
+        return int(self.session.scalar(select(func.count()).select_from(ApiKey).where(
+            ApiKey.tenant_id == org_id, ApiKey.role == "admin", ApiKey.revoked_at.is_(None))) or 0)
+
+    def add_audit(self, entry: AuditLog) -> None:
+        """Added to the caller's transaction: the action and its record are committed together."""
+        self.session.add(entry)
+
+    def audit_logs(self, org_id: str, after: str | None, limit: int, types: list[str] | None = None,
+                   actor_key_ids: list[str] | None = None) -> tuple[list[AuditLog], bool]:
+        stmt = select(AuditLog).where(AuditLog.tenant_id == self.get_org(org_id).id)
+        if types:
+            stmt = stmt.where(AuditLog.type.in_(types))
+        if actor_key_ids:
+            stmt = stmt.where(AuditLog.actor_key_id.in_(actor_key_ids))
+        if after:
+            cursor = self.session.scalar(stmt.with_only_columns(AuditLog.seq).where(AuditLog.id == after))
+            if cursor is not None:
+                stmt = stmt.where(AuditLog.seq < cursor)
+        rows = list(self.session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()

@@ -23,7 +23,7 @@ def requeue_or_fail(session: Session, job: Job, max_attempts: int, reason: str) 
     if job.attempts < max_attempts:
         transition(session, job, JobStatus.QUEUED,
                    f"{reason}; re-queued, it resumes from its latest checkpoint (attempt {job.attempts + 1})",
-                   level="warn")
+                   level="warn", fields={"runner": None})  # any replica may start the next attempt
     else:
         transition(session, job, JobStatus.FAILED, f"{reason}; giving up after {job.attempts} attempts",
                    error={"code": "interrupted", "message": f"{reason}; giving up after {job.attempts} attempts"})

@@ -19,15 +19,15 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import job_model_prefix, job_prefix
 from tuneforge.contracts.validation import describe
 from tuneforge.service.core.config import ServiceSettings
-from tuneforge.service.core.errors import InvalidRequest, QuotaExceeded
+from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, Job, now
 from tuneforge.service.db.repo import TenantRepo
 from tuneforge.service.domain.budgets import check_budget, spent_gpu_hours
 from tuneforge.service.domain.estimate import estimate
 from tuneforge.service.domain.integrations import resolve_integrations
-from tuneforge.service.domain.lifecycle import add_event
 from tuneforge.service.domain.model_registry import StartingPoint, starting_point
+from tuneforge.service.domain.quotas import Limits, admit_job, effective_limits
 from tuneforge.service.schemas import JobCreate
 from tuneforge.storage import ObjectStore
 
@@ -171,14 +171,11 @@ def describe_request(repo: TenantRepo, store: ObjectStore, settings: ServiceSett
 
 
 def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
-               idempotency_key: str | None) -> Job:
+               idempotency_key: str | None, limits: Limits | None = None) -> Job:
     if idempotency_key:
         existing = repo.find_job_by_idempotency_key(idempotency_key)
         if existing is not None:
             return existing
-    if repo.count_active_jobs() >= settings.limits.max_active_jobs_per_tenant:
-        raise QuotaExceeded(
-            f"Quota exceeded: at most {settings.limits.max_active_jobs_per_tenant} active jobs per organization.")
     check_budget(repo)
     job_id = new_id("ftjob")
     spec, training, validation = describe_request(repo, store, settings, req, job_id)
@@ -201,9 +198,15 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
         token_hash="",
         created_at=now(),
     )
-    repo.add_job(job)
-    add_event(repo.session, job, f"Created fine-tuning job: {job_id}", data={"status": JobStatus.VALIDATING_FILES})
-    return job
+    # the quota check and the insert are one transaction (concurrent creates cannot overshoot)
+    return admit_job(repo, limits or effective_limits(settings.limits, None), job,
+                     default_gpus=quota_default_gpus(settings), created_message=f"Created fine-tuning job: {job_id}",
+                     idempotency_key=idempotency_key)
+
+
+def quota_default_gpus(settings: ServiceSettings) -> int:
+    """GPUs a job that asks for 0 counts against the GPU quota: the cluster's default per pod, none locally."""
+    return settings.executor.kube_default_gpus if settings.executor.kind == "kubernetes" else 0
 
 
 def estimate_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate) -> dict[str, Any]:

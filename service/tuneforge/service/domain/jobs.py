@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.contracts.store_layout import job_prefix
-from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.errors import Conflict, QuotaExceeded
 from tuneforge.service.db.models import Job
 from tuneforge.service.db.repo import TenantRepo
 from tuneforge.service.domain.budgets import check_budget
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.lifecycle import transition
+from tuneforge.service.domain.quotas import Limits
 from tuneforge.storage import ObjectStore
 
 #: compare-and-set rounds a cancel tries (each lost round means the status really moved meanwhile)
@@ -60,15 +60,19 @@ def pause(repo: TenantRepo, executor: Executor | None, job_id: str) -> Job:
     return job
 
 
-def resume(repo: TenantRepo, executor: Executor | None, settings: ServiceSettings, job_id: str) -> Job:
+def resume(repo: TenantRepo, executor: Executor | None, limits: Limits, job_id: str) -> Job:
     """Resume a paused job: it is queued again and continues from its latest checkpoint (same steps and losses
     as a run that was never paused). Resuming a job that is already waiting or running changes nothing."""
     job = repo.get_job(job_id)
     while job.status == JobStatus.PAUSED:
         check_budget(repo)
-        if repo.count_active_jobs() >= settings.limits.max_active_jobs_per_tenant:
-            raise QuotaExceeded(f"Quota exceeded: at most {settings.limits.max_active_jobs_per_tenant} active jobs "
-                                "per organization; resume it when another has finished.")
+        # the check and the status change are one transaction under the organization's quota lock, so
+        # concurrent resumes and creates cannot overshoot the active-job quota together
+        repo.lock_quotas()
+        if repo.count_active_jobs() >= limits.max_active_jobs:
+            repo.session.rollback()
+            raise QuotaExceeded(f"Quota exceeded: at most {limits.max_active_jobs} active jobs per organization; "
+                                "resume it when another has finished.")
         # never handed to an executor (no token yet): validate its files again, as a new job's
         target = JobStatus.QUEUED if job.token_hash else JobStatus.VALIDATING_FILES
         if transition(repo.session, job, target, "Fine-tuning job resumed by the user; it continues from its "

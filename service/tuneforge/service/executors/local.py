@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -88,6 +89,9 @@ class LocalExecutor(Executor):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: recorded on the jobs this executor starts: after a restart it re-queues its own, never another
+        #: replica's
+        self.replica = settings.executor.replica_id or socket.gethostname()
         self.work_dir = settings.home / "jobs"
         self.log_dir = settings.home / "logs"
 
@@ -167,8 +171,10 @@ class LocalExecutor(Executor):
     # -- restart reconciliation --
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
-            left = [(job.id, job.pid) for job in SystemRepo(session).jobs_with_status(JobStatus.RUNNING)]
-            paused = [job.pid for job in SystemRepo(session).jobs_with_status(JobStatus.PAUSED) if job.pid is not None]
+            # only this replica's trainers (other replicas' jobs run on): those it ran, or unrecorded ones
+            left = [(job.id, job.pid) for job in SystemRepo(session).running_jobs_of(self.replica)]
+            paused = [job.pid for job in SystemRepo(session).jobs_with_status(JobStatus.PAUSED)
+                      if job.pid is not None and job.runner in (self.replica, None)]
         # waiting for orphans holds no database connection (it can take a minute)
         for paused_pid in paused:
             # paused while the previous service ran: its trainer was told to stop; let it finish saving
@@ -230,6 +236,8 @@ class LocalExecutor(Executor):
         return [(r["file_id"], r["key"]) for r in refs if r]
 
     def _launch(self, session: Session, job: Job) -> None:
+        """Start the job's trainer, once: the queued → running compare-and-set is the claim, so of several
+        replicas (or a cancel racing this tick) exactly one wins; the winner records itself as the job's runner."""
         token = new_job_token()
         attempts = job.attempts + 1
         spec_data = dict(job.spec)
@@ -241,7 +249,7 @@ class LocalExecutor(Executor):
         with self._lock:
             # claim the job first: if the user cancelled it since this tick looked, nothing is started
             if not transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}",
-                              fields={"attempts": attempts, "token_hash": hash_secret(token)}):
+                              fields={"attempts": attempts, "token_hash": hash_secret(token), "runner": self.replica}):
                 return
             job_dir = self.work_dir / job.id
             job_dir.mkdir(parents=True, exist_ok=True)
@@ -280,9 +288,11 @@ class LocalExecutor(Executor):
             live = [job_id for job_id, run in self.running.items() if not run.cancelled and not run.paused]
         if not live:
             return
-        for job_id, status in repo.statuses(live).items():
-            if status in TERMINAL_STATUSES:
-                log.info("job %s is %s: stopping its trainer", job_id, status)
+        current = repo.statuses(live)
+        for job_id in live:
+            status = current.get(job_id)
+            if status is None or status in TERMINAL_STATUSES:
+                log.info("job %s is %s: stopping its trainer", job_id, status or "deleted")
                 self.cancel(job_id)
             elif status == JobStatus.PAUSED:
                 log.info("job %s is paused: its trainer checkpoints and stops", job_id)
