@@ -31,7 +31,7 @@ def test_continue_from_a_model_and_from_a_checkpoint(make_job) -> None:  # type:
     (result,) = continued.of("result")
     assert "adapter_model.safetensors" in result["data"]["files"]
 
-    checkpoint = [c["data"]["prefix"] for c in first.of("checkpoint")][0]
+    checkpoint = [c["data"]["prefix"] for c in first.of("checkpoint")][-1]  # older ones: removed by retention
     from_checkpoint = run_trainer(make_job(rows, hyperparameters=HP, job_id="ftjob-third", initial_weights={
         "prefix": checkpoint, "kind": "adapter"}))
     assert from_checkpoint.returncode == 0, from_checkpoint.stderr[-3000:]

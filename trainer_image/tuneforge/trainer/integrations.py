@@ -236,6 +236,8 @@ class TrackerCallback(TrainerCallback):
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:
             return
+        if "train_loss" in logs and "loss" not in logs:
+            return  # the end-of-training summary (an average over the run), not a step's metrics
         train, valid = rename_metrics(logs)
         metrics = {k: float(v) for k, v in {**train, **valid}.items() if isinstance(v, int | float)}
         self.trackers.log(metrics, state.global_step)
