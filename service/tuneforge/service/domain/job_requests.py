@@ -7,6 +7,8 @@ through the tenant-scoped repository, and the JobSpec resolves every ``"auto"``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -19,11 +21,11 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import job_model_prefix, job_prefix
 from tuneforge.contracts.validation import describe
 from tuneforge.service.core.config import ServiceSettings
-from tuneforge.service.core.errors import InvalidRequest, QuotaExceeded
+from tuneforge.service.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, Job, now
 from tuneforge.service.db.repo import TenantRepo
-from tuneforge.service.domain.lifecycle import add_event
+from tuneforge.service.domain.lifecycle import add_event, notifier
 from tuneforge.service.domain.model_registry import base_model_for_job
 from tuneforge.service.schemas import JobCreate
 from tuneforge.storage import ObjectStore
@@ -106,12 +108,29 @@ def public_hyperparameters(method: AnyMethod) -> dict[str, Any]:
     return method.hyperparameters.model_dump(mode="json", exclude_none=True)
 
 
+def request_fingerprint(req: JobCreate) -> str:
+    """The request as the client meant it (fields it set, nulls dropped), hashed: what an idempotent retry repeats."""
+    canonical = json.dumps(req.model_dump(mode="json", exclude_unset=True, exclude_none=True), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replayed(job: Job, key: str, fingerprint: str) -> Job:
+    """The job an ``Idempotency-Key`` already made, if this request is the same one (as Stripe answers)."""
+    if job.idempotency_hash is not None and job.idempotency_hash != fingerprint:
+        raise Conflict(f"The Idempotency-Key '{key[:64]}' was already used with a different request (it created "
+                       f"{job.id}). Send the same body to get that job again, or use a new key for a new job.",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
 def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
                idempotency_key: str | None) -> Job:
+    fingerprint = request_fingerprint(req)
     if idempotency_key:
         existing = repo.find_job_by_idempotency_key(idempotency_key)
         if existing is not None:
-            return existing
+            return _replayed(existing, idempotency_key, fingerprint)
     if repo.count_active_jobs() >= settings.limits.max_active_jobs_per_tenant:
         raise QuotaExceeded(
             f"Quota exceeded: at most {settings.limits.max_active_jobs_per_tenant} active jobs per organization.")
@@ -162,11 +181,19 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
         job_metadata=req.metadata,
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
+        idempotency_hash=fingerprint if idempotency_key else None,
         token_hash="",
         created_at=now(),
+        tenant_id=repo.tenant_id,
     )
-    repo.add_job(job)
-    add_event(repo.session, job, f"Created fine-tuning job: {job_id}", data={"status": JobStatus.VALIDATING_FILES})
+    # the job and its first event in one transaction: an acknowledged job always has its history
+    add_event(repo.session, job, f"Created fine-tuning job: {job_id}", data={"status": JobStatus.VALIDATING_FILES},
+              commit=False)
+    stored = repo.add_job(job)
+    if stored is not job:  # a concurrent request with the same Idempotency-Key created it first
+        assert idempotency_key is not None
+        return _replayed(stored, idempotency_key, fingerprint)
+    notifier.notify()
     return job
 
 
