@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
@@ -91,9 +92,18 @@ class TenantRepo:
 
     # -- jobs --
     def add_job(self, job: Job) -> Job:
+        """Insert the job (with whatever the session holds pending: its first event); when a concurrent request
+        with the same ``Idempotency-Key`` inserted its job first, nothing is written and that job is returned."""
         job.tenant_id = self.tenant_id
         self.session.add(job)
-        self.session.commit()
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            existing = self.find_job_by_idempotency_key(job.idempotency_key) if job.idempotency_key else None
+            if existing is None:
+                raise
+            return existing
         return job
 
     def get_job(self, job_id: str) -> Job:

@@ -7,6 +7,8 @@ through the tenant-scoped repository, and the JobSpec resolves every ``"auto"``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -19,7 +21,7 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import job_model_prefix, job_prefix
 from tuneforge.contracts.validation import describe
 from tuneforge.service.core.config import ServiceSettings
-from tuneforge.service.core.errors import InvalidRequest
+from tuneforge.service.core.errors import Conflict, InvalidRequest
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, Job, now
 from tuneforge.service.db.repo import TenantRepo
@@ -109,6 +111,22 @@ def public_hyperparameters(method: AnyMethod) -> dict[str, Any]:
     return method.hyperparameters.model_dump(mode="json", exclude_none=True)
 
 
+def request_fingerprint(req: JobCreate) -> str:
+    """The request as the client meant it (fields it set, nulls dropped), hashed: what an idempotent retry repeats."""
+    canonical = json.dumps(req.model_dump(mode="json", exclude_unset=True, exclude_none=True), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replayed(job: Job, key: str, fingerprint: str) -> Job:
+    """The job an ``Idempotency-Key`` already made, if this request is the same one (as Stripe answers)."""
+    if job.idempotency_hash is not None and job.idempotency_hash != fingerprint:
+        raise Conflict(f"The Idempotency-Key '{key[:64]}' was already used with a different request (it created "
+                       f"{job.id}). Send the same body to get that job again, or use a new key for a new job.",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
 #: methods whose models are causal LMs (one can continue another's); a reward model is a classifier
 _CAUSAL_LM_METHODS = frozenset({"supervised", "dpo", "reinforcement"})
 
@@ -172,10 +190,11 @@ def describe_request(repo: TenantRepo, store: ObjectStore, settings: ServiceSett
 
 def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
                idempotency_key: str | None, limits: Limits | None = None) -> Job:
+    fingerprint = request_fingerprint(req)
     if idempotency_key:
         existing = repo.find_job_by_idempotency_key(idempotency_key)
         if existing is not None:
-            return existing
+            return _replayed(existing, idempotency_key, fingerprint)
     check_budget(repo)
     job_id = new_id("ftjob")
     spec, training, validation = describe_request(repo, store, settings, req, job_id)
@@ -195,13 +214,20 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
         job_metadata=req.metadata,
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
+        idempotency_hash=fingerprint if idempotency_key else None,
         token_hash="",
         created_at=now(),
+        tenant_id=repo.tenant_id,
     )
-    # the quota check and the insert are one transaction (concurrent creates cannot overshoot)
-    return admit_job(repo, limits or effective_limits(settings.limits, None), job,
-                     default_gpus=quota_default_gpus(settings), created_message=f"Created fine-tuning job: {job_id}",
-                     idempotency_key=idempotency_key)
+    # the quota check, the insert and the first event are one transaction (concurrent creates cannot overshoot,
+    # and an acknowledged job always has its history)
+    stored = admit_job(repo, limits or effective_limits(settings.limits, None), job,
+                       default_gpus=quota_default_gpus(settings), created_message=f"Created fine-tuning job: {job_id}",
+                       idempotency_key=idempotency_key)
+    if stored is not job:  # a concurrent request with the same Idempotency-Key created it first
+        assert idempotency_key is not None
+        return _replayed(stored, idempotency_key, fingerprint)
+    return stored
 
 
 def quota_default_gpus(settings: ServiceSettings) -> int:
