@@ -61,11 +61,24 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/organizations/{org_id}/api_keys/{key_id}"): P.MANAGE,
     ("DELETE", "/v1/organizations/{org_id}/api_keys/{key_id}"): P.MANAGE,
     ("GET", "/v1/organizations/{org_id}/audit_logs"): P.MANAGE,
+    ("POST", "/v1/fine_tuning/jobs/estimate"): P.READ,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/pause"): P.WRITE,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/resume"): P.WRITE,
+    ("GET", "/v1/organization/budget"): P.READ,
+    ("GET", "/v1/webhooks"): P.READ,
+    ("POST", "/v1/webhooks"): P.MANAGE,
+    ("GET", "/v1/webhooks/{endpoint_id}"): P.READ,
+    ("POST", "/v1/webhooks/{endpoint_id}"): P.MANAGE,
+    ("DELETE", "/v1/webhooks/{endpoint_id}"): P.MANAGE,
+    ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): P.READ,
+    ("POST", "/v1/chat/completions"): P.WRITE,
+    ("POST", "/v1/completions"): P.WRITE,
+    ("GET", "/v1/serving/engines"): P.READ,
 }
 #: ids that exist nowhere: an authorized request ends in a 404 (or a 400 for a bad body), changing nothing
 MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-000000000000000000000000",
            "model_id": "ft:nothing:here", "key_id": "key_000000000000000000000000", "org_id": "no-such-org",
-           "name": "model.safetensors"}
+           "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.core.errors import QuotaExceeded
+from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.core.security import encrypt_secret
 from tuneforge.service.db.models import WebhookDelivery, WebhookEndpoint
 from tuneforge.service.domain import webhooks as hooks
@@ -24,6 +25,8 @@ from tuneforge.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+#: where the organization's job events are sent is the organization's admins' decision
+MANAGE = requires(Permission.MANAGE)
 
 
 def endpoint_object(row: WebhookEndpoint, secret: str | None = None) -> WebhookObject:
@@ -40,7 +43,8 @@ def delivery_object(row: WebhookDelivery) -> WebhookDeliveryObject:
         created_at=row.created_at, finished_at=row.finished_at)
 
 
-@router.post("", response_model=WebhookObject, summary="Add a webhook endpoint (its secret is shown only now)")
+@router.post("", response_model=WebhookObject, summary="Add a webhook endpoint (its secret is shown only now)",
+             openapi_extra=MANAGE)
 def create(body: WebhookCreate, repo: RepoDep, state: StateDep) -> WebhookObject:
     allow_private = state.settings.webhooks.webhook_allow_private_urls
     url = hooks.check_url(body.url, allow_private=allow_private)
@@ -64,7 +68,8 @@ def get_endpoint(endpoint_id: str, repo: RepoDep) -> WebhookObject:
     return endpoint_object(repo.get_webhook(endpoint_id))
 
 
-@router.post("/{endpoint_id}", response_model=WebhookObject, summary="Update a webhook endpoint")
+@router.post("/{endpoint_id}", response_model=WebhookObject, summary="Update a webhook endpoint",
+             openapi_extra=MANAGE)
 def update_endpoint(endpoint_id: str, body: WebhookUpdate, repo: RepoDep, state: StateDep) -> WebhookObject:
     row = repo.get_webhook(endpoint_id)
     if body.url is not None:
@@ -79,7 +84,8 @@ def update_endpoint(endpoint_id: str, body: WebhookUpdate, repo: RepoDep, state:
     return endpoint_object(row)
 
 
-@router.delete("/{endpoint_id}", response_model=DeletedObject, summary="Delete a webhook endpoint")
+@router.delete("/{endpoint_id}", response_model=DeletedObject, summary="Delete a webhook endpoint",
+               openapi_extra=MANAGE)
 def delete_endpoint(endpoint_id: str, repo: RepoDep) -> DeletedObject:
     repo.delete_webhook(repo.get_webhook(endpoint_id))
     return DeletedObject(id=endpoint_id, object="webhook_endpoint")
