@@ -63,6 +63,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         finally:
             background.stop()
             await state.serving.aclose()
+            await state.exporter.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
             if listener is not None:

@@ -18,6 +18,7 @@ from tuneforge.service.db.session import init_db, make_engine, make_session_fact
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.organizations import register_admin_key
 from tuneforge.service.domain.serving import ServingBackend
+from tuneforge.service.executors.exports_local import LocalExporter
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore, open_store
 
@@ -34,6 +35,7 @@ def build_state(settings: ServiceSettings) -> AppState:
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
                      metrics=metrics, serving=build_serving(settings, store, metrics),
+                     exporter=LocalExporter(settings, store),
                      metrics_token=settings.auth.metrics_token or _home_secret(settings.home / "metrics_token"))
     state.executor = build_executor(state)
     state.rate_limiter = RequestRateLimiter(settings.limits.rate_limit_storage)

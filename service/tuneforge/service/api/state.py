@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.service.api.rate_limit import RequestRateLimiter
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
@@ -25,6 +26,7 @@ class AppState:
     link_secret: str
     metrics: ServiceMetrics
     serving: ServingBackend
+    exporter: Exporter
     #: the bearer token of /metrics' private series (the setting, or one generated once per home)
     metrics_token: str = ""
     executor: Executor | None = None

@@ -82,6 +82,8 @@ class ExecutorSettings(EnvSettings):
                               json_schema_extra={"default_text": "~/.cache/tuneforge/models"})
     replica_id: str = Field("", description="This replica's name, recorded on the jobs its local executor runs "
                             "(empty: the host name); a restart re-queues only its own jobs")
+    gguf_converter: str = Field("", description="Exports: directory of llama.cpp's GGUF converter "
+                                "(infra/engines/gguf/install.sh prints it; empty: GGUF exports fail with that reason)")
     kube_namespace: str = Field("default", description="Kubernetes: namespace of the FineTuneJobs")
     kube_image: str = Field("tuneforge/trainer:latest", description="Kubernetes: trainer image")
     kubeconfig: str = Field("", validation_alias=AliasChoices("TUNEFORGE_KUBECONFIG", "KUBECONFIG"),
