@@ -74,11 +74,15 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/chat/completions"): P.WRITE,
     ("POST", "/v1/completions"): P.WRITE,
     ("GET", "/v1/serving/engines"): P.READ,
+    ("POST", "/v1/models/{model_id}/export"): P.WRITE,
+    ("GET", "/v1/models/{model_id}/export"): P.READ,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/exports/{fmt}/{name}"): PUBLIC,
 }
 #: ids that exist nowhere: an authorized request ends in a 404 (or a 400 for a bad body), changing nothing
 MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-000000000000000000000000",
            "model_id": "ft:nothing:here", "key_id": "key_000000000000000000000000", "org_id": "no-such-org",
-           "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000"}
+           "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000",
+           "fmt": "gguf"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}
