@@ -105,9 +105,10 @@ def transition(
         if current in TERMINAL_STATUSES:
             return False
         raise InvalidTransition(f"{job.id}: {current} → {status}")
-    values: dict[str, Any] = {"status": status, **usage.running_time_fields(current, status, job.resources),
+    with session.no_autoflush:  # reading the row must never write this writer's stale copy of it
+        resources, started_at = job.resources, job.started_at
+    values: dict[str, Any] = {"status": status, **usage.running_time_fields(current, status, resources),
                               **(fields or {})}
-    started_at = job.started_at
     if status == JobStatus.RUNNING:
         # the first start counts (a re-queued job keeps it), whatever this session's copy says
         started_at = started_at or now()
