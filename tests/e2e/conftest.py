@@ -18,9 +18,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def process_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[ProcessServer]:
-    """`tuneforge serve` with the tiny model registered as a base model named ``TINY``."""
-    srv = ProcessServer(tmp_path / "home").start()
+def process_server(tmp_path: Path, tiny_model_dir: Path, database_url: str) -> Iterator[ProcessServer]:
+    """`tuneforge serve` with the tiny model registered as a base model named ``TINY`` (on SQLite and on
+    PostgreSQL: ``database_url``)."""
+    env = {"TUNEFORGE_DATABASE_URL": database_url} if database_url else None
+    srv = ProcessServer(tmp_path / "home", env=env).start()
     register_model(srv, tiny_model_dir, TINY)
     yield srv
     srv.stop()

@@ -55,8 +55,9 @@ def bucket(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def s3_server(tmp_path: Path, s3_env: dict[str, str], bucket: Any) -> Iterator[ProcessServer]:
-    srv = ProcessServer(tmp_path / "home", env=s3_env).start()
+def s3_server(tmp_path: Path, s3_env: dict[str, str], bucket: Any, database_url: str) -> Iterator[ProcessServer]:
+    env = {**s3_env, "TUNEFORGE_DATABASE_URL": database_url} if database_url else s3_env
+    srv = ProcessServer(tmp_path / "home", env=env).start()
     yield srv
     srv.stop()
 

@@ -16,8 +16,8 @@ from tests.support.buildah import DOCKERFILES, REPO, _instructions, copied_sourc
 
 OCI_LABELS = ("title", "description", "version", "revision", "created", "licenses", "source", "base.name")
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|cuda-nvcc|python3-dev)\b")
-#: the tuneforge portions (top-level subpackages) each image must carry: its own, and what they import
-#: the portions an image runs itself (the trainer image also runs the CPU inference engine, ``python -m tuneforge.engine``)
+#: the tuneforge portions (top-level subpackages) each image runs itself; it must carry them and what they import
+#: (the trainer image also runs the CPU inference engine, ``python -m tuneforge.engine``)
 OWN_PORTION = {"trainer": ("trainer", "engine"), "service": ("service",), "operator": ("operator",)}
 
 

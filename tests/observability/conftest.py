@@ -59,7 +59,7 @@ def observed_job(tmp_path_factory: pytest.TempPathFactory, obs_tiny_model: Path)
             host = server.url.removeprefix("http://")
             prometheus = Prometheus(root / "prometheus", {
                 "tuneforge": host, "tuneforge-trainer": f"127.0.0.1:{trainer_port}",
-            }).start()
+            }, tokens={"tuneforge": server.settings.home / "metrics_token"}).start()
             time.sleep(2)  # a couple of scrapes before the job exists: counters start from their baseline
         with server.client() as client:
             train = upload(client, chat_jsonl(root / "train.jsonl", 80))

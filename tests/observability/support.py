@@ -32,14 +32,17 @@ CHROMIUM_ARGS = [
 class Prometheus:
     """``/usr/bin/prometheus`` on 127.0.0.1 with a temporary config and storage, scraping every second."""
 
-    def __init__(self, workdir: Path, targets: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, targets: dict[str, str], tokens: dict[str, Path] | None = None) -> None:
+        """``tokens``: the bearer-token file a target's scrapes send (the service's metrics token)."""
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
+        tokens = tokens or {}
         jobs = "".join(
             f"  - job_name: {name}\n    metrics_path: /metrics\n    static_configs:\n"
             f"      - targets: [\"{target}\"]\n"
+            + (f"    authorization:\n      credentials_file: {tokens[name]}\n" if name in tokens else "")
             for name, target in targets.items()
         )
         self.config = workdir / "prometheus.yml"

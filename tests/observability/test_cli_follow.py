@@ -52,7 +52,7 @@ def test_follow_prints_steps_from_the_stream_and_returns_the_final_job(api_serve
 
 
 def _open_streams(server: ThreadServer) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():  # a fleet-wide series: no token needed
         if line.startswith("tuneforge_event_streams_open "):
             return float(line.split()[1])
     return 0.0

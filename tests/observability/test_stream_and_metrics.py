@@ -8,7 +8,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -175,7 +174,10 @@ def test_stream_auth_heartbeats_and_tenancy(api_server: ThreadServer, client: ht
     assert comments == 2
 
 
-def _metrics(server: ThreadServer, **headers: str) -> str:
+def _metrics(server: ThreadServer, token: str | None = "", **headers: str) -> str:
+    """A scrape with the server's metrics token ("" : the server's own; None: no credentials)."""
+    if token is not None:
+        headers.setdefault("Authorization", f"Bearer {token or server.state.metrics_token}")
     response = httpx.get(f"{server.url}/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -226,17 +228,74 @@ def test_metrics_follow_the_job_and_drop_its_series_when_it_ends(
     assert "tuneforge_http_request_duration_seconds_bucket" in text
 
 
-def test_metrics_token_is_optional(api_server: ThreadServer, tmp_path: Path) -> None:
-    assert "tuneforge_jobs" in _metrics(api_server)  # no token configured: open
-    settings = make_settings(tmp_path / "home", free_port())
+def test_metrics_without_the_token_name_no_organization_and_no_job(api_server: ThreadServer,
+                                                                    client: httpx.Client) -> None:
+    """Anyone who reaches /metrics sees the fleet (jobs by status, the queue, requests), never an organization's
+    name, a job id or a tenant's GPU-seconds; the metrics token sees those too; a wrong token is a 401."""
+    job_id = _running_job(api_server, client)
+    _post(api_server, job_id, 1, step=3, train_loss=2.5)
+    public = _metrics(api_server, token=None)
+    assert _samples(public, "tuneforge_jobs")['tuneforge_jobs{method="supervised",status="running"}'] == 1
+    assert "tuneforge_queue_depth 0.0" in public and "tuneforge_http_requests_total" in public
+    assert job_id not in public and "tenant=" not in public and 'tenant="default"' not in public
+    assert "tuneforge_tenant_" not in public and "tuneforge_job_step" not in public
+    private = _metrics(api_server)
+    assert f'job_id="{job_id}"' in private and 'tuneforge_tenant_gpu_seconds_total{tenant="default"}' in private
+    for header in ("Bearer wrong", "Basic abc", "Bearer"):
+        wrong = httpx.get(f"{api_server.url}/metrics", headers={"Authorization": header})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key", header
+        assert job_id not in wrong.text
+    # the generated token is the home's, private to its owner
+    token_file = api_server.settings.home / "metrics_token"
+    assert token_file.read_text().strip() == api_server.state.metrics_token
+    assert token_file.stat().st_mode & 0o077 == 0
+
+
+def test_a_configured_metrics_token_is_the_one_required(tmp_path: Any, database_url: str) -> None:
+
+    settings = make_settings(tmp_path / "home", free_port(), database_url=database_url)
     settings = settings.model_copy(update={"auth": settings.auth.model_copy(update={"metrics_token": "scrape-secret"})})
     server = ThreadServer(settings, start_executor=False).start()
     try:
-        assert httpx.get(f"{server.url}/metrics").status_code == 401
-        assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert "tuneforge_jobs" in _metrics(server, Authorization="Bearer scrape-secret")
+        assert not (settings.home / "metrics_token").exists()
+        assert "tuneforge_tenant_jobs_total" in _metrics(server, "scrape-secret")
+        assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer x"}).status_code == 401
+        assert "tuneforge_tenant_" not in _metrics(server, None)
     finally:
         server.stop()
+
+
+def test_a_scrape_reads_a_few_rows_not_every_job(api_server: ThreadServer, client: httpx.Client) -> None:
+    """Finished jobs are counted by the transition that ends them (job_usage): a scrape reads the jobs that have
+    not ended and a few totals per tenant, and its statements do not grow with the jobs table."""
+    from sqlalchemy import event
+
+    file_id = client.post("/v1/files", files={"file": ("t.jsonl", b'{"prompt": "a", "completion": "b"}\n')},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    ended = []
+    for _ in range(6):
+        job = client.post("/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "training_file": file_id})
+        ended.append(job.json()["id"])
+        assert client.post(f"/v1/fine_tuning/jobs/{ended[-1]}/cancel").status_code == 200
+    statements: list[str] = []
+    engine = api_server.state.engine
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "after_cursor_execute", count)
+    try:
+        text = _metrics(api_server)
+    finally:
+        event.remove(engine, "after_cursor_execute", count)
+    assert _samples(text, "tuneforge_jobs_finished_total")[
+        'tuneforge_jobs_finished_total{method="supervised",status="cancelled"}'] == 6
+    assert _samples(text, "tuneforge_tenant_jobs_total") == {'tuneforge_tenant_jobs_total{tenant="default"}': 6}
+    assert len(statements) <= 3, statements
+    # no statement reads the jobs table without a filter on the status (the finished ones are never read)
+    for statement in statements:
+        if "FROM jobs" in statement:
+            assert "status" in statement.split("WHERE", 1)[-1], statement
 
 
 def test_ui_is_served_without_a_key_but_holds_no_data(api_server: ThreadServer) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 
 from tests.support.live_server import ThreadServer
-from tuneforge.service.core.security import hash_secret
+from tuneforge.service.core.roles import Role
 from tuneforge.service.db.models import Job
 from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.organizations import register_key
 
 BASE_MODEL = "SmolLM2-135M-Instruct"
 
@@ -86,10 +87,11 @@ def assert_error(resp: httpx.Response, status: int, *, code: str | None = None,
     return result
 
 
-def add_tenant(server: ThreadServer, tenant: str, key: str) -> httpx.Client:
-    """Register a second organization with its own API key; returns a client that uses it."""
+def add_tenant(server: ThreadServer, tenant: str, key: str, role: str = "admin") -> httpx.Client:
+    """Register another organization (or another key of one) with its own API key; returns a client that uses
+    it."""
     with server.state.sessions() as session:
-        SystemRepo(session).add_api_key(tenant, hash_secret(key), name=f"test key of {tenant}")
+        register_key(SystemRepo(session), tenant, key, f"test key of {tenant}", Role(role))
     return server.client(key)
 
 

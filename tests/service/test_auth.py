@@ -101,8 +101,9 @@ def test_first_start_writes_a_private_key_file(api_server: ThreadServer) -> None
     assert api_server.api_key.startswith("tf-")
 
 
-def test_configured_key_is_accepted_and_no_key_file_is_written(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home", free_port(), api_key="tf-configured-key-for-this-test")
+def test_configured_key_is_accepted_and_no_key_file_is_written(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path / "home", free_port(), database_url=database_url,
+                             api_key="tf-configured-key-for-this-test")
     server = ThreadServer(settings, start_executor=False).start()
     try:
         assert not settings.key_file.exists()

@@ -70,13 +70,14 @@ def test_cancel_stops_the_trainer_within_seconds(server: ThreadServer, tiny: Pat
     assert any("cancelled" in m for m in messages)
 
 
-def test_trainer_crash_fails_the_job_with_its_message(tmp_path: Path, tiny: Path) -> None:
+def test_trainer_crash_fails_the_job_with_its_message(tmp_path: Path, tiny: Path, database_url: str) -> None:
     crash = tmp_path / "crash.py"
     crash.write_text("import sys\nprint('loading...')\nraise RuntimeError('CUDA driver exploded')\n")
     wrapper = tmp_path / "python"
     wrapper.write_text(f"#!/bin/sh\nexec {os.sys.executable} {crash}\n")  # type: ignore[attr-defined]
     wrapper.chmod(0o755)
-    settings = make_settings(tmp_path / "home", free_port(), trainer_python=str(wrapper), poll_interval_seconds=0.2)
+    settings = make_settings(tmp_path / "home", free_port(), database_url=database_url, trainer_python=str(wrapper),
+                             poll_interval_seconds=0.2)
     srv = ThreadServer(settings).start()
     try:
         client = srv.client()

@@ -55,6 +55,6 @@ def test_succeeded_jobs_are_listed_as_tuned_models(client: httpx.Client, api_ser
     tuned = client.get(f"/v1/models/{name}").json()
     assert tuned == {
         "id": name, "object": "model", "created": done["created_at"] + 5, "owned_by": "default",
-        "kind": "fine-tuned", "base_model": BASE_MODEL, "fine_tuning_job_id": done["id"],
+        "kind": "fine-tuned", "base_model": BASE_MODEL, "fine_tuning_job_id": done["id"], "engine": "tuneforge",
     }
     assert_error(client.get("/v1/models/ft:should-not-show"), 404, code="model_not_found")

@@ -18,19 +18,27 @@ import pytest
 from tests.service.helpers import chat_file, create_job, load_job, update_job, upload
 from tests.support.live_server import ThreadServer, make_settings, wait_for_status
 from tests.support.waiting import free_port
+from tuneforge.service.core.config import ServiceSettings
 
 Restart = Callable[[], ThreadServer]
 RESTART = "The service restarted while this job was running"
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
+def home(tmp_path: Path, database_url: str) -> Path:
+    """The servers' home; both starts of a test share it and its database (SQLite in it, or PostgreSQL)."""
+    (tmp_path / "database_url").write_text(database_url)
     return tmp_path / "home"
+
+
+def _settings(home: Path, **executor: Any) -> ServiceSettings:
+    database_url = (home.parent / "database_url").read_text()
+    return make_settings(home, free_port(), database_url=database_url, **executor)
 
 
 def _running_job(home: Path, **fields: Any) -> str:
     """Create a job through the API of a first server, mark it running in the DB, and stop that server."""
-    first = ThreadServer(make_settings(home, free_port()), start_executor=False).start()
+    first = ThreadServer(_settings(home), start_executor=False).start()
     try:
         with first.client() as client:
             job_id = str(create_job(client, upload(client, chat_file())["id"])["id"])
@@ -48,7 +56,7 @@ def restarted(home: Path, request: pytest.FixtureRequest) -> Iterator[Restart]:
 
     def start() -> ThreadServer:
         nonlocal server
-        server = ThreadServer(make_settings(home, free_port(), **params)).start()
+        server = ThreadServer(_settings(home, **params)).start()
         return server
 
     yield start
@@ -134,8 +142,7 @@ def fake_trainer(tmp_path: Path) -> str:
 
 def test_trainer_crash_reports_its_error_not_a_traceback(home: Path, fake_trainer: str) -> None:
     job_id = _running_job(home)
-    server = ThreadServer(make_settings(home, free_port(), trainer_python=fake_trainer,
-                                        poll_interval_seconds=0.1)).start()
+    server = ThreadServer(_settings(home, trainer_python=fake_trainer, poll_interval_seconds=0.1)).start()
     try:
         with server.client() as client:
             job = wait_for_status(client, job_id, {"failed", "succeeded", "cancelled"}, timeout=60)
@@ -165,7 +172,7 @@ def test_orphaned_trainer_of_a_killed_service_is_stopped_before_requeue(home: Pa
 
 @pytest.mark.parametrize("restarted", [{"max_concurrent_jobs": 0}], indirect=True)
 def test_pending_jobs_survive_a_restart_and_are_validated(home: Path, restarted: Restart) -> None:
-    first = ThreadServer(make_settings(home, free_port()), start_executor=False).start()
+    first = ThreadServer(_settings(home), start_executor=False).start()
     try:
         with first.client() as client:
             ok_file = upload(client, chat_file())["id"]

@@ -29,6 +29,9 @@ def make_settings(
     storage_url: str = "",
     api_key: str | None = None,
     limits: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+    groups: dict[str, Any] | None = None,
     **executor: Any,
 ) -> ServiceSettings:
     """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored."""
@@ -36,11 +39,13 @@ def make_settings(
         ServiceSettings,
         home=home,
         database_url=database_url,
-        server={"host": "127.0.0.1", "port": port},
-        auth={"api_key": api_key},
+        server={"host": "127.0.0.1", "port": port, **(server or {})},
+        auth={"api_key": api_key, **(auth or {})},
         storage={"url": storage_url},
         executor={"trainer_python": sys.executable, **executor},
         limits=limits or {},
+        # other settings groups by name, e.g. {"webhooks": {"webhook_allow_private_urls": True}}
+        **(groups or {}),
     )
 
 
@@ -94,8 +99,10 @@ class ThreadServer:
 class ProcessServer:
     """`python -m tuneforge.service.cli.main serve` as a separate process, like a user runs it."""
 
-    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None,
+                 log_level: str = "warning") -> None:
         self.home = home
+        self.log_level = log_level
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # the developer's own TUNEFORGE_* settings must not reach the server under test
@@ -136,7 +143,7 @@ class ProcessServer:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             env=self.env,
             stdout=log,

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tuneforge.contracts.integrations import IntegrationList
 from tuneforge.contracts.jobspec import AdapterSpec, ResourceSpec
 from tuneforge.contracts.methods import Method
+from tuneforge.service.core.roles import Role
+
+#: OpenAI's limits on ``metadata``: keys, key length, value length
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"at most {METADATA_MAX_KEYS} keys are allowed, got {len(value)}")
+    for key, item in value.items():
+        if not key or len(key) > METADATA_MAX_KEY_CHARS:
+            raise ValueError(f"key {key[:80]!r} must be 1 to {METADATA_MAX_KEY_CHARS} characters, got {len(key)}")
+        if len(item) > METADATA_MAX_VALUE_CHARS:
+            raise ValueError(f"the value of {key!r} must be at most {METADATA_MAX_VALUE_CHARS} characters, got "
+                             f"{len(item)}")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata), Field(
+    description=f"Up to {METADATA_MAX_KEYS} string pairs (keys up to {METADATA_MAX_KEY_CHARS} characters, "
+    f"values up to {METADATA_MAX_VALUE_CHARS})")]
 
 
 class FileObject(BaseModel):
@@ -58,7 +82,7 @@ class JobObject(BaseModel):
     seed: int
     suffix: str | None = None
     metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
+    integrations: list[dict[str, Any]] | None = None
     # extensions
     adapter: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, Any] = Field(default_factory=dict)
@@ -136,17 +160,183 @@ class JobCreate(BaseModel):
     schema shows them and a job the trainer would refuse is refused here)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., min_length=1, max_length=256, description="A base model id or an ft: model")
+    model: str = Field(..., min_length=1, max_length=512, description="A base model id, an ft: model of this "
+                       "organization, or one of its checkpoints' fine_tuned_model_checkpoint (training continues "
+                       "from its weights)")
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(None, min_length=1, max_length=64)
     hyperparameters: dict[str, Any] | None = Field(
         None, description="Deprecated by OpenAI in favour of method.<type>.hyperparameters; merged into them "
         "(the method's values win)")
     method: Method | None = Field(None, description="The fine-tuning method (default: supervised)")
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$",
+                               description="Up to 64 letters, digits, '.', '_' or '-', added to the model's name")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
+    metadata: Metadata | None = None
+    integrations: IntegrationList | None = Field(
+        None, description="W&B ({type: wandb, wandb: {project, name, entity, tags}}) as OpenAI defines it, and "
+        "MLflow ({type: mlflow, mlflow: {experiment_name, run_name, tracking_uri, tags}}); credentials come from "
+        "the deployment, never the request")
     # extensions
     adapter: AdapterSpec | None = None
     resources: ResourceSpec | None = None
+
+
+# -- webhooks (tuneforge's endpoint management; the events and their signing are OpenAI's / Standard Webhooks) --
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(..., min_length=1, max_length=2048, description="Where events are POSTed (http or https)")
+    events: list[str] | None = Field(None, max_length=16, description="Event types to send (default: "
+                                     "fine_tuning.job.succeeded, .failed and .cancelled)")
+    description: str = Field("", max_length=512)
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    events: list[str] | None = Field(None, max_length=16)
+    description: str | None = Field(None, max_length=512)
+    enabled: bool | None = None
+
+
+class WebhookObject(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: int
+    #: the signing secret: in the answer to the create only (never stored in plain text)
+    secret: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: int
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+
+
+class WebhookDeliveryObject(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: int | None = None
+    created_at: int
+    finished_at: int | None = None
+
+
+class BudgetObject(BaseModel):
+    object: Literal["organization.budget"] = "organization.budget"
+    organization_id: str
+    gpu_hours: float | None = Field(None, description="The budget (none: unlimited); an admin sets it")
+    spent_gpu_hours: float
+    exhausted: bool
+
+
+# -- organizations, API keys, audit log (the admin API) --
+
+ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class OrganizationLimits(BaseModel):
+    """An organization's limits. In a request, a field left out keeps its value and ``null`` returns it to the
+    service's default; in a response every field is the value in force."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_active_jobs: int | None = Field(None, ge=1, le=1_000_000, description="Jobs validating, queued or running")
+    max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000,
+                                        description="Jobs validating or queued (0: only max_active_jobs)")
+    max_gpus: int | None = Field(None, ge=0, le=1_000_000, description="GPUs requested by active jobs (0: no limit)")
+    max_stored_bytes: int | None = Field(None, ge=0, le=1 << 60, description="Bytes of files (0: no limit)")
+    max_upload_bytes: int | None = Field(None, ge=1, le=1 << 50, description="Largest file")
+    requests_per_minute: int | None = Field(None, ge=0, le=10_000_000,
+                                            description="Requests per minute per API key (0: no limit)")
+
+
+class OrganizationUsage(BaseModel):
+    active_jobs: int
+    queued_jobs: int
+    gpus: int
+    stored_bytes: int
+
+
+class OrganizationObject(BaseModel):
+    id: str
+    object: Literal["organization"] = "organization"
+    name: str
+    created_at: int
+    limits: OrganizationLimits
+    usage: OrganizationUsage | None = None
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=ORG_ID_PATTERN, description="lowercase letters, digits, '-' and '_' (at most 64)")
+    name: str = Field("", max_length=256)
+    limits: OrganizationLimits | None = None
+
+
+class OrganizationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=256)
+    limits: OrganizationLimits | None = None
+
+
+class ApiKeyObject(BaseModel):
+    id: str
+    object: Literal["organization.api_key"] = "organization.api_key"
+    name: str
+    role: Role
+    redacted_value: str
+    #: the secret itself: in the response that creates the key, never again
+    value: str | None = None
+    organization_id: str
+    created_at: int
+    created_by: str | None = None
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", max_length=128)
+    role: Role = Role.MEMBER
+
+
+class ApiKeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=128)
+    role: Role | None = None
+
+
+class AuditActorKey(BaseModel):
+    id: str | None = None
+    redacted_value: str | None = None
+    organization_id: str | None = None
+
+
+class AuditActor(BaseModel):
+    type: Literal["api_key", "operator"]
+    api_key: AuditActorKey | None = None
+
+
+class AuditLogObject(BaseModel):
+    id: str
+    object: Literal["organization.audit_log"] = "organization.audit_log"
+    type: str
+    effective_at: int
+    organization_id: str
+    actor: AuditActor
+    resource_id: str | None = None
+    details: dict[str, Any] | None = None
+    request_id: str | None = None

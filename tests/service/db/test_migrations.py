@@ -20,22 +20,20 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tests.service.db import round_one_models as r1
 from tests.service.db.round_one_data import EPOCH_MS, INT32_MAX, create_round_one_database, snapshot
-from tests.support.postgres import PostgresServer, find_pg_bin
-from tests.support.waiting import free_port
+from tests.support.databases import PostgresDatabases
+from tests.support.postgres import PostgresServer
 from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine
 
-HEAD = "0002"
+#: the newest revision (several branches add revisions; the lead chains them when merging)
+HEAD = migrate.head_revision()
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    if find_pg_bin() is None:
-        pytest.skip("PostgreSQL server not installed (.ci/system-deps)")
-    server = PostgresServer(free_port()).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def pg_server(postgres_databases: PostgresDatabases) -> PostgresServer:
+    """The session's PostgreSQL server (tests/conftest.py); each test makes its own empty databases on it."""
+    return postgres_databases.server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -116,6 +114,11 @@ def test_round_one_database_with_rows_is_adopted_and_upgraded_losing_nothing(db_
     assert migrate.current_state(engine).at_head
     assert snapshot(engine) == before  # every row, every value (JSON, unicode, NULLs, 64-bit numbers)
     assert _differences(engine, Base.metadata) == []
+    with engine.connect() as connection:  # 0003 counted the jobs that had already ended, for /metrics
+        usage = connection.execute(text("SELECT tenant_id, status, method, jobs, job_seconds, gpu_seconds "
+                                        "FROM job_usage ORDER BY tenant_id")).all()
+    assert [tuple(row) for row in usage] == [("acme-ünï", "failed", "reinforcement", 1, 0, 0),
+                                             ("default", "succeeded", "supervised", 1, 160, 0)]
     with Session(engine) as session:
         done = session.scalars(select(Job).where(Job.id == "ftjob-r1done")).one()
         assert done.last_seq == INT32_MAX and done.spec["notes"] == 'ünïcødé ✓ "quoted" and\nnewline'
@@ -195,12 +198,12 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
     """The whole upgrade is one transaction, SQLite's batch table copy included."""
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_fails.py").write_text(textwrap.dedent("""\
+    (scripts / "versions" / "0099_fails.py").write_text(textwrap.dedent("""\
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0003"
-        down_revision = "0002"
+        revision = "9999_fails"
+        down_revision = "HEAD_REVISION"
         branch_labels = None
         depends_on = None
 
@@ -209,14 +212,14 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
             with op.batch_alter_table("files") as batch:  # SQLite: a table copy, then the old one dropped
                 batch.alter_column("rows", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
             op.execute("DELETE FROM job_events")
-            raise RuntimeError("boom in 0003")
+            raise RuntimeError("boom in 0099")
 
 
         def downgrade():
             pass
-        """))
+        """).replace("HEAD_REVISION", HEAD))
     contents = create_round_one_database(db_url)
-    with pytest.raises(RuntimeError, match="boom in 0003"):
+    with pytest.raises(RuntimeError, match="boom in 0099"):
         migrate.upgrade(engine, script_location=scripts)
     state = migrate.current_state(engine)
     assert (state.kind, state.current) == ("unversioned", None)  # not even the stamp of 0001 stayed
@@ -261,9 +264,9 @@ def test_new_revision_drafts_nothing_when_models_match_head(tmp_path: Path) -> N
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("no changes", script_location=scripts)
-    assert path.name == "0003_no_changes.py"
+    assert path.name == f"{int(HEAD.split('_')[0]) + 1:04d}_no_changes.py"
     body = path.read_text()
-    assert 'down_revision = "0002"' in body or "down_revision = '0002'" in body
+    assert f'down_revision = "{HEAD}"' in body or f"down_revision = '{HEAD}'" in body
     upgrade_body = body.split("def upgrade() -> None:")[1].split("def downgrade")[0]
     assert upgrade_body.split() == ["#", "###", "commands", "auto", "generated", "by", "Alembic", "-", "please",
                                     "adjust!", "###", "pass", "#", "###", "end", "Alembic", "commands", "###"]

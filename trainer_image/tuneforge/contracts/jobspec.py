@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneforge.contracts.hyperparameters import _Hyperparameters
+from tuneforge.contracts.integrations import IntegrationList
 from tuneforge.contracts.methods import Method
 
 JOBSPEC_VERSION: Literal["tuneforge.dev/v2"] = "tuneforge.dev/v2"
@@ -60,6 +61,20 @@ class ResourceSpec(_Strict):
     memory: str | None = Field(None, max_length=32, description="Memory request and limit (Kubernetes quantity)")
 
 
+class InitialWeights(_Strict):
+    """Where a continued job starts: a tuned model or a checkpoint of an earlier job, in the job's own store.
+
+    ``adapter``: a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``) on the job's
+    ``base_model``, trained further; ``full``: complete weights that replace the base model's."""
+
+    prefix: str = Field(..., min_length=1, max_length=512, pattern=r"^jobs/[A-Za-z0-9_-]+/(model|checkpoints/"
+                        r"step-[0-9]+)$", description="object-store prefix: jobs/{id}/model or "
+                        "jobs/{id}/checkpoints/step-{n}")
+    kind: Literal["adapter", "full"] = Field(..., description="adapter (LoRA) or full weights")
+    #: what the user named (an ``ft:`` model or a checkpoint id), for messages
+    source: str = Field("", max_length=512)
+
+
 class ProgressChannel(_Frozen):
     #: base URL of the service's internal progress route, e.g. http://127.0.0.1:8000
     url: str
@@ -79,6 +94,10 @@ class JobSpec(_Frozen):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     seed: int = 42
+    #: continue training from an earlier job's model or checkpoint instead of fresh adapter/base weights
+    initial_weights: InitialWeights | None = None
+    #: trackers the trainer logs to (W&B, MLflow); credentials come from the trainer's environment
+    integrations: IntegrationList = Field(default_factory=list)
     #: object-store URL the trainer reads and writes (``file:///...`` or ``s3://bucket/prefix``)
     storage_url: str
     #: job prefix inside the store: ``jobs/{job_id}``

@@ -52,6 +52,8 @@ class RunContext:
     valid_format: str | None = None
     valid_rows: list[dict[str, Any]] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: a continued job's adapter (``initial_weights.kind == "adapter"``), trained further instead of a new one
+    initial_adapter: Path | None = None
 
     @property
     def hp(self) -> Any:
@@ -140,10 +142,20 @@ def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[
     return kwargs
 
 
+def starting_model(ctx: RunContext, model: Any) -> Any:
+    """The loaded base model, with a continued job's adapter on it (trainable) when there is one."""
+    if ctx.initial_adapter is None:
+        return model
+    from tuneforge.trainer.initial_weights import load_adapter
+
+    return load_adapter(model, ctx.initial_adapter)
+
+
 def lora_config(ctx: RunContext, task_type: str) -> Any:
-    """PEFT LoRA config from the spec's adapter, or None for full fine-tuning."""
+    """PEFT LoRA config from the spec's adapter, or None for full fine-tuning (and for a continued adapter,
+    which is already on the model: :func:`starting_model`)."""
     adapter = ctx.spec.adapter
-    if adapter.type == "full":
+    if adapter.type == "full" or ctx.initial_adapter is not None:
         return None
     from peft import LoraConfig
 

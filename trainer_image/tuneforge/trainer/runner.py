@@ -18,6 +18,8 @@ from tuneforge.trainer.data import load_dataset_rows
 from tuneforge.trainer.device import detect_device, peak_memory_bytes
 from tuneforge.trainer.errors import BadInput, Preempted
 from tuneforge.trainer.graders import check_grader
+from tuneforge.trainer.initial_weights import fetch as fetch_initial_weights
+from tuneforge.trainer.integrations import TrackerCallback, Trackers
 from tuneforge.trainer.launch import is_main_process, world
 from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
@@ -141,6 +143,14 @@ def _run(
         else (None, None)
     )
     model_dir = resolve_model(spec.base_model, store)
+    initial_adapter = None
+    if spec.initial_weights is not None:
+        fetched = fetch_initial_weights(store, spec.initial_weights, workdir / "initial")
+        if spec.initial_weights.kind == "full":
+            model_dir = fetched
+        else:
+            initial_adapter = fetched
+        reporter.info(f"Continuing training from {spec.initial_weights.source or spec.initial_weights.prefix}")
     if preempt.requested:
         raise Preempted("stopped before training started; nothing new to checkpoint")
     ctx = RunContext(
@@ -155,6 +165,7 @@ def _run(
         train_rows=train_rows,
         valid_format=valid_format,
         valid_rows=valid_rows,
+        initial_adapter=initial_adapter,
     )
     built = importlib.import_module(METHODS[spec.method.type]).build(ctx)
     ckpt, resume_dir = _resume_point(ctx)
@@ -189,11 +200,21 @@ def _run(
         _baseline_eval(ctx, trainer)
     trainer.add_callback(progress_cb)
     trainer.add_callback(checkpoint_cb)
+    trackers = Trackers(spec, reporter) if spec.integrations and main_process else None
+    if trackers is not None:
+        trainer.add_callback(TrackerCallback(trackers))
     reporter.info(_describe(ctx, built))
-    output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    except BaseException:
+        if trackers is not None:
+            trackers.finish("FAILED")
+        raise
     state = trainer.state
     if checkpoint_cb.stopped_for_preemption and state.global_step < state.max_steps:
         write_metrics()
+        if trackers is not None:
+            trackers.finish("KILLED")  # paused or preempted: the resumed run logs into the same one
         raise Preempted(f"preempted at step {state.global_step}/{state.max_steps}; checkpoint saved")
 
     reporter.status("saving", "Saving and uploading the tuned model")
@@ -217,5 +238,8 @@ def _run(
     memory = peak_memory_bytes()
     if memory is not None:
         result["peak_gpu_memory_bytes"] = memory
+    if trackers is not None:
+        trackers.log_model(final_dir, result)
+        trackers.finish("FINISHED")
     reporter.emit("result", f"Training finished after {state.global_step} steps; model uploaded", **result)
     return result

@@ -9,12 +9,14 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from tuneforge.service.api.rate_limit import RequestRateLimiter
 from tuneforge.service.api.state import AppState
 from tuneforge.service.core.config import ServiceSettings
-from tuneforge.service.core.security import hash_secret, new_api_key
+from tuneforge.service.core.security import new_api_key
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.organizations import register_admin_key
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.executors.exports_local import LocalExporter
 from tuneforge.service.observability.metrics import ServiceMetrics
@@ -33,8 +35,10 @@ def build_state(settings: ServiceSettings) -> AppState:
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
                      metrics=metrics, serving=build_serving(settings, store, metrics),
-                     exporter=LocalExporter(settings, store))
+                     exporter=LocalExporter(settings, store),
+                     metrics_token=settings.auth.metrics_token or _home_secret(settings.home / "metrics_token"))
     state.executor = build_executor(state)
+    state.rate_limiter = RequestRateLimiter(settings.limits.rate_limit_storage)
     return state
 
 
@@ -80,7 +84,8 @@ def build_executor(state: AppState) -> Executor | None:
 
 
 def ensure_api_key(state: AppState) -> str | None:
-    """Register ``TUNEFORGE_API_KEY`` (hashed), or create a key on first start and write it to a 0600 file.
+    """Register ``TUNEFORGE_API_KEY`` (hashed), or create a key on first start and write it to a 0600 file: an
+    admin key of the default organization (whose admins administer every organization).
 
     Returns the path message shown to the user, or None when nothing new was created.
     """
@@ -89,16 +94,17 @@ def ensure_api_key(state: AppState) -> str | None:
         repo = SystemRepo(session)
         tenant = settings.auth.default_tenant
         if settings.auth.api_key:
-            repo.add_api_key(tenant, hash_secret(settings.auth.api_key), name="TUNEFORGE_API_KEY")
+            register_admin_key(repo, tenant, settings.auth.api_key, "TUNEFORGE_API_KEY")
             return None
         key_file = settings.key_file
         if key_file.is_file():
-            repo.add_api_key(tenant, hash_secret(key_file.read_text().strip()), name="key file")
+            register_admin_key(repo, tenant, key_file.read_text().strip(), "key file")
             return None
         key = new_api_key()
         _write_private(key_file, key + "\n")
-        repo.add_api_key(tenant, hash_secret(key), name="key file")
+        register_admin_key(repo, tenant, key, "key file")
         message = f"Created an API key for tenant '{tenant}'; it is in {key_file}"
         log.warning(message)
-        print(message, flush=True)
+        if settings.logging.log_format == "plain":  # JSON logs stay one JSON object per line
+            print(message, flush=True)
         return message

@@ -8,6 +8,7 @@ union tags are left out of the path) and whose ``details`` list every problem.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from tuneforge.service.core.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     ServiceError,
     TooLarge,
     Unauthenticated,
@@ -38,6 +40,7 @@ STATUS: dict[type[ServiceError], int] = {
     Conflict: 409,
     TooLarge: 413,
     QuotaExceeded: 429,
+    RateLimited: 429,
     Unavailable: 503,
 }
 #: OpenAI answers "invalid_request_error" even for a wrong key (401); only these differ
@@ -75,7 +78,9 @@ def error_body(message: str, *, status: int, param: str | None = None, code: str
 
 def error_response(exc: ServiceError) -> JSONResponse:
     status = status_of(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     body = error_body(exc.message, status=status, param=exc.param, code=exc.code, details=exc.details)
     return JSONResponse(status_code=status, content=body, headers=headers)
 

@@ -21,6 +21,7 @@ def job_object(row: Job) -> JobObject:
         status=row.status, error=error, method=row.method, hyperparameters=row.hyperparameters,
         training_file=row.training_file, validation_file=row.validation_file, result_files=row.result_files or [],
         trained_tokens=row.trained_tokens, seed=row.seed, suffix=row.suffix, metadata=row.job_metadata,
+        integrations=(row.spec or {}).get("integrations") or None,
         adapter=row.adapter, resources=row.resources, progress=row.progress or {}, attempts=row.attempts,
     )
 

@@ -1,41 +1,37 @@
 """Dependencies for requests that wait (event streams, uploads): they hold no database connection meanwhile.
 
-FastAPI closes a request-scoped dependency (``deps.RepoDep``'s session) only after the response has been
-sent. A session that has run a query keeps its connection until then: for an event stream that is the whole
-stream, for an upload the whole body, and a few dozen of them exhaust the pool. These dependencies check the
-key in a session that is closed before the response starts (``scope="function"``) or at once.
+Every session dependency is closed when the route function returns (``deps.SessionDep`` and ``deps.RepoDep`` are
+``scope="function"``), so ``ShortRepoDep`` is the usual tenant repository under the name the streaming routes
+have always used. An upload must not even open its session while the body streams in: ``TenantIdDep`` checks
+the key in a session of its own, closed at once, and the upload writes its row in another short session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
-from tuneforge.service.api.deps import StateDep, get_tenant_repo
-from tuneforge.service.db.repo import TenantRepo
-
-
-def _short_session(state: StateDep) -> Iterator[Session]:
-    with state.sessions() as session:
-        yield session
-
-
-def _short_repo(request: Request,
-                session: Annotated[Session, Depends(_short_session, scope="function")]) -> TenantRepo:
-    return get_tenant_repo(request, session)
-
+from tuneforge.service.api.deps import RepoDep, StateDep, authenticate
+from tuneforge.service.core.roles import Principal
 
 #: the tenant repository, its session closed as soon as the route function returns
-ShortRepoDep = Annotated[TenantRepo, Depends(_short_repo, scope="function")]
+ShortRepoDep = RepoDep
 
 
-def _tenant_id(request: Request, state: StateDep) -> str:
+def _principal(request: Request, state: StateDep) -> Principal:
     with state.sessions() as session:
-        return get_tenant_repo(request, session).tenant_id
+        return authenticate(request, session)
 
 
-#: the caller's tenant (401 for a missing or wrong key); no session is left open
+#: the caller (401 for a missing or wrong key, 403 for a role without the route's permission); no session is
+#: left open
+ShortPrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def _tenant_id(principal: ShortPrincipalDep) -> str:
+    return principal.tenant_id
+
+
+#: the caller's tenant, as :data:`ShortPrincipalDep` checks it
 TenantIdDep = Annotated[str, Depends(_tenant_id)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuneforge.service.api.rate_limit import RequestRateLimiter
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.exports import Exporter
@@ -26,4 +27,7 @@ class AppState:
     metrics: ServiceMetrics
     serving: ServingBackend
     exporter: Exporter
+    #: the bearer token of /metrics' private series (the setting, or one generated once per home)
+    metrics_token: str = ""
     executor: Executor | None = None
+    rate_limiter: RequestRateLimiter | None = None

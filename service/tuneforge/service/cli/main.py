@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneforge.service.cli.admin import audit, keys_app, orgs_app
+from tuneforge.service.cli.budgets import budgets_app
 from tuneforge.service.cli.client import APIError, Client
 from tuneforge.service.cli.db import db_app
 from tuneforge.service.cli.progress_view import follow, throughput_text
@@ -20,12 +23,14 @@ app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward m
 files_app = typer.Typer(help="Training files.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Base and fine-tuned models.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys (run on the server's machine).", no_args_is_help=True)
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+app.add_typer(orgs_app, name="orgs")
 app.add_typer(keys_app, name="keys")
+app.command("audit")(audit)
 app.add_typer(db_app, name="db")
+app.add_typer(budgets_app, name="budgets")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,24 +59,34 @@ def _print_json(obj: Any) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="default: TUNEFORGE_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default: TUNEFORGE_PORT or 8000")] = None,
-    log_level: str = "info",
+    log_level: Annotated[str | None, typer.Option(help="default: TUNEFORGE_LOG_LEVEL or info")] = None,
 ) -> None:
     """Start the service (embedded mode by default: SQLite, local store, local trainer)."""
     import uvicorn
 
     from tuneforge.service.api.app import create_app
     from tuneforge.service.db.migrate import SchemaError
+    from tuneforge.service.observability.logs import configure_logging
 
     settings = service_settings(host, port)
+    if log_level is not None:
+        settings = settings.model_copy(update={"logging": settings.logging.model_copy(
+            update={"log_level": log_level.lower()})})
+    configure_logging(settings.logging)
     server = settings.server
-    console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
-                  f"{settings.storage.url})")
+    banner = f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store {settings.storage.url})"
+    if settings.logging.log_format == "json":
+        logging.getLogger("tuneforge.service").info(banner)
+    else:
+        console.print(banner)
     try:
         application = create_app(settings)
     except SchemaError as exc:  # a schema that is behind (auto-upgrade off) or one this version cannot use
         typer.echo(f"Not starting: {exc}", err=True)
         raise typer.Exit(1) from exc
-    uvicorn.run(application, host=server.host, port=server.port, log_level=log_level)
+    # log_config=None: uvicorn's loggers keep the handler configure_logging set (plain or JSON, with request ids)
+    uvicorn.run(application, host=server.host, port=server.port, log_level=settings.logging.log_level,
+                log_config=None, access_log=False)
 
 
 # -- files --
@@ -287,25 +302,6 @@ def download(
         _fail(exc)
     total = sum(p.stat().st_size for p in paths)
     console.print(f"[green]Downloaded[/green] {len(paths)} files ({total / 1e6:.1f} MB) to {out} (sha256 verified)")
-
-
-# -- keys --
-
-
-@keys_app.command("create")
-def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", name: str = "") -> None:
-    """Create an API key for a tenant directly in the service's database; prints it once."""
-    from tuneforge.service.core.security import hash_secret, new_api_key
-    from tuneforge.service.db.repo import SystemRepo
-    from tuneforge.service.db.session import init_db, make_engine, make_session_factory
-
-    settings = service_settings()
-    engine = make_engine(settings.database_url)
-    init_db(engine, auto_upgrade=settings.db_auto_upgrade)
-    key = new_api_key()
-    with make_session_factory(engine)() as session:
-        SystemRepo(session).add_api_key(tenant, hash_secret(key), name=name)
-    print(key)
 
 
 @app.command()

@@ -40,6 +40,8 @@ class ServerSettings(EnvSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port `tuneforge serve` listens on")
     public_url: str = Field("", description="Base URL trainers use to reach the service's progress route "
                             "(empty: http://HOST:PORT)")
+    events_poll_seconds: float = Field(2.0, gt=0, le=3600, description="Event streams re-read the database this "
+                                       "often when no notification arrived (PostgreSQL notifies every replica)")
 
     @property
     def base_url(self) -> str:
@@ -52,6 +54,9 @@ class AuthSettings(EnvSettings):
     default_tenant: str = Field("default", min_length=1, max_length=64,
                                 description="Organization of the key above")
     metrics_token: str = Field("", description="Bearer token `/metrics` requires (empty: none)")
+    last_used_resolution_seconds: int = Field(
+        60, ge=1, le=86400, validation_alias="TUNEFORGE_KEY_LAST_USED_RESOLUTION_SECONDS",
+        description="An API key's `last_used_at` is written at most this often (not once per request)")
 
 
 class StorageSettings(EnvSettings):
@@ -75,6 +80,8 @@ class ExecutorSettings(EnvSettings):
     poll_interval_seconds: float = Field(0.5, gt=0, le=60, description="Executor control-loop period")
     model_cache: Path = Field(DEFAULT_CACHE / "models", description="Converted base models (local trainers)",
                               json_schema_extra={"default_text": "~/.cache/tuneforge/models"})
+    replica_id: str = Field("", description="This replica's name, recorded on the jobs its local executor runs "
+                            "(empty: the host name); a restart re-queues only its own jobs")
     gguf_converter: str = Field("", description="Exports: directory of llama.cpp's GGUF converter "
                                 "(infra/engines/gguf/install.sh prints it; empty: GGUF exports fail with that reason)")
     kube_namespace: str = Field("default", description="Kubernetes: namespace of the FineTuneJobs")
@@ -147,6 +154,62 @@ class LimitSettings(EnvSettings):
     max_reported_errors: int = Field(50, ge=1, le=10_000, description="Upload validation: problems listed")
     max_active_jobs_per_tenant: int = Field(20, ge=1, validation_alias="TUNEFORGE_MAX_ACTIVE_JOBS",
                                             description="Jobs validating, queued or running per organization")
+    max_queued_jobs_per_tenant: int = Field(0, ge=0, validation_alias="TUNEFORGE_MAX_QUEUED_JOBS",
+                                            description="Jobs validating or queued per organization (0: only the "
+                                            "active-job limit)")
+    max_gpus_per_tenant: int = Field(0, ge=0, validation_alias="TUNEFORGE_MAX_GPUS",
+                                     description="GPUs requested by an organization's active jobs (0: no limit)")
+    max_stored_bytes_per_tenant: int = Field(0, ge=0, validation_alias="TUNEFORGE_MAX_STORED_BYTES",
+                                             description="Bytes of an organization's files (0: no limit)")
+    requests_per_minute: int = Field(0, ge=0, validation_alias="TUNEFORGE_REQUESTS_PER_MINUTE",
+                                     description="Requests per minute per API key, over a moving window (0: no "
+                                     "limit); an organization can have its own")
+    rate_limit_storage: str = Field("memory://", validation_alias="TUNEFORGE_RATE_LIMIT_STORAGE",
+                                    description="Where request counts live (a `limits` storage URI): memory:// "
+                                    "counts in each replica; a shared store (redis://host:6379, with the `redis` "
+                                    "package installed) counts across replicas")
+
+
+class LogSettings(EnvSettings):
+    log_format: Literal["plain", "json"] = Field("plain", description="plain: lines for people; json: one JSON "
+                                                 "object per line with the request id (for log collectors)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged")
+
+
+class IntegrationSettings(EnvSettings):
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking server jobs log to when their `mlflow` "
+                                     "integration names none (empty: such jobs are refused)")
+    mlflow_allowed_tracking_uris: list[str] = Field(
+        default_factory=list, description="Other MLflow tracking servers a job may name (JSON list); trainers "
+        "reach no others. Credentials: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD in the trainer's environment")
+
+
+class WebhookSettings(EnvSettings):
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="Deliveries of one event before it is marked "
+                                      "failed")
+    webhook_backoff_seconds: float = Field(10.0, gt=0, le=3600, description="First retry delay; each next one "
+                                           "doubles (with jitter)")
+    webhook_max_backoff_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="How long a receiver may take to answer")
+    webhook_allow_private_urls: bool = Field(False, description="Deliver to loopback and private addresses "
+                                             "(development and tests; off: public addresses only)")
+    webhook_poll_interval_seconds: float = Field(1.0, gt=0, le=60, description="How often due deliveries are "
+                                                 "looked for")
+
+
+class EstimateSettings(EnvSettings):
+    gpu_hour_prices: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.0, "default": 2.0},
+        description="Price of one device-hour by device (JSON object: a `gpu_type` such as NVIDIA-H100-80GB-HBM3, "
+        "`cpu`, or `default`), for `POST /v1/fine_tuning/jobs/estimate`")
+    price_currency: str = Field("USD", max_length=8, description="Currency of the prices above")
+    default_device: str = Field("", description="Device an estimate assumes when a job names no gpu_type "
+                                "(empty: `cpu` for the local executor, `default` for Kubernetes)")
+    throughput_overrides: dict[str, float] = Field(
+        default_factory=dict, description="Measured training tokens/s to use instead of the built-in table, keyed "
+        "`DEVICE` or `DEVICE/PARAMS_BUCKET` (JSON object, e.g. {\"NVIDIA-H100-80GB-HBM3/135M\": 25000})")
+    budget_check_seconds: float = Field(5.0, gt=0, le=3600, description="How often spent GPU-hour budgets are "
+                                        "checked (their jobs are paused)")
 
 
 class ServiceSettings(EnvSettings):
@@ -166,6 +229,10 @@ class ServiceSettings(EnvSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
+    logging: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
     def _derive_from_home(self) -> ServiceSettings:

@@ -37,7 +37,7 @@ class NotFound(ServiceError):
     """No such object for this organization (a foreign id is exactly as missing as an unknown one)."""
 
     def __init__(self, kind: str, ident: str, param: str | None = None) -> None:
-        code = kind.replace(" ", "_").replace("-", "_") + "_not_found"
+        code = kind.lower().replace(" ", "_").replace("-", "_") + "_not_found"
         super().__init__(f"No {kind} found with id '{ident}'.", param=param, code=code)
 
 
@@ -59,6 +59,16 @@ class TooLarge(ServiceError):
 
 class QuotaExceeded(ServiceError):
     default_code = "quota_exceeded"
+
+
+class RateLimited(ServiceError):
+    """Too many requests for this API key; ``retry_after`` seconds until the next one is accepted."""
+
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ServiceError):

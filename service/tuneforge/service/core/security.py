@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 API_KEY_PREFIX = "tf-"
 JOB_TOKEN_PREFIX = "tfjob-"
@@ -37,3 +39,21 @@ def check_link(secret_key: str, path: str, expires_at: int, signature: str) -> b
     if expires_at < int(time.time()):
         return False
     return hmac.compare_digest(sign_link(secret_key, path, expires_at), signature)
+
+
+def _fernet(key_material: str) -> Any:
+    from cryptography.fernet import Fernet
+
+    # a separate key for each use of the service's secret: these never sign download links
+    key = hashlib.sha256(b"tuneforge webhook secrets\n" + key_material.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def encrypt_secret(secret: str, key_material: str) -> str:
+    """A secret the service must read back (a webhook signing secret), encrypted with a key derived from the
+    service's own secret (``TUNEFORGE_SECRET_KEY``, or the one generated in its home)."""
+    return str(_fernet(key_material).encrypt(secret.encode()).decode())
+
+
+def decrypt_secret(token: str, key_material: str) -> str:
+    return str(_fernet(key_material).decrypt(token.encode()).decode())

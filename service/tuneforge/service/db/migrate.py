@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,7 +224,9 @@ def new_revision(message: str, script_location: Path = MIGRATIONS) -> Path:
 
     script = script_directory(script_location)
     head = script.get_current_head()
-    rev_id = f"{int(head or '0') + 1:04d}"
+    # revision ids start with their number ("0003" or "0003_hardening"): the next one is that number plus one
+    number = re.match(r"\d+", head or "0")
+    rev_id = f"{int(number.group() if number else 0) + 1:04d}"
     with tempfile.TemporaryDirectory() as scratch:
         engine = create_engine(f"sqlite:///{scratch}/head.db")
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -18,22 +18,60 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
+    """An organization."""
+
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    #: overrides of the service's limits (``domain.quotas.LIMIT_FIELDS``); a missing or null one: the default
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: bumped by every quota reservation: the UPDATE is what serializes an organization's reservations
+    quota_version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: the id the API shows (``key_…``); the secret itself is never stored, only its SHA-256
+    public_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    #: the key's first characters and last four (``tf-abc12…wxyz``), to recognize it by
+    redacted_value: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    #: the public id of the key that created this one (None: created by the operator on the server)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: updated at most once per ``last_used_resolution_seconds``, not on every request
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditLog(Base):
+    """An administrative action: who (which key of which organization), what, on what, when."""
+
+    __tablename__ = "audit_logs"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the organization the action concerned (its admins can read the entry)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    effective_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    actor_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor_redacted_value: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (Index("ix_audit_logs_tenant_seq", "tenant_id", "seq"),)
 
 
 class File(Base):
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_seq", "tenant_id", "seq"),)
     # integer sequence keeps cursor pagination stable when timestamps tie
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
@@ -67,6 +105,8 @@ class Job(Base):
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: sha256 of the create request that used ``idempotency_key``: the same key with another body is a conflict
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     token_hash: Mapped[str] = mapped_column(String(64))
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
     result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -80,12 +120,24 @@ class Job(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: the replica whose local executor runs the trainer (several replicas share one database)
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: GPU-seconds spent in ``running`` (devices x seconds), added up each time the job leaves it (budgets)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: when the job last entered ``running`` (epoch seconds, fractional); None while it is not running
+    running_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),
+        # a tenant's newest jobs (listing, cursor pages) and its jobs by status (quota, models) without a sort
+        # or a scan of the tenant's history
+        Index("ix_jobs_tenant_seq", "tenant_id", "seq"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
+    )
 
 
 #: 64-bit on PostgreSQL; on SQLite INTEGER is 64-bit already and must stay INTEGER to be the rowid
@@ -119,3 +171,67 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     prefix: Mapped[str] = mapped_column(String(512))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512))
+
+
+class JobUsage(Base):
+    """What finished jobs added up to, per tenant, terminal status and method: written by the transition that
+    ends a job (in its transaction), so /metrics reads a few rows instead of every job ever run. Deleting a job
+    does not take it back out (these are counters)."""
+
+    __tablename__ = "job_usage"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: wall-clock seconds from first start to end, and those seconds times the GPUs requested
+    job_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Budget(Base):
+    """An organization's GPU-hour budget (set by an admin); its jobs are paused once it is spent."""
+
+    __tablename__ = "budgets"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    gpu_hours: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookEndpoint(Base):
+    """Where an organization wants job events POSTed (Standard Webhooks); the secret is kept encrypted."""
+
+    __tablename__ = "webhook_endpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(512), default="")
+    events: Mapped[list[Any]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: the signing secret, encrypted with a key derived from the service's secret (shown once, at creation)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, and every attempt to deliver it."""
+
+    __tablename__ = "webhook_deliveries"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    #: the Standard Webhooks ``webhook-id``: the same on every retry, so receivers can drop duplicates
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: pending, succeeded or failed (gave up)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
+                      Index("ix_webhook_deliveries_endpoint_seq", "endpoint_id", "seq"))

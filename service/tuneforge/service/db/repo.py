@@ -10,14 +10,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tuneforge.contracts.status import ACTIVE_STATUSES, JobStatus
+from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.errors import NotFound
-from tuneforge.service.db.models import ApiKey, Checkpoint, File, Job, JobEvent, Tenant
+from tuneforge.service.core.ids import new_key_id
+from tuneforge.service.db.models import (
+    ApiKey,
+    AuditLog,
+    Budget,
+    Checkpoint,
+    File,
+    Job,
+    JobEvent,
+    JobUsage,
+    Tenant,
+    WebhookDelivery,
+    WebhookEndpoint,
+    now,
+)
 
-T = TypeVar("T", File, Job, JobEvent, Checkpoint)
+T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery)
 
 
 def _page(
@@ -32,6 +49,17 @@ def _page(
     stmt = stmt.order_by(model.seq.desc() if newest_first else model.seq.asc()).limit(limit + 1)
     rows = list(session.scalars(stmt))
     return rows[:limit], len(rows) > limit
+
+
+def webhook_endpoints_of(session: Session, tenant_id: str) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+                                .order_by(WebhookEndpoint.seq)))
+
+
+def usage_jobs_of(session: Session, tenant_id: str) -> list[Job]:
+    """The organization's jobs that have spent or are spending GPU time."""
+    return list(session.scalars(select(Job).where(
+        Job.tenant_id == tenant_id, (Job.gpu_seconds > 0) | Job.running_since.is_not(None))))
 
 
 class TenantRepo:
@@ -64,9 +92,18 @@ class TenantRepo:
 
     # -- jobs --
     def add_job(self, job: Job) -> Job:
+        """Insert the job (with whatever the session holds pending: its first event); when a concurrent request
+        with the same ``Idempotency-Key`` inserted its job first, nothing is written and that job is returned."""
         job.tenant_id = self.tenant_id
         self.session.add(job)
-        self.session.commit()
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            existing = self.find_job_by_idempotency_key(job.idempotency_key) if job.idempotency_key else None
+            if existing is None:
+                raise
+            return existing
         return job
 
     def get_job(self, job_id: str) -> Job:
@@ -95,6 +132,30 @@ class TenantRepo:
                 jobs = jobs[ids.index(after) + 1:] if after in ids else jobs
             return jobs[:limit], len(jobs) > limit
         return _page(self.session, stmt, Job, after, limit, newest_first=True)
+
+    # -- quotas: reserve inside one transaction that starts with lock_quotas() --
+    def lock_quotas(self) -> None:
+        """Serialize this organization's quota reservations until the transaction ends: the UPDATE takes the
+        tenant row's lock on PostgreSQL and SQLite's write lock (pysqlite begins the transaction with it), so
+        the usage read next cannot be stale."""
+        self.session.execute(update(Tenant).where(Tenant.id == self.tenant_id)
+                             .values(quota_version=Tenant.quota_version + 1))
+
+    def active_job_usage(self) -> list[tuple[str, dict[str, Any]]]:
+        """(status, resources) of every active job (bounded by the active-job quota)."""
+        rows = self.session.execute(select(Job.status, Job.resources).where(
+            Job.tenant_id == self.tenant_id, Job.status.in_(ACTIVE_STATUSES)))
+        return [(str(status), resources or {}) for status, resources in rows]
+
+    def stored_bytes(self) -> int:
+        return int(self.session.scalar(select(func.coalesce(func.sum(File.bytes), 0))
+                                       .where(File.tenant_id == self.tenant_id)) or 0)
+
+    def organization(self) -> Tenant:
+        row = self.session.get(Tenant, self.tenant_id)
+        if row is None:
+            raise NotFound("organization", self.tenant_id)
+        return row
 
     def count_active_jobs(self) -> int:
         return self.session.scalar(
@@ -142,13 +203,57 @@ class TenantRepo:
         ))
 
     def find_checkpoint(self, name: str) -> tuple[Checkpoint, Job] | None:
-        """A checkpoint by its ``fine_tuned_model_checkpoint`` name, with its job (this tenant's only)."""
-        row = self.session.execute(
-            select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
-                Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
-                Checkpoint.fine_tuned_model_checkpoint == name)
-        ).first()
-        return (row[0], row[1]) if row is not None else None
+        """A checkpoint of this organization by its ``fine_tuned_model_checkpoint``, with its job."""
+        row = self.session.execute(select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
+            Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
+            Checkpoint.fine_tuned_model_checkpoint == name).order_by(Checkpoint.seq.desc()).limit(1)).first()
+        return None if row is None else (row[0], row[1])
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs that may still start or run (what a spent budget pauses)."""
+        return list(self.session.scalars(select(Job).where(
+            Job.tenant_id == self.tenant_id,
+            Job.status.in_((JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING))).order_by(Job.seq)))
+
+    def budget(self) -> Budget | None:
+        return self.session.get(Budget, self.tenant_id)
+
+    # -- webhooks --
+    def add_webhook(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        endpoint.tenant_id = self.tenant_id
+        self.session.add(endpoint)
+        self.session.commit()
+        return endpoint
+
+    def count_webhooks(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == self.tenant_id)) or 0
+
+    def get_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        row = self.session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
+                                                                WebhookEndpoint.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("webhook endpoint", endpoint_id)
+        return row
+
+    def list_webhooks(self, after: str | None, limit: int) -> tuple[list[WebhookEndpoint], bool]:
+        stmt = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == self.tenant_id)
+        return _page(self.session, stmt, WebhookEndpoint, after, limit, newest_first=True)
+
+    def save(self) -> None:
+        self.session.commit()
+
+    def delete_webhook(self, endpoint: WebhookEndpoint) -> None:
+        self.session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
+                                                           WebhookDelivery.tenant_id == self.tenant_id))
+        self.session.delete(endpoint)
+        self.session.commit()
+
+    def list_deliveries(self, endpoint: WebhookEndpoint, after: str | None, limit: int
+                        ) -> tuple[list[WebhookDelivery], bool]:
+        stmt = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
+                                             WebhookDelivery.tenant_id == self.tenant_id)
+        return _page(self.session, stmt, WebhookDelivery, after, limit, newest_first=True)
 
 
 class SystemRepo:
@@ -158,45 +263,112 @@ class SystemRepo:
         self.session = session
 
     def tenant_for_key_hash(self, key_hash: str) -> str | None:
-        return self.session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
+        return self.session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash,
+                                                                  ApiKey.revoked_at.is_(None)))
 
-    def ensure_tenant(self, tenant_id: str) -> None:
+    def key_for_hash(self, key_hash: str) -> tuple[ApiKey, Tenant] | None:
+        """The key with this hash (revoked ones too: the caller says why it is refused) and its organization:
+        one indexed query per request, never cached, so a revocation applies to the very next request."""
+        row = self.session.execute(select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id)
+                                   .where(ApiKey.key_hash == key_hash)).first()
+        return None if row is None else (row[0], row[1])
+
+    def key_is_active(self, key_id: str) -> bool:
+        return self.session.scalar(select(func.count()).select_from(ApiKey).where(
+            ApiKey.public_id == key_id, ApiKey.revoked_at.is_(None))) == 1
+
+    def touch_key(self, key_id: str, at: int, resolution: int) -> None:
+        """Record a use, unless one was recorded less than ``resolution`` seconds ago (also by another replica)."""
+        self.session.execute(update(ApiKey).where(
+            ApiKey.public_id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= at - resolution),
+        ).values(last_used_at=at))
+        self.session.commit()
+
+    def ensure_tenant(self, tenant_id: str, name: str = "") -> None:
         if self.session.get(Tenant, tenant_id) is None:
-            self.session.add(Tenant(id=tenant_id))
+            self.session.add(Tenant(id=tenant_id, name=name or tenant_id))
             self.session.commit()
 
-    def add_api_key(self, tenant_id: str, key_hash: str, name: str = "") -> None:
+    def add_api_key(self, tenant_id: str, key_hash: str, name: str = "", *, role: str = "admin",
+                    public_id: str | None = None, redacted_value: str = "tf-…") -> bool:
+        """Register a key unless its hash is known already; returns whether it was added."""
         self.ensure_tenant(tenant_id)
-        if self.tenant_for_key_hash(key_hash) is None:
-            self.session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, name=name))
-            self.session.commit()
+        existing = self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+        if existing is not None:
+            if existing.redacted_value in ("", "tf-…"):  # a key from before redacted values were kept
+                existing.redacted_value = redacted_value
+                self.session.commit()
+            return False
+        self.session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, name=name, role=role,
+                                public_id=public_id or new_key_id(), redacted_value=redacted_value))
+        self.session.commit()
+        return True
 
     def job(self, job_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id))
 
+    def set_status(self, job_id: str, expected: str, values: dict[str, Any]) -> bool:
+        """Compare-and-set on the job's status: write ``values`` (the new status among them) only if the status
+        is still ``expected``; False when another writer changed it first. Not committed: the caller's
+        transaction also records the transition's event. A plain UPDATE, not the ORM's unit of work, so a
+        stale copy of the row in some session can never write its old status back."""
+        with self.session.no_autoflush:
+            result = self.session.execute(
+                update(Job).where(Job.id == job_id, Job.status == expected).values(**values)
+                .execution_options(synchronize_session=False))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def record_pid(self, job_id: str, pid: int) -> None:
+        """The trainer's process id, kept only while the job is running (a cancel may have ended it already)."""
+        self.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(pid=pid)
+                             .execution_options(synchronize_session=False))
+        self.session.commit()
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """Current statuses of these jobs (a deleted job is missing)."""
+        if not job_ids:
+            return {}
+        return {str(i): str(s) for i, s in self.session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
+
+    def running_jobs_of(self, runner: str) -> list[Job]:
+        """Jobs marked running by this replica's executor (or by one from before replicas were recorded)."""
+        return list(self.session.scalars(select(Job).where(
+            Job.status == JobStatus.RUNNING, or_(Job.runner == runner, Job.runner.is_(None))).order_by(Job.seq)))
+
     def jobs_with_status(self, *statuses: str) -> list[Job]:
         return list(self.session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.seq)))
 
-    def count_by_status_and_method(self) -> list[tuple[str, Any, int]]:
-        """(status, stored method object, count) groups."""
-        rows = self.session.execute(select(Job.status, Job.method, func.count()).group_by(Job.status, Job.method))
-        return [(str(status), method, int(count)) for status, method, count in rows]
+    def add_finished_usage(self, tenant_id: str, status: str, method: str, seconds: int, gpu_seconds: int) -> None:
+        """Count one finished job in ``job_usage`` (an upsert; not committed: part of the ending transition)."""
+        values = {"tenant_id": tenant_id, "status": status, "method": method, "jobs": 1, "job_seconds": seconds,
+                  "gpu_seconds": gpu_seconds}
+        insert = sqlite_insert if self.session.get_bind().dialect.name == "sqlite" else postgresql_insert
+        stmt = insert(JobUsage).values(**values)
+        self.session.execute(stmt.on_conflict_do_update(
+            index_elements=[JobUsage.tenant_id, JobUsage.status, JobUsage.method],
+            set_={"jobs": JobUsage.jobs + 1, "job_seconds": JobUsage.job_seconds + seconds,
+                  "gpu_seconds": JobUsage.gpu_seconds + gpu_seconds}))
 
-    def queued_since(self) -> list[int]:
-        """Creation times of the queued jobs."""
-        return [int(t) for t in self.session.scalars(select(Job.created_at).where(Job.status == JobStatus.QUEUED))]
+    def finished_usage(self) -> list[tuple[str, str, str, int, int, int]]:
+        """(tenant, status, method, jobs, job seconds, GPU-seconds) of finished jobs: a few rows per tenant."""
+        rows = self.session.execute(select(JobUsage.tenant_id, JobUsage.status, JobUsage.method, JobUsage.jobs,
+                                           JobUsage.job_seconds, JobUsage.gpu_seconds))
+        return [(str(t), str(st), str(m), int(n), int(s), int(g)) for t, st, m, n, s, g in rows]
+
+    def unfinished_jobs(self) -> list[tuple[str, str, Any, Any, int, int | None]]:
+        """(tenant, status, method, resources, created_at, started_at) of every job that has not ended: bounded by
+        the tenants' quotas, found through the status index, never a scan of finished jobs."""
+        rows = self.session.execute(
+            select(Job.tenant_id, Job.status, Job.method, Job.resources, Job.created_at, Job.started_at)
+            .where(Job.status.not_in(TERMINAL_STATUSES)))
+        return [(str(t), str(st), m, r, int(c), s) for t, st, m, r, c, s in rows]
 
     def running_progress(self) -> list[tuple[str, str, Any, dict[str, Any], int | None]]:
         """(job id, tenant, method, live progress, started_at) of every running job."""
         rows = self.session.execute(select(Job.id, Job.tenant_id, Job.method, Job.progress, Job.started_at)
                                     .where(Job.status == JobStatus.RUNNING))
         return [(str(i), str(t), m, p or {}, s) for i, t, m, p, s in rows]
-
-    def usage_rows(self) -> list[tuple[str, str, Any, int | None, int | None]]:
-        """(tenant, status, resources, started_at, finished_at) of every job, for usage metrics."""
-        rows = self.session.execute(select(Job.tenant_id, Job.status, Job.resources, Job.started_at,
-                                           Job.finished_at))
-        return [(str(t), str(st), r, s, f) for t, st, r, s, f in rows]
 
     def delete_checkpoints(self, job: Job, steps: list[int]) -> None:
         """Forget checkpoints that retention removed from the store (not committed: part of the caller's batch)."""
@@ -207,6 +379,135 @@ class SystemRepo:
         return self.session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id)
                                    .order_by(Checkpoint.step_number.desc()).limit(1))
 
+    # -- budgets --
+    def set_budget(self, tenant_id: str, gpu_hours: float | None) -> None:
+        """Set (or with None remove) an organization's GPU-hour budget."""
+        self.ensure_tenant(tenant_id)
+        row = self.session.get(Budget, tenant_id)
+        if gpu_hours is None:
+            if row is not None:
+                self.session.delete(row)
+        elif row is None:
+            self.session.add(Budget(tenant_id=tenant_id, gpu_hours=gpu_hours))
+        else:
+            row.gpu_hours = gpu_hours
+            row.updated_at = now()
+        self.session.commit()
+
+    def budgets(self) -> list[Budget]:
+        return list(self.session.scalars(select(Budget).order_by(Budget.tenant_id)))
+
+    # -- webhook deliveries --
+    def due_deliveries(self, at: float, limit: int) -> list[WebhookDelivery]:
+        return list(self.session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= at)
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit)))
+
+    def claim_delivery(self, delivery: WebhookDelivery, lease_until: float) -> bool:
+        """Take a due delivery for one sender (another replica's claim wins the race): compare-and-set on its
+        ``next_attempt_at``, committed at once."""
+        result = self.session.execute(update(WebhookDelivery).where(
+            WebhookDelivery.id == delivery.id, WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at == delivery.next_attempt_at).values(next_attempt_at=lease_until)
+            .execution_options(synchronize_session=False))
+        self.session.commit()
+        return getattr(result, "rowcount", 0) == 1
+
+    def delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        return self.session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id))
+
+    def webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self.session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+
     def recent_events(self, job: Job, limit: int = 50) -> list[JobEvent]:
         return list(self.session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
                                          .order_by(JobEvent.seq.desc()).limit(limit)))
+
+
+class OrganizationRepo:
+    """Organizations, their API keys and audit log, as an admin sees them: an organization admin sees their
+    own organization only (another one is a 404 exactly like a missing one); an instance admin sees all."""
+
+    def __init__(self, session: Session, tenant_id: str, *, instance_admin: bool) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.instance_admin = instance_admin
+
+    def _visible(self, org_id: str) -> bool:
+        return self.instance_admin or org_id == self.tenant_id
+
+    def get_org(self, org_id: str) -> Tenant:
+        row = self.session.get(Tenant, org_id) if self._visible(org_id) else None
+        if row is None:
+            raise NotFound("organization", org_id)
+        return row
+
+    def lock(self, org_id: str) -> None:
+        """Serialize changes that check the organization's keys (e.g. keeping its last admin key)."""
+        self.session.execute(update(Tenant).where(Tenant.id == org_id).values(quota_version=Tenant.quota_version + 1))
+
+    def org_exists(self, org_id: str) -> bool:
+        return self.session.get(Tenant, org_id) is not None
+
+    def list_orgs(self, after: str | None, limit: int) -> tuple[list[Tenant], bool]:
+        stmt = select(Tenant)
+        if not self.instance_admin:
+            stmt = stmt.where(Tenant.id == self.tenant_id)
+        if after:
+            stmt = stmt.where(Tenant.id > after)
+        rows = list(self.session.scalars(stmt.order_by(Tenant.id).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def add_org(self, org: Tenant) -> None:
+        self.session.add(org)
+
+    def keys(self, org_id: str, after: str | None, limit: int,
+             include_revoked: bool = False) -> tuple[list[ApiKey], bool]:
+        """Newest first; ``after`` is the public id of the last key seen."""
+        stmt = select(ApiKey).where(ApiKey.tenant_id == self.get_org(org_id).id)
+        if not include_revoked:
+            stmt = stmt.where(ApiKey.revoked_at.is_(None))
+        if after:
+            cursor = self.session.scalar(stmt.with_only_columns(ApiKey.id).where(ApiKey.public_id == after))
+            if cursor is not None:
+                stmt = stmt.where(ApiKey.id < cursor)
+        rows = list(self.session.scalars(stmt.order_by(ApiKey.id.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def get_key(self, org_id: str, key_id: str) -> ApiKey:
+        row = self.session.scalar(select(ApiKey).where(ApiKey.tenant_id == self.get_org(org_id).id,
+                                                       ApiKey.public_id == key_id))
+        if row is None:
+            raise NotFound("API key", key_id)
+        return row
+
+    def add_key(self, key: ApiKey) -> None:
+        self.session.add(key)
+
+    def count_admin_keys(self, org_id: str) -> int:
+        return int(self.session.scalar(select(func.count()).select_from(ApiKey).where(
+            ApiKey.tenant_id == org_id, ApiKey.role == "admin", ApiKey.revoked_at.is_(None))) or 0)
+
+    def add_audit(self, entry: AuditLog) -> None:
+        """Added to the caller's transaction: the action and its record are committed together."""
+        self.session.add(entry)
+
+    def audit_logs(self, org_id: str, after: str | None, limit: int, types: list[str] | None = None,
+                   actor_key_ids: list[str] | None = None) -> tuple[list[AuditLog], bool]:
+        stmt = select(AuditLog).where(AuditLog.tenant_id == self.get_org(org_id).id)
+        if types:
+            stmt = stmt.where(AuditLog.type.in_(types))
+        if actor_key_ids:
+            stmt = stmt.where(AuditLog.actor_key_id.in_(actor_key_ids))
+        if after:
+            cursor = self.session.scalar(stmt.with_only_columns(AuditLog.seq).where(AuditLog.id == after))
+            if cursor is not None:
+                stmt = stmt.where(AuditLog.seq < cursor)
+        rows = list(self.session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()

@@ -26,6 +26,14 @@ class Executor(abc.ABC):
     def cancel(self, job_id: str) -> None:
         """Stop the job's trainer (the job is already marked cancelled)."""
 
+    def pause(self, job_id: str) -> None:
+        """Stop the job's trainer after it checkpoints at the next step (the job is already marked paused)."""
+        return None
+
+    def resume(self, job_id: str) -> None:
+        """The paused job was resumed (it is queued again): run it, continuing from its latest checkpoint."""
+        self.wake()
+
     def running_reason(self, job_id: str) -> str | None:
         """Why a trainer of this job may still be writing to the store, for a person (a cancelled one can take
         seconds to stop: ``the job's trainer is still stopping``); None when none can be."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 from sqlalchemy.orm import Session
 
@@ -11,7 +12,7 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import MANIFEST_NAME, job_model_prefix
 from tuneforge.service.db.models import Job
 from tuneforge.service.domain.job_requests import fine_tuned_model_name
-from tuneforge.service.domain.lifecycle import transition
+from tuneforge.service.domain.lifecycle import add_event, transition
 from tuneforge.storage import ObjectStore
 
 
@@ -22,7 +23,7 @@ def requeue_or_fail(session: Session, job: Job, max_attempts: int, reason: str) 
     if job.attempts < max_attempts:
         transition(session, job, JobStatus.QUEUED,
                    f"{reason}; re-queued, it resumes from its latest checkpoint (attempt {job.attempts + 1})",
-                   level="warn")
+                   level="warn", fields={"runner": None})  # any replica may start the next attempt
     else:
         transition(session, job, JobStatus.FAILED, f"{reason}; giving up after {job.attempts} attempts",
                    error={"code": "interrupted", "message": f"{reason}; giving up after {job.attempts} attempts"})
@@ -46,12 +47,25 @@ def finish_job(
     max_attempts: int,
     fallback_message: str | None,
 ) -> None:
-    if job.status != JobStatus.RUNNING or cancelled:
+    if cancelled:
+        return
+    if job.status == JobStatus.PAUSED:
+        # the pause's SIGTERM: checkpoint saved (75), or the trainer stopped before it could take the signal
+        if exit_code in (ExitCode.PREEMPTED, -signal.SIGTERM):
+            # a pause is not an interruption: this start does not count against max_attempts
+            job.attempts = max(0, job.attempts - 1)
+            job.pid = None
+            add_event(session, job, "The trainer stopped after saving a checkpoint; the job is paused until it "
+                      "is resumed", data={"exit_code": exit_code})
+            return
+        # it finished (or failed) before the pause reached it: that outcome stands
+    elif job.status != JobStatus.RUNNING:
         return  # cancelled (or already decided): nothing to do
     if exit_code == ExitCode.OK:
         if _manifest_ok(store, job):
-            job.fine_tuned_model = fine_tuned_model_name(job)
-            transition(session, job, JobStatus.SUCCEEDED, f"The job has successfully completed: {job.fine_tuned_model}")
+            name = fine_tuned_model_name(job)
+            transition(session, job, JobStatus.SUCCEEDED, f"The job has successfully completed: {name}",
+                       fields={"fine_tuned_model": name})
             return
         message = "The trainer exited without publishing a model (no manifest.json)."
         transition(session, job, JobStatus.FAILED, message, error={"code": "training_error", "message": message})

@@ -7,6 +7,8 @@ through the tenant-scoped repository, and the JobSpec resolves every ``"auto"``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -19,12 +21,15 @@ from tuneforge.contracts.status import JobStatus
 from tuneforge.contracts.store_layout import job_model_prefix, job_prefix
 from tuneforge.contracts.validation import describe
 from tuneforge.service.core.config import ServiceSettings
-from tuneforge.service.core.errors import InvalidRequest, QuotaExceeded
+from tuneforge.service.core.errors import Conflict, InvalidRequest
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, Job, now
 from tuneforge.service.db.repo import TenantRepo
-from tuneforge.service.domain.lifecycle import add_event
-from tuneforge.service.domain.model_registry import base_model_for_job
+from tuneforge.service.domain.budgets import check_budget, spent_gpu_hours
+from tuneforge.service.domain.estimate import estimate
+from tuneforge.service.domain.integrations import resolve_integrations
+from tuneforge.service.domain.model_registry import StartingPoint, starting_point
+from tuneforge.service.domain.quotas import Limits, admit_job, effective_limits
 from tuneforge.service.schemas import JobCreate
 from tuneforge.storage import ObjectStore
 
@@ -106,16 +111,48 @@ def public_hyperparameters(method: AnyMethod) -> dict[str, Any]:
     return method.hyperparameters.model_dump(mode="json", exclude_none=True)
 
 
-def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
-               idempotency_key: str | None) -> Job:
-    if idempotency_key:
-        existing = repo.find_job_by_idempotency_key(idempotency_key)
-        if existing is not None:
-            return existing
-    if repo.count_active_jobs() >= settings.limits.max_active_jobs_per_tenant:
-        raise QuotaExceeded(
-            f"Quota exceeded: at most {settings.limits.max_active_jobs_per_tenant} active jobs per organization.")
-    base_model = base_model_for_job(repo, store, req.model)
+def request_fingerprint(req: JobCreate) -> str:
+    """The request as the client meant it (fields it set, nulls dropped), hashed: what an idempotent retry repeats."""
+    canonical = json.dumps(req.model_dump(mode="json", exclude_unset=True, exclude_none=True), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replayed(job: Job, key: str, fingerprint: str) -> Job:
+    """The job an ``Idempotency-Key`` already made, if this request is the same one (as Stripe answers)."""
+    if job.idempotency_hash is not None and job.idempotency_hash != fingerprint:
+        raise Conflict(f"The Idempotency-Key '{key[:64]}' was already used with a different request (it created "
+                       f"{job.id}). Send the same body to get that job again, or use a new key for a new job.",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
+#: methods whose models are causal LMs (one can continue another's); a reward model is a classifier
+_CAUSAL_LM_METHODS = frozenset({"supervised", "dpo", "reinforcement"})
+
+
+def _continued_adapter(start: StartingPoint, requested: AdapterSpec | None, method: str) -> AdapterSpec | None:
+    """A continued job trains the earlier job's adapter further: the same adapter, and a compatible method."""
+    source = start.source_job
+    if source is None:
+        return requested
+    source_method = (source.method or {}).get("type", "supervised")
+    if (source_method in _CAUSAL_LM_METHODS) != (method in _CAUSAL_LM_METHODS):
+        raise InvalidRequest(f"'{start.initial_weights.source if start.initial_weights else ''}' was trained by a "
+                             f"'{source_method}' job; a '{method}' job cannot continue it (reward models and "
+                             "language models have different heads)", param="model", code="model_not_available")
+    adapter = AdapterSpec.model_validate(source.adapter or {})
+    if requested is not None and requested != adapter:
+        raise InvalidRequest(f"Continuing '{start.initial_weights.source if start.initial_weights else ''}' trains "
+                             f"its {adapter.type} adapter (r={adapter.r}, alpha={adapter.alpha}) further: leave "
+                             "'adapter' out or give that one", param="adapter")
+    return adapter
+
+
+def describe_request(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
+                     job_id: str) -> tuple[JobSpec, File, File | None]:
+    """The JobSpec a request describes (every lookup and check of a create, nothing stored)."""
+    start = starting_point(repo, store, req.model)
     training = repo.get_file(req.training_file, param="training_file")
     validation = repo.get_file(req.validation_file, param="validation_file") if req.validation_file else None
 
@@ -128,25 +165,40 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
         method = method.model_copy(update={
             "reinforcement": method.reinforcement.model_copy(update={"grader": grader})})
 
-    job_id = new_id("ftjob")
     seed = req.seed if req.seed is not None else 42
-    adapter = req.adapter or AdapterSpec()
+    adapter = _continued_adapter(start, req.adapter, method.type) or AdapterSpec()
     resources = req.resources or ResourceSpec()
     spec = JobSpec(
         job_id=job_id,
         tenant_id=repo.tenant_id,
         method=method,
-        base_model=base_model,
+        base_model=start.base_model,
         training_file=_dataset(training),
         validation_file=_dataset(validation) if validation else None,
         adapter=adapter,
         resources=resources,
         seed=seed,
+        initial_weights=start.initial_weights,
+        integrations=resolve_integrations(req.integrations or [], settings),
         storage_url=settings.storage.url,
         output_prefix=job_prefix(job_id),
         # the executor mints a fresh per-attempt token when it starts the trainer
         progress=ProgressChannel(url=settings.server.base_url, token=""),
     )
+    return spec, training, validation
+
+
+def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate,
+               idempotency_key: str | None, limits: Limits | None = None) -> Job:
+    fingerprint = request_fingerprint(req)
+    if idempotency_key:
+        existing = repo.find_job_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return _replayed(existing, idempotency_key, fingerprint)
+    check_budget(repo)
+    job_id = new_id("ftjob")
+    spec, training, validation = describe_request(repo, store, settings, req, job_id)
+    adapter, resources = spec.adapter, spec.resources
     job = Job(
         id=job_id,
         status=JobStatus.VALIDATING_FILES,
@@ -158,19 +210,46 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
         training_file=training.id,
         validation_file=validation.id if validation else None,
         suffix=req.suffix,
-        seed=seed,
+        seed=spec.seed,
         job_metadata=req.metadata,
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
+        idempotency_hash=fingerprint if idempotency_key else None,
         token_hash="",
         created_at=now(),
+        tenant_id=repo.tenant_id,
     )
-    repo.add_job(job)
-    add_event(repo.session, job, f"Created fine-tuning job: {job_id}", data={"status": JobStatus.VALIDATING_FILES})
-    return job
+    # the quota check, the insert and the first event are one transaction (concurrent creates cannot overshoot,
+    # and an acknowledged job always has its history)
+    stored = admit_job(repo, limits or effective_limits(settings.limits, None), job,
+                       default_gpus=quota_default_gpus(settings), created_message=f"Created fine-tuning job: {job_id}",
+                       idempotency_key=idempotency_key)
+    if stored is not job:  # a concurrent request with the same Idempotency-Key created it first
+        assert idempotency_key is not None
+        return _replayed(stored, idempotency_key, fingerprint)
+    return stored
+
+
+def quota_default_gpus(settings: ServiceSettings) -> int:
+    """GPUs a job that asks for 0 counts against the GPU quota: the cluster's default per pod, none locally."""
+    return settings.executor.kube_default_gpus if settings.executor.kind == "kubernetes" else 0
+
+
+def estimate_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate) -> dict[str, Any]:
+    """What creating ``req`` would cost (every check of a create, nothing stored)."""
+    spec, training, _ = describe_request(repo, store, settings, req, "ftjob-estimate")
+    budget = repo.budget()
+    shown = None
+    if budget is not None:
+        spent = spent_gpu_hours(repo.session, repo.tenant_id)
+        shown = {"gpu_hours": budget.gpu_hours, "spent_gpu_hours": round(spent, 6),
+                 "remaining_gpu_hours": round(max(0.0, budget.gpu_hours - spent), 6)}
+    return estimate(spec, training, store, settings, shown)
 
 
 def fine_tuned_model_name(job: Job) -> str:
-    base = job.model.split("/")[-1]
+    # a continued job is named after its base model, like OpenAI's (never ft:ft:...)
+    base = str(job.spec.get("base_model") or job.model) if job.model.startswith("ft:") else job.model
+    base = base.split("/")[-1]
     parts = ["ft", base, job.tenant_id, job.suffix or "", job.id.removeprefix("ftjob-")[:12]]
     return ":".join(parts)

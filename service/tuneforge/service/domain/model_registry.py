@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
-from tuneforge.contracts.store_layout import MANIFEST_NAME, base_model_prefix
+from tuneforge.contracts.jobspec import InitialWeights
+from tuneforge.contracts.store_layout import MANIFEST_NAME, base_model_prefix, job_model_prefix
 from tuneforge.service.core.errors import InvalidRequest, NotFound
 from tuneforge.service.db.models import Job
 from tuneforge.service.db.repo import TenantRepo
@@ -59,14 +61,43 @@ def find_base_model(store: ObjectStore, name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a new job trains from: a base model, and for a continued job the earlier job's weights."""
+
+    base_model: str
+    initial_weights: InitialWeights | None = None
+    #: the job whose model or checkpoint is continued
+    source_job: Job | None = None
+
+
+def _continued(base_model: str, prefix: str, source: Job, name: str) -> StartingPoint:
+    kind: Literal["adapter", "full"] = "full" if (source.adapter or {}).get("type") == "full" else "adapter"
+    return StartingPoint(base_model, InitialWeights(prefix=prefix, kind=kind, source=name), source)
+
+
+def starting_point(repo: TenantRepo, store: ObjectStore, model: str) -> StartingPoint:
+    """A base model id, an ``ft:`` model of this organization, or one of its checkpoints'
+    ``fine_tuned_model_checkpoint``; another organization's is exactly as unknown as a missing one."""
+    found = find_base_model(store, model)
+    if found is not None:
+        return StartingPoint(found)
+    if model.startswith("ft:"):
+        job = repo.find_model_job(model)
+        if job is not None:
+            return _continued(str(job.spec["base_model"]), job_model_prefix(job.id), job, model)
+        hit = repo.find_checkpoint(model)
+        if hit is not None:
+            checkpoint, job = hit
+            return _continued(str(job.spec["base_model"]), checkpoint.prefix, job, model)
+    return StartingPoint(base_model_for_job(repo, store, model))
+
+
 def base_model_for_job(repo: TenantRepo, store: ObjectStore, model: str) -> str:
     """The base model a new job trains from; a 400 that lists the choices otherwise."""
     found = find_base_model(store, model)
     if found is not None:
         return found
-    if model.startswith("ft:") and repo.find_model_job(model) is not None:
-        raise InvalidRequest("Continuing training from a fine-tuned model is not supported yet; use its base "
-                             "model.", param="model", code="model_not_available")
     names = ", ".join(m.id for m in base_models(store))
     raise InvalidRequest(f"The model '{model[:200]}' does not exist. Base models: {names}. An operator adds "
                          "others with `tuneforge models register`.", param="model", code="model_not_available")

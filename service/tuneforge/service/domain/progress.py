@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.progress import ProgressEvent
-from tuneforge.contracts.status import TERMINAL_STATUSES
+from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Checkpoint, Job, now
 from tuneforge.service.db.repo import SystemRepo
@@ -47,7 +47,7 @@ def apply_events(session: Session, job: Job, events: list[ProgressEvent], checkp
             progress = dict(job.progress or {})
             progress.update({k: data[k] for k in PROGRESS_KEYS if k in data})
             job.progress = progress
-            if _finite(data.get("eta_seconds")):
+            if _finite(data.get("eta_seconds")) and job.status == JobStatus.RUNNING:  # not while paused
                 job.estimated_finish = now() + int(data["eta_seconds"])
             add_event(session, job, event.message or _metrics_message(data), type="metrics", data=data,
                       commit=False)

@@ -31,6 +31,7 @@ from tuneforge.service.core.errors import InvalidRequest, TooLarge
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, now
 from tuneforge.service.db.repo import TenantRepo
+from tuneforge.service.domain.quotas import Limits, admit_file, check_upload_room, effective_limits
 from tuneforge.service.domain.streaming_upload import (
     Pipe,
     UploadAborted,
@@ -190,6 +191,7 @@ async def receive_upload(
     sessions: sessionmaker[Session],
     store: ObjectStore,
     settings: ServiceSettings,
+    quota: Limits | None = None,
 ) -> File:
     """Parse, validate and store one upload; returns the new file's row (written in a short session of its
     own once the object is stored, so no database connection is held while the body streams in)."""
@@ -198,7 +200,10 @@ async def receive_upload(
     except ParseFailedException:
         raise InvalidRequest("Expected multipart/form-data with a 'file' part and 'purpose'.", param="file") from None
     limits = settings.limits
-    file_part = _FilePart(limits.max_upload_bytes)
+    quota = quota or effective_limits(limits, None)
+    file_part = _FilePart(quota.max_upload_bytes)
+    if quota.max_stored_bytes:  # a full organization is refused before its body is read
+        await asyncio.to_thread(_check_room, sessions, tenant_id, quota)
     purpose_field = _Field()
     parser.register("file", file_part)
     parser.register("purpose", purpose_field)
@@ -241,13 +246,18 @@ async def receive_upload(
         format=report.format, rows=report.rows, tokens=report.tokens, created_at=now(),
     )
     try:
-        await asyncio.to_thread(_save, sessions, tenant_id, row)
+        await asyncio.to_thread(_save, sessions, tenant_id, row, quota)
     except Exception:
         store.delete(key)  # no orphaned object when the row cannot be written
         raise
     return row
 
 
-def _save(sessions: sessionmaker[Session], tenant_id: str, row: File) -> None:
+def _check_room(sessions: sessionmaker[Session], tenant_id: str, quota: Limits) -> None:
     with sessions() as session:
-        TenantRepo(session, tenant_id).add_file(row)
+        check_upload_room(TenantRepo(session, tenant_id), quota)
+
+
+def _save(sessions: sessionmaker[Session], tenant_id: str, row: File, quota: Limits) -> None:
+    with sessions() as session:
+        admit_file(TenantRepo(session, tenant_id), quota, row)

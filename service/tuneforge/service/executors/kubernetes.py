@@ -11,6 +11,10 @@ The service never talks to pods. It
   ``Cancelled`` -> cancelled. Pod trouble the user should know about (unschedulable, image pull, preempted)
   becomes a warning event;
 * cancels by setting ``spec.cancel: true`` (the operator deletes the Job and its pods);
+* pauses by setting ``spec.suspend: true`` (the operator suspends the Job: its pod gets SIGTERM, the trainer
+  checkpoints and exits) and resumes with ``spec.suspend: false`` (a new pod continues from the latest
+  checkpoint). A paused job stays ``paused`` whatever non-final phase the FineTuneJob reports; the user's last
+  word is re-sent when the FineTuneJob disagrees with it (e.g. paused while the cluster was unreachable);
 * refuses ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.running_reason`) until the
   FineTuneJob is in a final phase and its pods have stopped (``status.activePods`` is 0);
 * on ``DELETE /v1/fine_tuning/jobs/{id}`` (:meth:`KubernetesExecutor.discard`) deletes the FineTuneJob and the
@@ -195,6 +199,8 @@ class KubernetesExecutor(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._cancels: set[str] = set()
+        #: job id -> the ``spec.suspend`` to send (the last word: a pause then a resume sends false)
+        self._suspends: dict[str, bool] = {}
         #: deleted jobs whose FineTuneJob and token Secret are still to be deleted from the cluster
         self._deletes: set[str] = set()
         self._pushed: dict[str, tuple[Any, ...]] = {}
@@ -237,6 +243,16 @@ class KubernetesExecutor(Executor):
     def cancel(self, job_id: str) -> None:
         with self._lock:
             self._cancels.add(job_id)
+        self._wake.set()
+
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            self._suspends[job_id] = True
+        self._wake.set()
+
+    def resume(self, job_id: str) -> None:
+        with self._lock:
+            self._suspends[job_id] = False
         self._wake.set()
 
     def running_reason(self, job_id: str) -> str | None:
@@ -282,25 +298,33 @@ class KubernetesExecutor(Executor):
                           "kubernetes executor")
 
     def tick(self) -> None:
+        # the cluster is called with no database connection held: read, close, call, then write in a new session
         with self.sessions() as session:
-            for job in SystemRepo(session).jobs_with_status(JobStatus.VALIDATING_FILES):
-                self._submit(session, job)
+            pending = SystemRepo(session).jobs_with_status(JobStatus.VALIDATING_FILES)
+        for job in pending:
+            self._submit(job)
         self._send_cancels()
+        self._send_suspends()
         self._send_deletes()
         if time.monotonic() - self._last_push >= PROGRESS_PUSH_SECONDS:
             self._last_push = time.monotonic()
             with self.sessions() as session:
-                for job in SystemRepo(session).jobs_with_status(JobStatus.RUNNING):
-                    self._push_progress(session, job)
+                repo = SystemRepo(session)
+                pushes = [(job.id, self._progress_status(repo, job))
+                          for job in repo.jobs_with_status(JobStatus.RUNNING)]
+            for job_id, push in pushes:
+                if push is not None:
+                    self._send_progress(job_id, *push)
 
-    def _submit(self, session: Session, job: Job) -> None:
+    def _submit(self, job: Job) -> None:
+        """Submit one validating job (a detached row: no session is held while the cluster is called)."""
         assert self.custom is not None and self.core is not None
         refs = [job.spec["training_file"], job.spec.get("validation_file")]
         missing = [r["file_id"] for r in refs if r and not self.store.exists(r["key"])]
         if missing:
-            transition(session, job, JobStatus.FAILED, f"Training file {missing[0]} is no longer available",
-                       error={"code": "invalid_training_file", "param": "training_file",
-                              "message": f"File {missing[0]} was deleted before the job started."})
+            self._decide(job.id, JobStatus.FAILED, f"Training file {missing[0]} is no longer available",
+                         error={"code": "invalid_training_file", "param": "training_file",
+                                "message": f"File {missing[0]} was deleted before the job started."})
             return
         manifest = build_finetunejob(job, self.settings)
         try:
@@ -317,16 +341,24 @@ class KubernetesExecutor(Executor):
         except ApiException as exc:
             if exc.status and 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 409, 429):
                 message = f"The cluster rejected the job: {_api_message(exc)}"
-                transition(session, job, JobStatus.FAILED, message,
-                           error={"code": "executor_error", "message": message})
+                self._decide(job.id, JobStatus.FAILED, message, error={"code": "executor_error", "message": message})
                 return
             log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, _api_message(exc))
             return
         except Exception as exc:  # apiserver unreachable: stay validating_files, retry next tick
             log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, exc)
             return
-        job.token_hash = hash_secret(token)
-        transition(session, job, JobStatus.QUEUED, f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}")
+        submitted = f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}"
+        if not self._decide(job.id, JobStatus.QUEUED, submitted, fields={"token_hash": hash_secret(token)}):
+            self.cancel(job.id)  # cancelled while it was being submitted: its FineTuneJob must not run
+
+    def _decide(self, job_id: str, status: str, message: str, **kwargs: Any) -> bool:
+        """One compare-and-set transition of a job still ``validating_files``, in a short session."""
+        with self.sessions() as session:
+            job = SystemRepo(session).job(job_id)
+            if job is None or job.status != JobStatus.VALIDATING_FILES:
+                return False
+            return transition(session, job, status, message, **kwargs)
 
     def _ensure_token_secret(self, job: Job) -> str:
         """Create the job's token Secret; if it exists (a submit interrupted earlier), reuse its token."""
@@ -374,6 +406,26 @@ class KubernetesExecutor(Executor):
             with self._lock:
                 self._cancels.discard(job_id)
 
+    def _send_suspends(self) -> None:
+        assert self.custom is not None
+        with self._lock:
+            pending = dict(self._suspends)
+        for job_id, suspend in sorted(pending.items()):
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job_id, {"spec": {"suspend": suspend}},
+                    _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status not in (404, 422):  # never submitted / finished: nothing to suspend
+                    log.warning("cannot %s %s yet: %s", "pause" if suspend else "resume", job_id, _api_message(exc))
+                    continue
+            except Exception as exc:
+                log.warning("cannot %s %s yet: %s", "pause" if suspend else "resume", job_id, exc)
+                continue
+            with self._lock:
+                if self._suspends.get(job_id) == suspend:  # a newer word may have come meanwhile
+                    del self._suspends[job_id]
+
     def _send_deletes(self) -> None:
         """Delete the FineTuneJobs (the operator deletes their Job and pods) and token Secrets of deleted jobs.
 
@@ -411,30 +463,35 @@ class KubernetesExecutor(Executor):
             return False
         return True
 
-    def _push_progress(self, session: Session, job: Job, final: bool = False) -> None:
-        if self.custom is None:  # not started
-            return
+    def _progress_status(self, repo: SystemRepo, job: Job, final: bool = False
+                         ) -> tuple[tuple[Any, ...], JSON] | None:
+        """What to mirror onto the FineTuneJob's status (and its change key), or None when nothing changed."""
         text = progress_text(job.progress)
         if final:
             total = (job.progress or {}).get("total_steps")
             text = f"{total}/{total} (100%)" if isinstance(total, int) and total > 0 else "done"
-        ckpt = SystemRepo(session).latest_checkpoint(job)
+        ckpt = repo.latest_checkpoint(job)
         last = None
         if ckpt is not None:
             last = {"step": ckpt.step_number, "prefix": ckpt.prefix,
                     "time": dt.datetime.fromtimestamp(ckpt.created_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
         key = (text, last and last["step"])
         if (text is None and last is None) or self._pushed.get(job.id) == key:
-            return
+            return None
         status: JSON = {"progress": text}
         if last is not None:
             status["lastCheckpoint"] = last
+        return key, status
+
+    def _send_progress(self, job_id: str, key: tuple[Any, ...], status: JSON) -> None:
+        if self.custom is None:  # not started
+            return
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, job.id, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
-            self._pushed[job.id] = key
+                GROUP, VERSION, self.namespace, PLURAL, job_id, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
+            self._pushed[job_id] = key
         except Exception as exc:  # cosmetic: retried on the next push
-            log.debug("cannot mirror progress of %s: %s", job.id, exc)
+            log.debug("cannot mirror progress of %s: %s", job_id, exc)
 
     # -- watch: FineTuneJob status -> job status --
     def _watch_loop(self) -> None:
@@ -476,7 +533,8 @@ class KubernetesExecutor(Executor):
         """Jobs whose FineTuneJob disappeared while nobody watched (e.g. deleted while the service was down)."""
         assert self.custom is not None
         with self.sessions() as session:
-            active = [j.id for j in SystemRepo(session).jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)]
+            active = [j.id for j in SystemRepo(session).jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING,
+                                                                           JobStatus.PAUSED)]
         for job_id in active:
             if job_id in seen:
                 continue
@@ -522,8 +580,9 @@ class KubernetesExecutor(Executor):
         try:
             with self.sessions() as session:
                 job = SystemRepo(session).job(cr["metadata"]["name"])
-                if job is not None:
-                    self.apply_status(session, job, cr)
+                final = self.apply_status(session, job, cr) if job is not None else None
+            if final is not None:  # the cluster is called after the session is closed
+                self._send_progress(cr["metadata"]["name"], *final)
         except Exception:
             log.exception("cannot apply the status of FineTuneJob %s", cr["metadata"].get("name"))
 
@@ -547,23 +606,39 @@ class KubernetesExecutor(Executor):
                     break
         return self._signatures.get(job.id)
 
-    def apply_status(self, session: Session, job: Job, cr: Mapping[str, Any]) -> None:
-        """Map one FineTuneJob's status onto its job (idempotent: replaying a status changes nothing)."""
+    def apply_status(self, session: Session, job: Job, cr: Mapping[str, Any]
+                     ) -> tuple[tuple[Any, ...], JSON] | None:
+        """Map one FineTuneJob's status onto its job (idempotent: replaying a status changes nothing); returns
+        the final progress to mirror onto the FineTuneJob when the job has just succeeded."""
         status = cr.get("status") or {}
         phase = status.get("phase")
         if job.status == JobStatus.VALIDATING_FILES or not phase:
-            return
+            return None
         if job.status in TERMINAL:
             cancel_sent = bool((cr.get("spec") or {}).get("cancel"))
             if job.status == JobStatus.CANCELLED and phase not in TERMINAL_PHASES and not cancel_sent:
                 self.cancel(job.id)  # cancelled while the service could not reach the cluster
-            return
+            return None
         reason = str(status.get("reason") or phase)
         message = str(status.get("message") or phase)
         attempts = int(status.get("attempts") or 0)
+        suspended = bool((cr.get("spec") or {}).get("suspend"))
+        if phase not in TERMINAL_PHASES:
+            wanted = job.status == JobStatus.PAUSED
+            if suspended != wanted:
+                with self._lock:  # the user's word did not reach the cluster (yet): say it again
+                    self._suspends.setdefault(job.id, wanted)
+                self._wake.set()
+            if job.status == JobStatus.PAUSED:
+                if phase == "Suspended" and self._signatures.get(job.id, (None,))[0] != "Suspended":
+                    self._signatures[job.id] = (phase, reason, attempts)
+                    add_event(session, job, "Kubernetes: the trainer pod stopped after saving a checkpoint; the job "
+                              "is paused until it is resumed", data={"kubernetes": {"phase": phase, "reason": reason,
+                                                                                   "attempts": attempts}})
+                return None
         signature = (phase, reason, attempts)
         if self._signature(session, job) == signature and phase not in TERMINAL_PHASES:
-            return
+            return None
         self._signatures[job.id] = signature
         k8s = {"kubernetes": {"phase": phase, "reason": reason, "attempts": attempts}}
         if attempts > job.attempts:
@@ -586,8 +661,8 @@ class KubernetesExecutor(Executor):
             self._ensure_running(session, job, message)
             finish_job(session, job, self.store, exit_code=0, cancelled=False,
                        max_attempts=self.settings.executor.max_attempts, fallback_message=None)
-            if job.status == "succeeded":
-                self._push_progress(session, job, final=True)
+            if job.status == JobStatus.SUCCEEDED:
+                return self._progress_status(SystemRepo(session), job, final=True)
         elif phase == "Failed":
             exit_code = status.get("exitCode")
             if isinstance(exit_code, int) and exit_code not in (ExitCode.OK, ExitCode.PREEMPTED) \
@@ -602,6 +677,7 @@ class KubernetesExecutor(Executor):
                            error={"code": code, "message": message})
         elif phase == "Cancelled":
             transition(session, job, JobStatus.CANCELLED, f"Cancelled in the cluster: {message}")
+        return None
 
     @staticmethod
     def _ensure_running(session: Session, job: Job, message: str) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import IO
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.contracts.status import JobStatus
+from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.security import hash_secret, new_job_token
 from tuneforge.service.db.models import Job
@@ -47,6 +48,7 @@ class _Running:
     log_path: Path
     log_file: IO[bytes]
     cancelled: bool = False
+    paused: bool = False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -87,6 +89,9 @@ class LocalExecutor(Executor):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: recorded on the jobs this executor starts: after a restart it re-queues its own, never another
+        #: replica's
+        self.replica = settings.executor.replica_id or socket.gethostname()
         self.work_dir = settings.home / "jobs"
         self.log_dir = settings.home / "logs"
 
@@ -133,6 +138,16 @@ class LocalExecutor(Executor):
         self._signal(run, signal.SIGINT)
         threading.Thread(target=self._kill_later, args=(run,), daemon=True).start()
 
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            run = self.running.get(job_id)
+            if run is None or run.cancelled:
+                return
+            run.paused = True
+        # SIGTERM: the trainer saves a checkpoint at the end of the current step and exits 75; its slot is
+        # free once it has exited (a resume before then waits for it: never two trainers on one job)
+        self._signal(run, signal.SIGTERM)
+
     def _kill_later(self, run: _Running) -> None:
         try:
             run.process.wait(timeout=self.settings.executor.cancel_grace_seconds)
@@ -156,20 +171,33 @@ class LocalExecutor(Executor):
     # -- restart reconciliation --
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
+            # only this replica's trainers (other replicas' jobs run on): those it ran, or unrecorded ones
+            left = [(job.id, job.pid) for job in SystemRepo(session).running_jobs_of(self.replica)]
+            paused = [job.pid for job in SystemRepo(session).jobs_with_status(JobStatus.PAUSED)
+                      if job.pid is not None and job.runner in (self.replica, None)]
+        # waiting for orphans holds no database connection (it can take a minute)
+        for paused_pid in paused:
+            # paused while the previous service ran: its trainer was told to stop; let it finish saving
+            for _ in range(120):
+                if not _pid_alive(paused_pid):
+                    break
+                time.sleep(0.5)
+        for _, pid in left:
+            if pid and _pid_alive(pid):
+                # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+                for _ in range(120):
+                    if not _pid_alive(pid):
+                        break
+                    time.sleep(0.5)
+        with self.sessions() as session:
             repo = SystemRepo(session)
-            for job in repo.jobs_with_status(JobStatus.RUNNING):
-                if job.pid and _pid_alive(job.pid):
-                    # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(job.pid, signal.SIGTERM)
-                    for _ in range(120):
-                        if not _pid_alive(job.pid):
-                            break
-                        time.sleep(0.5)
-                requeue_or_fail(
-                    session, job, self.settings.executor.max_attempts,
-                    "The service restarted while this job was running",
-                )
+            for job_id, _ in left:
+                job = repo.job(job_id)
+                if job is not None:
+                    requeue_or_fail(session, job, self.settings.executor.max_attempts,
+                                    "The service restarted while this job was running")
 
     # -- control loop --
     def _loop(self) -> None:
@@ -180,12 +208,16 @@ class LocalExecutor(Executor):
         with self.sessions() as session:
             repo = SystemRepo(session)
             self._collect_finished(session, repo)
+            self._stop_cancelled(repo)
             for job in repo.jobs_with_status(JobStatus.VALIDATING_FILES):
                 self._validate(session, job)
             with self._lock:
                 free = self.settings.executor.max_concurrent_jobs - len(self.running)
+                stopping = set(self.running)
             if free > 0:
-                for job in repo.jobs_with_status(JobStatus.QUEUED)[:free]:
+                # a job resumed while its paused trainer is still saving waits for that trainer to exit
+                waiting = [j for j in repo.jobs_with_status(JobStatus.QUEUED) if j.id not in stopping]
+                for job in waiting[:free]:
                     self._launch(session, job)
 
     def _validate(self, session: Session, job: Job) -> None:
@@ -204,44 +236,67 @@ class LocalExecutor(Executor):
         return [(r["file_id"], r["key"]) for r in refs if r]
 
     def _launch(self, session: Session, job: Job) -> None:
+        """Start the job's trainer, once: the queued → running compare-and-set is the claim, so of several
+        replicas (or a cancel racing this tick) exactly one wins; the winner records itself as the job's runner."""
         token = new_job_token()
+        attempts = job.attempts + 1
         spec_data = dict(job.spec)
         spec_data["progress"] = {"url": self.settings.server.base_url, "token": token}
         spec = JobSpec.model_validate(spec_data)
-        job.attempts += 1
-        job.token_hash = hash_secret(token)
-        job_dir = self.work_dir / job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = job_dir / f"jobspec-attempt-{job.attempts}.json"
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
-        with os.fdopen(fd, "w") as fh:
-            fh.write(spec.to_json())
-        log_path = self.log_dir / f"{job.id}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - held open by the running trainer, closed when it exits
-        env = dict(os.environ)
-        env.update({
-            "PYTHONUNBUFFERED": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "TUNEFORGE_MODEL_CACHE": str(self.settings.executor.model_cache),
-            "TUNEFORGE_WORKDIR": str(job_dir / "work"),
-        })
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        cmd = [self.settings.executor.trainer_python, "-m", "tuneforge.trainer", "--spec", str(spec_path)]
-        try:
-            process = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        except OSError as exc:
-            log_file.close()
-            transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
-                       error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
-            return
-        job.pid = process.pid
+        attempt = f" (attempt {attempts})" if attempts > 1 else ""
+        # under the lock: a cancel that arrives between the claim and the start waits for the process to be
+        # registered, and then stops it
         with self._lock:
+            # claim the job first: if the user cancelled it since this tick looked, nothing is started
+            if not transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}",
+                              fields={"attempts": attempts, "token_hash": hash_secret(token), "runner": self.replica}):
+                return
+            job_dir = self.work_dir / job.id
+            job_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = job_dir / f"jobspec-attempt-{attempts}.json"
+            fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
+            with os.fdopen(fd, "w") as fh:
+                fh.write(spec.to_json())
+            log_path = self.log_dir / f"{job.id}.log"
+            log_file = open(log_path, "ab")  # noqa: SIM115 - held open by the running trainer, closed when it exits
+            env = dict(os.environ)
+            env.update({
+                "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "TUNEFORGE_MODEL_CACHE": str(self.settings.executor.model_cache),
+                "TUNEFORGE_WORKDIR": str(job_dir / "work"),
+            })
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            cmd = [self.settings.executor.trainer_python, "-m", "tuneforge.trainer", "--spec", str(spec_path)]
+            try:
+                process = subprocess.Popen(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                log_file.close()
+                transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
+                           error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
+                return
             self.running[job.id] = _Running(job.id, process, log_path, log_file)
-        attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}")
+        SystemRepo(session).record_pid(job.id, process.pid)
+
+    def _stop_cancelled(self, repo: SystemRepo) -> None:
+        """Stop the trainers of jobs that ended or were paused without this executor being told (through another
+        process, or by a cancel or pause that raced the start)."""
+        with self._lock:
+            live = [job_id for job_id, run in self.running.items() if not run.cancelled and not run.paused]
+        if not live:
+            return
+        current = repo.statuses(live)
+        for job_id in live:
+            status = current.get(job_id)
+            if status is None or status in TERMINAL_STATUSES:
+                log.info("job %s is %s: stopping its trainer", job_id, status or "deleted")
+                self.cancel(job_id)
+            elif status == JobStatus.PAUSED:
+                log.info("job %s is paused: its trainer checkpoints and stops", job_id)
+                self.pause(job_id)
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:
@@ -257,7 +312,7 @@ class LocalExecutor(Executor):
             code = run.process.returncode
             log.info("trainer for %s exited with %s", job.id, code)
             finish_job(
-                session, job, self.store, exit_code=code, cancelled=run.cancelled,
+                session, job, self.store, exit_code=code, cancelled=run.cancelled or job.status == JobStatus.CANCELLED,
                 max_attempts=self.settings.executor.max_attempts,
                 fallback_message=last_error_line(run.log_path),
             )

@@ -1,9 +1,11 @@
 """Request metrics middleware and the ``/metrics`` route.
 
-``/metrics`` needs no API key by default (Prometheus scrapes it from inside the cluster or from the same
-machine). Set ``TUNEFORGE_METRICS_TOKEN`` (``settings.auth.metrics_token``) to require
-``Authorization: Bearer <token>`` on it (Prometheus: ``authorization: {credentials: <token>}`` in the scrape
-config).
+``/metrics`` answers everyone with the fleet-wide series (requests, jobs by status and method, the queue), and
+a scrape that sends the metrics token (``Authorization: Bearer <token>``) with everything, including the series
+that name organizations and jobs (``tuneforge_tenant_*``, per-job ``tuneforge_job_*``). The token is
+``TUNEFORGE_METRICS_TOKEN`` or, when that is unset, one generated at first start in ``$TUNEFORGE_HOME/metrics_token``
+(Prometheus: ``authorization: {credentials_file: <that file>}``). A wrong token is a 401, so a misconfigured
+scrape is noticed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.service.core.errors import Unauthenticated
@@ -71,18 +73,24 @@ class MetricsMiddleware:
 router = APIRouter(tags=["observability"])
 
 
-def _check_token(request: Request, wanted: str) -> None:
-    if not wanted:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), wanted.encode()):
-        raise Unauthenticated("/metrics needs 'Authorization: Bearer <TUNEFORGE_METRICS_TOKEN>'.")
+def _authorized(request: Request, wanted: str) -> bool:
+    """True for the metrics token, False for no credentials; a 401 for wrong ones."""
+    header = request.headers.get("authorization", "")
+    if not header:
+        return False
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not wanted or not secrets.compare_digest(token.strip().encode(), wanted.encode()):
+        raise Unauthenticated("Wrong credentials for /metrics: send 'Authorization: Bearer <metrics token>' "
+                              "(TUNEFORGE_METRICS_TOKEN, or the file metrics_token in the service's home), or none "
+                              "for the fleet-wide series only.")
+    return True
 
 
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)",
-            description="No API key needed unless TUNEFORGE_METRICS_TOKEN is set; then send it as a bearer token.",
+            description="Fleet-wide series for anyone; with the metrics token as a bearer token, also the series "
+            "that name organizations and jobs.",
             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(request: Request) -> Response:
     state: Any = request.app.state.tuneforge
-    _check_token(request, state.settings.auth.metrics_token)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    private = _authorized(request, state.metrics_token)
+    return Response(state.metrics.exposition(private=private), media_type=CONTENT_TYPE_LATEST)

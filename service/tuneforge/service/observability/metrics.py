@@ -1,12 +1,20 @@
 """Metric definitions.
 
-Two kinds of metrics live in one :class:`prometheus_client.CollectorRegistry` per app:
+Two kinds of metrics:
 
-* request metrics, updated by the HTTP middleware as requests are served;
+* request metrics, updated by the HTTP middleware as requests are served, in :attr:`ServiceMetrics.registry`;
 * fleet metrics, read from the database at scrape time by :class:`FleetCollector`. The database is the
   source of truth, so these are right after a restart and with several replicas, and the per-job series
   of a job disappear by construction once it stops running (its ``job_id`` label is then never exported
   again: the only unbounded label value, bounded in practice by the number of *running* jobs).
+
+A scrape costs a few small queries whatever the size of the jobs table: the jobs that have not ended (bounded by
+quotas, found through the status index) and ``job_usage``, the per-tenant totals of finished jobs that the ending
+transition maintains. Nothing reads every job.
+
+Fleet metrics come in two parts: the fleet-wide ones (jobs by status and method, the queue) for anyone who can
+reach ``/metrics``, and the ones that name organizations and jobs (``tuneforge_tenant_*``, the per-job
+``tuneforge_job_*``) only for a scrape with the metrics token.
 
 Every label is bounded: ``route`` is the route template (``/v1/fine_tuning/jobs/{job_id}``), never the raw
 path; ``status`` and ``method`` come from fixed sets; ``tenant`` from the set of tenants with API keys.
@@ -16,18 +24,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.methods import METHOD_TYPES
 from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.usage import gpu_count, method_type
 
 JOB_STATUSES = tuple(JobStatus)
 METHODS = METHOD_TYPES
@@ -52,97 +60,88 @@ JOB_GAUGES: tuple[tuple[str, str, str], ...] = (
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _method_of(job_method: Any) -> str:
-    kind = (job_method or {}).get("type", "supervised") if isinstance(job_method, dict) else "supervised"
-    return kind if kind in METHODS else "other"
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _gpus(resources: Any) -> int:
-    if not isinstance(resources, dict):
-        return 0
-    gpus, nodes = resources.get("gpus") or 0, resources.get("nodes") or 1
-    return int(gpus) * int(nodes) if isinstance(gpus, int) and isinstance(nodes, int) else 0
-
-
-class FleetCollector(Collector):
-    """Reads jobs from the database on every scrape (a handful of small aggregate queries)."""
+class FleetCollector:
+    """The fleet's metrics, read from the database at every scrape (three small queries)."""
 
     def __init__(self, sessions: Callable[[], AbstractContextManager[Session]],
                  clock: Callable[[], float] = time.time) -> None:
         self.sessions = sessions
         self.clock = clock
 
-    def describe(self) -> Iterable[Metric]:
-        return []  # collected lazily: do not query the database at registration time
-
-    def collect(self) -> Iterator[Metric]:
+    def families(self, *, private: bool) -> list[Metric]:
+        """Everything, or (``private=False``) only what names no organization and no job."""
         with self.sessions() as session:
-            yield from self._collect(session)
-
-    def _collect(self, session: Session) -> Iterator[Metric]:
+            repo = SystemRepo(session)
+            unfinished = repo.unfinished_jobs()
+            finished = repo.finished_usage()
+            running = repo.running_progress() if private else []
         now = self.clock()
-        repo = SystemRepo(session)
-        counts: dict[tuple[str, str], int] = {(s, m): 0 for s in JOB_STATUSES for m in METHODS}
-        for status, method, n in repo.count_by_status_and_method():
-            key = (status, _method_of(method))
-            counts[key] = counts.get(key, 0) + n
+        out = self._fleet(unfinished, finished, now)
+        if private:
+            out += self._running_jobs(running, now) + self._tenants(unfinished, finished, now)
+        return out
 
-        jobs = GaugeMetricFamily("tuneforge_jobs", "Jobs by status and method", labels=["status", "method"])
+    @staticmethod
+    def _fleet(unfinished: list[tuple[str, str, Any, Any, int, int | None]],
+               finished: list[tuple[str, str, str, int, int, int]], now: float) -> list[Metric]:
+        counts: dict[tuple[str, str], int] = {(s, m): 0 for s in JOB_STATUSES for m in METHODS}
+        for _, status, method, _, _, _ in unfinished:
+            key = (status, method_type(method))
+            counts[key] = counts.get(key, 0) + 1
+        for _, status, method, n, _, _ in finished:
+            counts[(status, method)] = counts.get((status, method), 0) + n
+
+        jobs = GaugeMetricFamily("tuneforge_jobs", "Jobs by status and method (terminal statuses: every job that "
+                                 "reached it, deleted ones included)", labels=["status", "method"])
         created = CounterMetricFamily("tuneforge_jobs_created", "Jobs created, by method", labels=["method"])
-        finished = CounterMetricFamily("tuneforge_jobs_finished", "Jobs that reached a terminal status",
-                                       labels=["status", "method"])
+        ended = CounterMetricFamily("tuneforge_jobs_finished", "Jobs that reached a terminal status",
+                                    labels=["status", "method"])
         by_method: dict[str, int] = {}
         for (status, method), n in sorted(counts.items()):
             jobs.add_metric([status, method], n)
             by_method[method] = by_method.get(method, 0) + n
             if status in TERMINAL_STATUSES:
-                finished.add_metric([status, method], n)
+                ended.add_metric([status, method], n)
         for method, n in sorted(by_method.items()):
             created.add_metric([method], n)
-        yield jobs
-        yield created
-        yield finished
 
-        queued = repo.queued_since()
+        queued = [created_at for _, status, _, _, created_at, _ in unfinished if status == JobStatus.QUEUED]
         depth = GaugeMetricFamily("tuneforge_queue_depth", "Jobs waiting for a trainer slot (status queued)")
         depth.add_metric([], len(queued))
-        yield depth
         oldest = GaugeMetricFamily("tuneforge_queue_oldest_age_seconds",
                                    "Age of the oldest queued job (0 when the queue is empty)")
         oldest.add_metric([], max(0.0, now - min(queued)) if queued else 0.0)
-        yield oldest
+        return [jobs, created, ended, depth, oldest]
 
-        yield from self._running_jobs(repo, now)
-        yield from self._tenants(repo, now)
-
-    def _running_jobs(self, repo: SystemRepo, now: float) -> Iterator[Metric]:
+    @staticmethod
+    def _running_jobs(running: list[tuple[str, str, Any, dict[str, Any], int | None]], now: float) -> list[Metric]:
         labels = ["job_id", "tenant", "method"]
         families = {
             key: GaugeMetricFamily(f"tuneforge_job_{suffix}", help_, labels=labels)
             for key, suffix, help_ in JOB_GAUGES
         }
-        running = GaugeMetricFamily("tuneforge_job_running_seconds", "Seconds since the running job started",
+        seconds = GaugeMetricFamily("tuneforge_job_running_seconds", "Seconds since the running job started",
                                     labels=labels)
         ratio = GaugeMetricFamily("tuneforge_job_progress_ratio", "step / total_steps of the running job, 0..1",
                                   labels=labels)
-        for job_id, tenant, method, progress, started_at in repo.running_progress():
-            values = [job_id, tenant, _method_of(method)]
+        for job_id, tenant, method, progress, started_at in running:
+            values = [job_id, tenant, method_type(method)]
             for key, family in families.items():
                 if _finite(progress.get(key)):
                     family.add_metric(values, float(progress[key]))
             if started_at:
-                running.add_metric(values, max(0.0, now - started_at))
+                seconds.add_metric(values, max(0.0, now - started_at))
             step, total = progress.get("step"), progress.get("total_steps")
             ratio.add_metric(values, min(1.0, step / total) if _finite(step) and _finite(total) and total else 0.0)
-        yield from families.values()
-        yield running
-        yield ratio
+        return [*families.values(), seconds, ratio]
 
-    def _tenants(self, repo: SystemRepo, now: float) -> Iterator[Metric]:
+    @staticmethod
+    def _tenants(unfinished: list[tuple[str, str, Any, Any, int, int | None]],
+                 finished: list[tuple[str, str, str, int, int, int]], now: float) -> list[Metric]:
         created = CounterMetricFamily("tuneforge_tenant_jobs", "Jobs created per tenant", labels=["tenant"])
         active = GaugeMetricFamily("tuneforge_tenant_active_jobs",
                                    "Jobs validating, queued or running per tenant", labels=["tenant"])
@@ -153,24 +152,35 @@ class FleetCollector(Collector):
             "tuneforge_tenant_gpu_seconds", "GPU-seconds per tenant: training seconds x GPUs requested",
             labels=["tenant"])
         per: dict[str, list[float]] = {}
-        for tenant, status, resources, started_at, finished_at in repo.usage_rows():
-            acc = per.setdefault(tenant, [0, 0, 0.0, 0.0])
+        for tenant, _, _, n, done_seconds, done_gpu in finished:
+            acc = per.setdefault(tenant, [0.0, 0.0, 0.0, 0.0])
+            acc[0] += n
+            acc[2] += done_seconds
+            acc[3] += done_gpu
+        for tenant, _, _, resources, _, started_at in unfinished:
+            acc = per.setdefault(tenant, [0.0, 0.0, 0.0, 0.0])
             acc[0] += 1
-            if status not in TERMINAL_STATUSES:
-                acc[1] += 1
+            acc[1] += 1
             if started_at:
-                seconds = max(0.0, (finished_at or now) - started_at)
-                acc[2] += seconds
-                acc[3] += seconds * _gpus(resources)
-        for tenant, (n, n_active, seconds, gpu) in sorted(per.items()):
-            created.add_metric([tenant], n)
+                running = max(0.0, now - started_at)
+                acc[2] += running
+                acc[3] += running * gpu_count(resources)
+        for tenant, (total, n_active, total_seconds, total_gpu) in sorted(per.items()):
+            created.add_metric([tenant], total)
             active.add_metric([tenant], n_active)
-            job_seconds.add_metric([tenant], seconds)
-            gpu_seconds.add_metric([tenant], gpu)
-        yield created
-        yield active
-        yield job_seconds
-        yield gpu_seconds
+            job_seconds.add_metric([tenant], total_seconds)
+            gpu_seconds.add_metric([tenant], total_gpu)
+        return [created, active, job_seconds, gpu_seconds]
+
+
+class _Families:
+    """Metric families in the shape ``generate_latest`` encodes (anything with ``collect``)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 class ServiceMetrics:
@@ -195,8 +205,16 @@ class ServiceMetrics:
         self.streams = Gauge("tuneforge_event_streams_open", "Open server-sent event streams",
                              registry=self.registry)
         self.serving = ServingMetrics(self.registry)
-        if sessions is not None:
-            self.registry.register(FleetCollector(sessions))
+        self.fleet = FleetCollector(sessions) if sessions is not None else None
+
+    def exposition(self, *, private: bool) -> bytes:
+        """The text exposition of a scrape: request metrics, then the fleet's (private: every part of them)."""
+        from prometheus_client import generate_latest
+
+        text = generate_latest(self.registry)
+        if self.fleet is not None:
+            text += generate_latest(_Families(self.fleet.families(private=private)))
+        return text
 
 
 #: time to the first token of a completion (seconds): engine starts make the slow tail

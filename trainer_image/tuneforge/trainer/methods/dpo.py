@@ -8,6 +8,7 @@ from tuneforge.trainer.context import (
     count_params,
     lora_config,
     quantization_config,
+    starting_model,
     training_args_kwargs,
 )
 from tuneforge.trainer.data import ensure_chat_template
@@ -26,6 +27,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
     train, valid = preference.datasets(ctx, tokenizer)
     set_seed(ctx.spec.seed)
     model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
+    model = starting_model(ctx, model)
     n_params = count_params(model)
     args = DPOConfig(
         **training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None),

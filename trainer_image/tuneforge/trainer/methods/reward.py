@@ -7,7 +7,14 @@ The published model is a LoRA adapter with the ``score`` head saved in full (``m
 
 from __future__ import annotations
 
-from tuneforge.trainer.context import BuiltTrainer, RunContext, count_params, lora_config, training_args_kwargs
+from tuneforge.trainer.context import (
+    BuiltTrainer,
+    RunContext,
+    count_params,
+    lora_config,
+    starting_model,
+    training_args_kwargs,
+)
 from tuneforge.trainer.data import ensure_chat_template
 from tuneforge.trainer.methods import preference
 from tuneforge.trainer.methods.sft import model_dtype
@@ -26,6 +33,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
     train, valid = preference.datasets(ctx, tokenizer)
     set_seed(ctx.spec.seed)
     model = load_sequence_classifier(ctx.model_dir, model_dtype(ctx), tokenizer.pad_token_id)
+    model = starting_model(ctx, model)
     n_params = count_params(model)
     args = RewardConfig(
         **training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None),

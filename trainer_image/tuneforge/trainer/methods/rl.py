@@ -16,6 +16,7 @@ from tuneforge.trainer.context import (
     count_params,
     lora_config,
     quantization_config,
+    starting_model,
     training_args_kwargs,
 )
 from tuneforge.trainer.data import ensure_chat_template
@@ -74,6 +75,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
 
     set_seed(spec.seed)
     model = load_causal_lm(ctx.model_dir, model_dtype(ctx), quantization_config(ctx))
+    model = starting_model(ctx, model)
     n_params = count_params(model)
     common = training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None)
     common["per_device_train_batch_size"] = hp.batch_size * num_generations

@@ -10,6 +10,7 @@ from tuneforge.trainer.context import (
     count_params,
     lora_config,
     quantization_config,
+    starting_model,
     training_args_kwargs,
     use_gradient_checkpointing,
 )
@@ -86,6 +87,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=use_gradient_checkpointing(hp, ctx.device)
         )
+    model = starting_model(ctx, model)
     n_params = count_params(model)
     padding_free = use_padding_free(ctx)
     common = training_args_kwargs(ctx, rows=len(train.rows), has_eval=eval_ds is not None)

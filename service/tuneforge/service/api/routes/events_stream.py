@@ -34,15 +34,15 @@ from tuneforge.service.api.deps import StateDep
 from tuneforge.service.api.presenters import event_object
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.api.state import AppState
-from tuneforge.service.db.repo import TenantRepo
+from tuneforge.service.db.repo import SystemRepo, TenantRepo
 from tuneforge.service.domain.lifecycle import notifier
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
-#: how often the stream looks at the in-process notifier; the database is read only when it changed,
-#: or every ``DB_POLL_SECONDS`` (events may come in through another replica)
+#: how often the stream looks at the in-process notifier; the database is read only when it changed (on
+#: PostgreSQL every replica's notifier hears of every event: ``db.event_channel``), or every
+#: ``settings.server.events_poll_seconds`` in case a notification was lost
 WAKE_SECONDS = 0.2
-DB_POLL_SECONDS = 2.0
 BATCH = 500
 #: the reconnection delay suggested to clients (the SSE ``retry:`` field), in milliseconds
 RETRY_MS = 2000
@@ -69,11 +69,19 @@ STREAM_CONTENT: dict[str, Any] = {
 }
 
 
+class KeyRevoked(Exception):
+    """The stream's API key was revoked while it was open."""
+
+
 class _Reader:
     """One stream's position; every read opens its own short session through the tenant repository."""
 
-    def __init__(self, state: AppState, tenant_id: str, job_id: str, after_id: str | None) -> None:
+    def __init__(self, state: AppState, tenant_id: str, job_id: str, after_id: str | None,
+                 key_id: str | None = None) -> None:
         self.state = state
+        #: the stream ends when this key is revoked (checked on every read: a revocation applies at once)
+        self.key_id = key_id
+        self.poll_seconds = state.settings.server.events_poll_seconds
         self.tenant_id = tenant_id
         self.job_id = job_id
         self.after_id = after_id
@@ -83,6 +91,8 @@ class _Reader:
         """(job status, new events, whether more are waiting). The status is read *before* the events, so
         a terminal status means every event up to the end is in this batch or an earlier one."""
         with self.state.sessions() as session:
+            if self.key_id is not None and not SystemRepo(session).key_is_active(self.key_id):
+                raise KeyRevoked
             repo = TenantRepo(session, self.tenant_id)
             job = repo.get_job(self.job_id)
             status = job.status
@@ -107,9 +117,13 @@ async def _events(reader: _Reader, gauge: Gauge) -> AsyncIterator[ServerSentEven
         while True:
             version = notifier.version
             now = time.monotonic()
-            if version != seen_version or now - last_db >= DB_POLL_SECONDS:
+            if version != seen_version or now - last_db >= reader.poll_seconds:
                 seen_version, last_db = version, now
-                status, events, more = await run_in_threadpool(reader.read)
+                try:
+                    status, events, more = await run_in_threadpool(reader.read)
+                except KeyRevoked:
+                    yield ServerSentEvent(json.dumps({"error": "the API key was revoked"}), event="error", sep=SEP)
+                    return
                 for event in events:
                     yield event
                 if more:
@@ -131,7 +145,8 @@ def open_stream(request: Request, state: AppState, repo: TenantRepo, job_id: str
                 heartbeat: float) -> EventSourceResponse:
     """The job's event stream; a missing or foreign job is a 404 before the stream starts."""
     job = repo.get_job(job_id)
-    reader = _Reader(state, repo.tenant_id, job.id, after_id)
+    principal = getattr(request.state, "principal", None)
+    reader = _Reader(state, repo.tenant_id, job.id, after_id, getattr(principal, "key_id", None))
     return EventSourceResponse(
         _events(reader, state.metrics.streams), ping=heartbeat, ping_message_factory=_keep_alive, sep=SEP,
         headers={"Cache-Control": "no-cache"},

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from tuneforge.service.api.deps import RepoDep, StateDep
+from tuneforge.service.api.deps import RepoDep, StateDep, limits_of
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import file_object
-from tuneforge.service.api.short_sessions import TenantIdDep
+from tuneforge.service.api.short_sessions import ShortPrincipalDep
 from tuneforge.service.domain.uploads import receive_upload
 from tuneforge.service.schemas import DeletedObject, FileObject, ListObject
 
@@ -29,9 +29,10 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
                        "purpose": {"type": "string", "enum": ["fine-tune"], "default": "fine-tune"}},
     }}}}},
 )
-async def upload_file(request: Request, tenant_id: TenantIdDep, state: StateDep) -> FileObject:
-    row = await receive_upload(request.headers.get("content-type", ""), request.stream(), tenant_id=tenant_id,
-                               sessions=state.sessions, store=state.store, settings=state.settings)
+async def upload_file(request: Request, principal: ShortPrincipalDep, state: StateDep) -> FileObject:
+    row = await receive_upload(request.headers.get("content-type", ""), request.stream(),
+                               tenant_id=principal.tenant_id, sessions=state.sessions, store=state.store,
+                               settings=state.settings, quota=limits_of(state, principal))
     return file_object(row)
 
 

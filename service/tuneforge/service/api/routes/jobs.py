@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from tuneforge.service.api.deps import RepoDep, StateDep
+from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import checkpoint_object, event_object, job_object
 from tuneforge.service.api.routes.events_stream import (
@@ -20,9 +20,10 @@ from tuneforge.service.api.routes.events_stream import (
 )
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.core.errors import InvalidRequest
+from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.domain import jobs as job_actions
 from tuneforge.service.domain.artifacts import list_artifacts as artifact_list
-from tuneforge.service.domain.job_requests import create_job
+from tuneforge.service.domain.job_requests import create_job, estimate_job
 from tuneforge.service.schemas import DeletedObject, JobCreate, JobObject, ListObject
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -32,13 +33,24 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 def create(
     body: JobCreate,
     repo: RepoDep,
+    principal: PrincipalDep,
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> JobObject:
-    job = create_job(repo, state.store, state.settings, body, idempotency_key)
+    job = create_job(repo, state.store, state.settings, body, idempotency_key, limits_of(state, principal))
     if state.executor:
         state.executor.wake()
     return job_object(job)
+
+
+@router.post("/estimate", summary="Estimate a job before creating it (tuneforge extension)",
+             description="The same body as a create. Answers the tokens and steps it would train, the expected "
+             "duration on the requested hardware (from a throughput table: measured where this deployment has a "
+             "measurement, modelled otherwise, as `throughput_source` says), GPU-hours, the cost from the "
+             "deployment's price table, and the organization's budget. Nothing is created.",
+             openapi_extra=requires(Permission.READ))  # it changes nothing: a read-only key may ask
+def estimate(body: JobCreate, repo: RepoDep, state: StateDep) -> dict[str, Any]:
+    return estimate_job(repo, state.store, state.settings, body)
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str] | None:
@@ -73,6 +85,21 @@ def get_job(job_id: str, repo: RepoDep) -> JobObject:
 @router.post("/{job_id}/cancel", response_model=JobObject, summary="Cancel a fine-tuning job")
 def cancel(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
     return job_object(job_actions.cancel(repo, state.executor, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobObject, summary="Pause a fine-tuning job",
+             description="A running trainer saves a checkpoint at the next step boundary and stops, freeing its GPU; "
+             "a waiting job is not started. Pausing a paused job changes nothing; a finished job answers 409.")
+def pause(job_id: str, repo: RepoDep, state: StateDep) -> JobObject:
+    return job_object(job_actions.pause(repo, state.executor, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobObject, summary="Resume a paused fine-tuning job",
+             description="The job is queued again and continues from its latest checkpoint, with the same steps "
+             "and losses as a run that was never paused. Resuming a waiting or running job changes nothing; a "
+             "finished one answers 409; a spent budget or a full active-job quota answers 429.")
+def resume(job_id: str, repo: RepoDep, state: StateDep, principal: PrincipalDep) -> JobObject:
+    return job_object(job_actions.resume(repo, state.executor, limits_of(state, principal), job_id))
 
 
 @router.delete("/{job_id}", response_model=DeletedObject,
