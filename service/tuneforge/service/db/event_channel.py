@@ -35,7 +35,7 @@ def libpq_url(engine: Engine) -> str:
 
 
 class EventChannelListener:
-    def __init__(self, engine: Engine, on_event: Callable[[], None], poll_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, on_event: Callable[[str | None], None], poll_seconds: float = 1.0) -> None:
         self.url = libpq_url(engine)
         self.on_event = on_event
         self.poll_seconds = poll_seconds
@@ -64,11 +64,11 @@ class EventChannelListener:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     backoff = 0.2
-                    self.on_event()  # whatever arrived while nobody listened
+                    self.on_event(None)  # whatever arrived while nobody listened: every stream reads
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=self.poll_seconds):
+                        for notification in conn.notifies(timeout=self.poll_seconds):
                             self.received += 1
-                            self.on_event()
+                            self.on_event(notification.payload or None)  # the job's id
             except Exception as exc:  # the database restarted or the network broke: listen again
                 self.listening.clear()
                 if self._stop.is_set():

@@ -42,20 +42,29 @@ class InvalidTransition(Exception):
 
 
 class EventNotifier:
-    """A counter that moves whenever any job gets a new event, so streams know when to read (in-process: other
-    replicas' events are found by the streams' periodic reads)."""
+    """Counters that move when a job gets a new event, so each stream reads the database only when its own job
+    changed (20 streams of quiet jobs do not all read on every other job's event), plus one that moves for
+    everyone (a reconnected PostgreSQL listener, which cannot know what it missed). Other replicas' events come
+    through the listener or the streams' periodic reads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._version = 0
+        self._everyone = 0
+        self._jobs: dict[str, int] = {}
 
-    def notify(self) -> None:
+    def notify(self, job_id: str | None = None) -> None:
         with self._lock:
-            self._version += 1
+            if job_id is None:
+                self._everyone += 1
+            else:
+                # bounded: a job's counter only has to differ from what its streams saw last
+                if len(self._jobs) >= 100_000 and job_id not in self._jobs:
+                    self._jobs.clear()
+                    self._everyone += 1
+                self._jobs[job_id] = self._jobs.get(job_id, 0) + 1
 
-    @property
-    def version(self) -> int:
-        return self._version
+    def version(self, job_id: str) -> tuple[int, int]:
+        return self._everyone, self._jobs.get(job_id, 0)
 
 
 notifier = EventNotifier()
@@ -78,7 +87,7 @@ def add_event(
     session.add(event)
     if commit:
         session.commit()
-        notifier.notify()
+        notifier.notify(job.id)
     return event
 
 
@@ -137,5 +146,5 @@ def transition(
                       data={"status": status}, commit=False)
     webhooks.enqueue_job_event(session, job, current, status, event.created_at)
     session.commit()
-    notifier.notify()
+    notifier.notify(job.id)
     return True

@@ -85,5 +85,5 @@ def apply_events(session: Session, job: Job, events: list[ProgressEvent], checkp
         job.estimated_finish = None
     session.commit()
     if applied:
-        notifier.notify()
+        notifier.notify(job.id)
     return applied

@@ -111,7 +111,7 @@ def admit_job(repo: TenantRepo, limits: Limits, job: Job, *, default_gpus: int, 
     except BaseException:
         session.rollback()
         raise
-    notifier.notify()
+    notifier.notify(job.id)
     return job
 
 

@@ -112,10 +112,10 @@ async def _events(reader: _Reader, gauge: Gauge) -> AsyncIterator[ServerSentEven
     gauge.inc()
     try:
         yield ServerSentEvent(retry=RETRY_MS, sep=SEP)
-        seen_version = -1
+        seen_version: tuple[int, int] | None = None
         last_db = 0.0
         while True:
-            version = notifier.version
+            version = notifier.version(reader.job_id)
             now = time.monotonic()
             if version != seen_version or now - last_db >= reader.poll_seconds:
                 seen_version, last_db = version, now
@@ -127,7 +127,7 @@ async def _events(reader: _Reader, gauge: Gauge) -> AsyncIterator[ServerSentEven
                 for event in events:
                     yield event
                 if more:
-                    seen_version = -1  # read the rest right away
+                    seen_version = None  # read the rest right away
                     continue
                 if status in TERMINAL_STATUSES:
                     yield ServerSentEvent(json.dumps({"status": status}), event="end", sep=SEP)
