@@ -225,3 +225,24 @@ def test_engine_greedy_answers_in_a_mixed_batch_equal_peft_alone(kernel: str, pe
         assert engine.adapters.evictions >= 1
     finally:
         engine.stop()
+
+
+def test_no_free_slot_while_every_adapter_runs_is_a_clear_503(peaked_model: Path,
+                                                              mixed_loras: dict[str, Path]) -> None:
+    """The batcher never admits past the slots; an API load while every slot serves running rows is refused."""
+    from tuneforge.engine.errors import Overloaded
+
+    adapters = AdapterSet(_base(peaked_model), max_loaded=1, base_template=None)
+    for name in ("qk_r2", "all_r4"):
+        adapters.register(adapters.validate(name, str(mixed_loras[name])))
+    adapters.ensure({"qk_r2"})
+    before = _logits_batched(adapters, [PROMPTS[1]], ["qk_r2"])[0]
+    adapters.in_use["qk_r2"] += 1  # a running row uses it
+    with pytest.raises(Overloaded) as info:
+        adapters.ensure({"all_r4"})
+    assert info.value.status == 503 and info.value.code == "adapters_busy" and "'all_r4'" in info.value.message
+    assert list(adapters.loaded) == ["qk_r2"] and adapters.evictions == 0
+    assert torch.equal(_logits_batched(adapters, [PROMPTS[1]], ["qk_r2"])[0], before)
+    adapters.in_use["qk_r2"] -= 1  # the row finished: now it is evicted for the other
+    adapters.ensure({"all_r4"})
+    assert list(adapters.loaded) == ["all_r4"] and adapters.evictions == 1
