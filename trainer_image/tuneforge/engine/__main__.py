@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--kv-growth", type=int, default=64,
                    help="KV-cache positions reserved ahead per row (0: copy the cache every step)")
+    p.add_argument("--lora-kernel", default="segments", choices=["segments", "bmm", "peft"],
+                   help="how a batch mixing LoRA adapters runs: the engine's batched layers, adapters' rows in "
+                        "contiguous runs (segments) or gathered per row (bmm), or PEFT's adapter_names (peft)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(EngineConfig(
         model_dir=model_dir, served_name=served, max_loras=args.max_loras, max_batch=args.max_batch,
         max_n=args.max_n, max_model_len=args.max_model_len, dtype=args.dtype, device=args.device,
-        kv_growth=args.kv_growth, max_waiting=args.max_waiting,
+        kv_growth=args.kv_growth, max_waiting=args.max_waiting, lora_kernel=args.lora_kernel,
     ))
     try:
         for spec in args.adapter:

@@ -8,6 +8,10 @@ in the model at once; loading one more evicts the least recently used adapter th
 
 Every change to the model happens on the generation thread (the batcher calls :meth:`AdapterSet.ensure` and
 :meth:`AdapterSet.drop` between two steps), so a forward pass never sees an adapter come or go.
+
+Two ways to run a batch that mixes adapters (``lora_kernel``): the engine's own batched LoRA layers
+(:mod:`.lora`, ``segments`` or ``bmm``; the default) or PEFT's mixed batch (``peft``: a ``PeftModel`` with
+``adapter_names`` per row, kept for comparison).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.engine.errors import BadRequest, NotFound
+from tuneforge.engine import lora
+from tuneforge.engine.errors import BadRequest, NotFound, Overloaded
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 WEIGHTS = "adapter_model.safetensors"
+LORA_KERNELS = (*lora.KERNELS, "peft")
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,13 @@ def _check_shapes(path: Path, modules: dict[str, Any]) -> None:
 
 
 class AdapterSet:
-    def __init__(self, model: Any, max_loaded: int, base_template: str | None) -> None:
+    def __init__(self, model: Any, max_loaded: int, base_template: str | None, lora_kernel: str = "segments") -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be at least 1")
-        self.model = model  # a PeftModel once the first adapter is loaded
+        if lora_kernel not in LORA_KERNELS:
+            raise ValueError(f"unknown LoRA kernel {lora_kernel!r}; expected one of {', '.join(LORA_KERNELS)}")
+        self.model = model  # with the peft kernel: a PeftModel once the first adapter is loaded
+        self.lora_kernel = lora_kernel
         self.max_loaded = max_loaded
         self.base_template = base_template
         self.known: dict[str, AdapterInfo] = {}
@@ -81,6 +90,7 @@ class AdapterSet:
         self.evictions = 0
         self._base_modules = {name: mod for name, mod in model.named_modules() if name}
         self._lock = threading.Lock()  # guards `known` between the HTTP thread and the generation thread
+        self.stack = lora.LoraStack(model, max_loaded, lora_kernel) if lora_kernel != "peft" else None
 
     # -- any thread --
 
@@ -108,6 +118,11 @@ class AdapterSet:
             found = "adapter_model.bin (pickle) found; " if (path / "adapter_model.bin").is_file() else ""
             raise BadRequest(f"adapter {name!r}: {found}no {WEIGHTS} in {path_str}; weights load from safetensors "
                              "only", param="lora_path")
+        if self.stack is not None:
+            feature = lora.unsupported_feature(config)
+            if feature is not None:
+                raise BadRequest(f"adapter {name!r}: it uses {feature}, which this engine cannot batch with other "
+                                 "adapters; merge it into the base model and serve that", param="lora_path")
         _check_shapes(path, self._base_modules)
         template = _read_chat_template(path)
         return AdapterInfo(name, path.resolve(), template if template != self.base_template else None)
@@ -144,13 +159,21 @@ class AdapterSet:
     def is_peft(self) -> bool:
         return hasattr(self.model, "peft_config")
 
+    def select(self, names: list[str]) -> dict[str, Any]:
+        """Prepare the next forward pass for rows with these adapters (BASE: none); its extra keyword arguments."""
+        if self.stack is not None:
+            self.stack.select([None if n == BASE else n for n in names])
+            return {}
+        return {"adapter_names": names} if self.is_peft else {}
+
     def can_admit(self, names: set[str]) -> bool:
         """Whether ``names`` can all be in the model at once besides the adapters running rows use."""
         busy = {n for n, c in self.in_use.items() if c > 0}
         return len(busy | {n for n in names if n != BASE}) <= self.max_loaded
 
     def ensure(self, names: set[str]) -> None:
-        """Load the adapters in ``names`` that are not loaded, then evict down to the cap (LRU, idle ones)."""
+        """Load the adapters in ``names`` that are not loaded, evicting the least recently used idle ones to stay
+        within the cap (before each load: the batched layers have a slot per adapter, no more)."""
         for name in names:
             if name == BASE:
                 continue
@@ -160,12 +183,19 @@ class AdapterSet:
             info = self.info(name)
             if info is None:
                 raise NotFound(f"The model `{name}` does not exist.", param="model", code="model_not_found")
+            self._evict_down_to(self.max_loaded - 1, names)
+            if self.stack is not None and len(self.loaded) >= self.max_loaded:
+                raise Overloaded(f"adapter {name!r}: all {self.max_loaded} adapter slots are in use by running "
+                                 "requests; try again when they finish", code="adapters_busy")
             self._load(info)
             self.loaded[name] = None
+        self._evict_down_to(self.max_loaded, names)
+
+    def _evict_down_to(self, limit: int, keep: set[str]) -> None:
         for name in list(self.loaded):
-            if len(self.loaded) <= self.max_loaded:
+            if len(self.loaded) <= limit:
                 break
-            if name in names or self.in_use[name] > 0:
+            if name in keep or self.in_use[name] > 0:
                 continue
             self._unload(name)
             self.evictions += 1
@@ -177,6 +207,13 @@ class AdapterSet:
                 self._unload(name)
 
     def _load(self, info: AdapterInfo) -> None:
+        if self.stack is not None:
+            try:
+                self.stack.load(info.name, info.path, WEIGHTS)
+            except ValueError as exc:
+                raise BadRequest(f"adapter {info.name!r} does not load into this base model: {exc}",
+                                 param="lora_path") from None
+            return
         from peft import PeftModel
 
         try:
@@ -195,6 +232,9 @@ class AdapterSet:
 
     def _unload(self, name: str) -> None:
         self.loaded.pop(name, None)
+        if self.stack is not None:
+            self.stack.unload(name)
+            return
         if len(self.model.peft_config) <= 1:
             # the last adapter: back to the plain base model (PEFT keeps no adapter-less PeftModel)
             self.model = self.model.unload()

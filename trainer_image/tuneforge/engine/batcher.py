@@ -2,9 +2,9 @@
 
 Each loop turn either admits waiting requests (their prompts are prefilled together, left-padded, and their
 KV cache is stacked under the running batch's) or advances every running row by one token. Every row carries
-its own LoRA adapter name, so base and tuned models of any mix share one forward pass (PEFT's
-``adapter_names``). A row ends at an end-of-turn token (``stop``), at a stop string (``stop``), or at its token
-budget (``length``); finished and cancelled rows leave the batch at the next step boundary.
+its own LoRA adapter name, so base and tuned models of any mix share one forward pass (the batched LoRA layers
+of :mod:`.lora`, or PEFT's ``adapter_names``). A row ends at an end-of-turn token (``stop``), at a stop string
+(``stop``), or at its token budget (``length``); finished and cancelled rows leave the batch at the next step boundary.
 
 Results go out through each request's ``emit`` callback (called on this thread; the engine hands them to the
 event loop). A failure in a forward pass fails every request in the batch and leaves the engine serving.
@@ -241,9 +241,7 @@ class Batcher:
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                  adapters: list[str]) -> torch.Tensor:
-        kwargs: dict[str, Any] = {}
-        if self.adapters.is_peft:
-            kwargs["adapter_names"] = adapters
+        kwargs = self.adapters.select(adapters)
         out = self.adapters.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                   past_key_values=cache, use_cache=True, logits_to_keep=1,
                                   **kwargs)

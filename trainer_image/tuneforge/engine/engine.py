@@ -42,6 +42,7 @@ class EngineConfig:
     device: str = "auto"
     kv_growth: int = 64
     max_waiting: int = 1024
+    lora_kernel: str = "segments"  # batched LoRA layers (segments, bmm) or PEFT's mixed batch (peft)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         self.chat_template: str | None = self.tokenizer.chat_template
         self.token_text = TokenText(self.tokenizer)
-        self.adapters = AdapterSet(model, config.max_loras, self.chat_template)
+        self.adapters = AdapterSet(model, config.max_loras, self.chat_template, config.lora_kernel)
         self.batcher = Batcher(self.adapters, self.tokenizer, self.eos_ids, max_batch=config.max_batch,
                                pad_id=int(pad if pad is not None else min(self.eos_ids)),
                                kv_growth=config.kv_growth, max_waiting=config.max_waiting, device=self.device)
