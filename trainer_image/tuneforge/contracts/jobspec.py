@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneforge.contracts.ppo import PPOHyperparameters
+
 JOBSPEC_VERSION: Literal["tuneforge.dev/v1"] = "tuneforge.dev/v1"
 
 MethodType = Literal["supervised", "dpo", "reward_model", "reinforcement"]
@@ -73,6 +75,8 @@ class Hyperparameters(_Frozen):
     num_generations: int | None = None
     max_completion_length: int | None = None
     temperature: float | None = None
+    #: algorithm ppo: its own settings (None: the defaults, with the reinforcement fields above filling in)
+    ppo: PPOHyperparameters | None = None
 
 
 class GraderSpec(_Frozen):

@@ -42,14 +42,13 @@ def check_spec(spec: JobSpec) -> None:
     if method.type not in METHODS:
         raise BadInput(f"unsupported method {method.type!r}")
     if method.type == "reinforcement":
-        if (method.algorithm or "grpo") == "ppo":
-            raise BadInput(
-                "algorithm 'ppo' is not available: TRL 1.16 ships no PPOTrainer (neither in trl nor in "
-                "trl.experimental). Use 'grpo' or 'rloo', its critic-free successors"
-            )
         if method.grader is None:
             raise BadInput("a reinforcement job needs a grader (string_check, regex, multi or reward_model)")
         check_grader(method.grader)
+        if method.algorithm == "ppo":
+            from tuneforge.trainer.methods.ppo import check as check_ppo
+
+            check_ppo(spec)
     hp = spec.hyperparameters
     if hp.batch_size < 1 or hp.n_epochs < 1 or hp.learning_rate <= 0:
         raise BadInput("batch_size and n_epochs must be at least 1 and learning_rate positive")
