@@ -207,7 +207,8 @@ def test_reward_model_then_ppo_graded_by_it(process_server: ProcessServer, tiny_
     hyperparameters only: max_completion_length, temperature, kl_coef, num_generations)."""
     client = process_server.client()
     pairs = _upload(client, _write(tmp_path / "pairs.jsonl", _pairs(8)))
-    rm_job = _create(client, tiny_model_dir, pairs["id"], {"type": "reward_model", "reward_model": {"hyperparameters": HP}})
+    rm_job = _create(client, tiny_model_dir, pairs["id"],
+                     {"type": "reward_model", "reward_model": {"hyperparameters": HP}})  # fmt: skip
     rm = _run(process_server, client, rm_job)
 
     prompts = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))

@@ -106,7 +106,7 @@ def test_clipped_policy_loss_and_clip_fraction() -> None:
     advantages = t([[1.0, 1.0, -2.0]])
     out, approx_kl = core.clipped_policy_loss(logprobs, old, advantages, t([[1, 1, 1]]), cliprange=0.2)
     # token 0: max(-1.5, -1.2) = -1.2 (clipped wins); token 1: max(-0.5, -0.8) = -0.5;
-    # token 2: max(2.2, 2.2) = 2.2 (a tie is not clipping) -> loss (−1.2 − 0.5 + 2.2) / 3, clipfrac 1/3
+    # token 2: max(2.2, 2.2) = 2.2 (a tie is not clipping) -> loss (-1.2 - 0.5 + 2.2) / 3, clipfrac 1/3
     close(out.loss, 0.5 / 3)
     close(out.clipfrac, 1 / 3)
     close(approx_kl, 0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.1) ** 2) / 3)

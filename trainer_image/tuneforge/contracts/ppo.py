@@ -53,7 +53,8 @@ class PPOHyperparameters(BaseModel):
     whiten_advantages: bool = Field(True, description="shift and scale the advantages of each batch to mean 0, std 1")
     value_head_init: ValueHeadInit = Field(
         "auto",
-        description="critic start: the reward model's weights, zero, or auto (the reward model when it shares the base)",
+        description="critic start: the reward model's weights, zero, or auto (the reward model when it shares "
+        "the base)",
     )
     max_grad_norm: float | None = Field(
         1.0, gt=0.0, le=1e6, description="clip the gradient norm of each optimizer step; null: no clipping",

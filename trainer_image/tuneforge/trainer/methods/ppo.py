@@ -110,7 +110,7 @@ def _init_distributed(cuda: bool) -> Any:
     import torch
     import torch.distributed as dist
 
-    rank, size = world()
+    _, size = world()
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")

@@ -85,7 +85,7 @@ def split_reward_adapter(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], to
 class SharedBaseModels:
     """Policy, critic, reference (and possibly the reward model) as adapters on one base causal LM."""
 
-    def __init__(self, lm: nn.Module, policy_config: Any) -> None:
+    def __init__(self, lm: Any, policy_config: Any) -> None:
         from peft import get_peft_model
 
         self.lm = lm
@@ -97,14 +97,15 @@ class SharedBaseModels:
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         self.reward_head: nn.Linear | None = None
         self._active: str | None = POLICY
+        self._layers: list[Any] | None = None
 
     # -- building --
 
     def add_critic(self, critic_config: Any, init: dict[str, torch.Tensor] | None = None,
                    head: torch.Tensor | None = None) -> None:  # fmt: skip
-        """The critic adapter: fresh (LoRA B = 0: the base itself) with a zero value head, or a copy of the reward
-        model's adapter and score head (lm-human-preferences initialises the value function from the reward
-        model in TRL's PPO; its own value head starts at zero)."""
+        """The critic adapter: fresh (LoRA B = 0: the base itself) with a zero value head (lm-human-preferences
+        starts its value head at zero), or a copy of the reward model's adapter and score head (TRL's PPO
+        initialised its value model from the reward model)."""
         from peft import set_peft_model_state_dict
 
         self.peft.add_adapter(CRITIC, critic_config)
@@ -116,14 +117,14 @@ class SharedBaseModels:
                 self.value_head.weight.zero_()
             else:
                 self.value_head.weight.copy_(head.to(self.value_head.weight))
-        self._restore_requires_grad()
+        self._after_adding()
 
     def add_reward(self, reward_config: Any, weights: dict[str, torch.Tensor], head: torch.Tensor) -> None:
         from peft import set_peft_model_state_dict
 
         self.peft.add_adapter(REWARD, reward_config)
         _load_adapter_weights(self.peft, weights, REWARD, set_peft_model_state_dict)
-        self._restore_requires_grad()
+        self._after_adding()
         hidden = head.shape[-1]
         device = next(self.lm.parameters()).device
         self.reward_head = nn.Linear(hidden, 1, bias=False).to(device=device, dtype=torch.float32)
@@ -141,26 +142,48 @@ class SharedBaseModels:
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
-        """Run with one adapter active (None: the reference, every adapter off). PEFT's set_adapter freezes the
-        other adapters; policy and critic are both trained, so their requires_grad is restored."""
-        if name is None:
-            try:
-                with self.peft.disable_adapter():
-                    yield
-            finally:  # re-enabling the layers leaves only the active adapter trainable
-                self._restore_requires_grad()
-            return
-        if self._active != name:
-            self.peft.set_adapter(name)
-            self._restore_requires_grad()
-            self._active = name
-        yield
+        """Run with one adapter active (None: the reference, every adapter off).
 
-    def _restore_requires_grad(self) -> None:
+        PEFT's public switches (``set_adapter``, ``disable_adapter``) walk every module and rewrite requires_grad
+        (only the active adapter trainable); PPO switches some twenty times per step and trains two adapters, so
+        the LoRA layers are switched here directly: their active adapter and their on/off flag, nothing else."""
+        layers = self._lora_layers()
+        previous = self._active
+        self._switch(layers, name)
+        try:
+            yield
+        finally:
+            self._switch(layers, previous)
+
+    def _lora_layers(self) -> list[Any]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if self._layers is None:
+            self._layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
+            if not all(hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters") for m in self._layers):
+                raise RuntimeError("this PEFT version's LoRA layers cannot be switched in place")  # pragma: no cover
+        return self._layers
+
+    def _after_adding(self) -> None:
+        """A new adapter: policy and critic trainable, the reward model frozen, the policy active."""
         trained = [n for n in (POLICY, CRITIC) if n in self.peft.peft_config]
         self.peft.set_requires_grad(trained, True)
         if REWARD in self.peft.peft_config:
             self.peft.set_requires_grad([REWARD], False)
+        self._layers = None
+        self._active = "?"  # forces the switch below
+        self._switch(self._lora_layers(), POLICY)
+
+    def _switch(self, layers: list[Any], name: str | None) -> None:
+        if name == self._active:
+            return
+        for layer in layers:
+            if name is None:
+                layer._disable_adapters = True
+            else:
+                layer._disable_adapters = False
+                layer._active_adapter = [name]
+        self._active = name
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for n, p in self.peft.named_parameters() if p.requires_grad and f".{REWARD}." not in n]
@@ -191,7 +214,9 @@ class SharedBaseModels:
         states = hidden[:, start : start + batch.responses.shape[1]]
         return self.value_head(states.float()).squeeze(-1)
 
-    def reward_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    def reward_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None
+    ) -> torch.Tensor:
         """The attached reward model's score of each right-padded sequence, pooled where its sequence classifier
         pools: the last token that is not the pad token."""
         assert self.reward_head is not None

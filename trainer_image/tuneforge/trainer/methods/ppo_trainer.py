@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -448,11 +448,15 @@ class PPOTrainer:
     # -- checkpoints --
 
     def _rng_state(self) -> dict[str, Any]:
-        keys, pos, has_gauss, cached = np.random.get_state()[1:]
+        _, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())
         state: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # fmt: skip
+            "numpy": {
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
             "cpu": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -475,7 +479,7 @@ class PPOTrainer:
         rng_states = self.dist.gather_objects(self._rng_state())
         if self.dist.rank != 0:
             return
-        directory = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        directory = Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
         directory.mkdir(parents=True, exist_ok=True)
         self.models.save_policy(directory)
         save_file(self.models.adapter_state(CRITIC), str(directory / CRITIC_FILE))
