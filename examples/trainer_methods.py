@@ -90,8 +90,8 @@ def hh_sft_chats(n: int, offset: int) -> list[dict[str, Any]]:
     chats = []
     for pair in pairs:
         converted = hh_rlhf_to_preference(pair["chosen"], pair["rejected"])
-        earlier = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in converted["input"]["messages"]]
-        chats.append({"messages": earlier + converted["preferred_output"]})
+        earlier = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in converted["prompt"]]
+        chats.append({"messages": earlier + converted["chosen"]})
     return chats
 
 
