@@ -1,26 +1,30 @@
 """PPO vs GRPO vs RLOO against the same reward model, on the same prompts with the same sampling budget.
 
-Each algorithm runs as a tuneforge job (``python -m tuneforge.trainer`` on a JobSpec, a ``reward_model`` grader)
-with the same base model, LoRA, learning rate, prompts per step, responses per prompt, response length,
-temperature and number of steps, so all three sample the same number of responses (the generated tokens are
-counted from their metrics). Then ONE evaluator scores the base model and each tuned adapter the same way:
-``--samples`` responses to each held-out prompt, sampled with a fixed seed at the training temperature, scored by
-the reward model (raw score), and the KL to the base model per response
-(``sum_t log pi_tuned(y_t) - log pi_base(y_t)`` over the sampled tokens, both at that temperature).
+Each algorithm runs as a tuneforge job (``python -m tuneforge.trainer`` on a JobSpec with a ``reward_model``
+grader) from the same base model with the same LoRA, learning rate, prompts per step, responses per prompt,
+response length, temperature, KL coefficient (PPO's initial beta) and number of steps: the settings of the PPO
+stage of ``examples/trainer_methods.py ppo`` (its ``HYPERPARAMETERS["ppo"]``), so all three sample the same number
+of responses (the generated tokens are counted from their metrics). All three get the raw reward-model score
+(PPO without its missing-EOS penalty). Then ONE evaluator scores the base model and each tuned adapter the same
+way: ``--samples`` responses to each held-out prompt, sampled with a fixed seed at the training temperature, scored
+by the reward model, and the KL to the base per response (``sum_t log pi_tuned(y_t) - log pi_base(y_t)`` over the
+sampled tokens, both at that temperature).
 
-    PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 \\
-      python bench/rl_reward_model.py --store /tmp/rlcmp --steps 24
+The classic setting, on the pipeline's SFT model and reward model, adopting its PPO job (its settings are checked):
 
-The reward model: ``--reward-job DIR`` reuses the store of ``examples/trainer_methods.py reward --keep DIR``;
-otherwise the script trains it first with that example's settings (256 HH-RLHF pairs). Prompts are the first
-human turns of HH-RLHF harmless-base dialogues the reward model did not see (training rows 300+, held-out
-2100+).
+    PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 python examples/trainer_methods.py ppo \\
+      --keep /tmp/rlhf --steps 16
+    PYTHONPATH=service:operator:trainer_image HF_HUB_OFFLINE=1 python bench/rl_reward_model.py \\
+      --store /tmp/rlcmp --pipeline /tmp/rlhf --steps 16
+
+Without ``--pipeline`` it runs all three from ``--model`` against ``--reward-store``'s reward model (default: trains
+one with ``examples/trainer_methods.py reward``). Prompts: first human turns of HH-RLHF harmless-base dialogues the
+reward model did not see (training rows 300+, held-out 2100+), as in the pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -31,27 +35,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TUNEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 PYTHONPATH = os.pathsep.join(str(REPO / p) for p in ("service", "operator", "trainer_image"))
-RM_JOB = "ftjob-example-reward"
+sys.path.insert(0, str(REPO / "examples"))
 
+import trainer_methods as example  # noqa: E402
 
-def first_turn_prompts(n: int, offset: int) -> list[dict[str, Any]]:
-    out = []
-    with gzip.open(DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
-        for i, line in enumerate(fh):
-            if i < offset:
-                continue
-            first = json.loads(line)["chosen"].split("\n\nHuman: ", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
-            if first:
-                out.append({"prompt": [{"role": "user", "content": first}]})
-            if len(out) == n:
-                break
-    return out
+RM_JOB = "ftjob-cmp-reward"
+PIPELINE_PPO = example.PPO_STAGES[2]
 
 
 def run_trainer(spec: dict[str, Any], root: Path) -> tuple[float, list[dict[str, Any]]]:
-    path = root / f"{spec['job_id']}.json"
+    path = root / f"{spec['job_id']}.spec.json"
     path.write_text(json.dumps(spec, indent=2))
     env = dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1")
     started = time.perf_counter()
@@ -73,21 +67,19 @@ def run_trainer(spec: dict[str, Any], root: Path) -> tuple[float, list[dict[str,
     return time.perf_counter() - started, events
 
 
-def train_reward_model(store: Path, root: Path) -> None:
-    subprocess.run([sys.executable, str(REPO / "examples" / "trainer_methods.py"), "reward", "--keep", str(root)],
-                   check=True, env=dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1"))  # fmt: skip
+def ppo_settings() -> tuple[dict[str, Any], dict[str, Any]]:
+    hp = dict(example.HYPERPARAMETERS["ppo"])
+    return hp, dict(hp.pop("ppo"))
 
 
 def rl_spec(algorithm: str, ns: argparse.Namespace, store: Path, rows: int) -> dict[str, Any]:
-    hp: dict[str, Any] = {
-        "n_epochs": 1, "batch_size": ns.batch_size, "learning_rate": ns.learning_rate, "max_length": 512,
-        "max_steps": ns.steps, "num_generations": ns.generations, "max_completion_length": ns.length,
-        "temperature": ns.temperature, "warmup_ratio": 0.0, "checkpoint_every_steps": 0,
-    }  # fmt: skip
+    common, ppo = ppo_settings()
+    hp: dict[str, Any] = {**common, "max_steps": ns.steps, "checkpoint_every_steps": 0}
     if algorithm == "ppo":
-        hp["ppo"] = {"target_kl": ns.target_kl, "init_kl_coef": ns.kl_coef, "num_mini_batches": 2}
-    else:
-        hp["kl_coef"] = ns.kl_coef_critic_free
+        hp["ppo"] = ppo
+    else:  # the same sampling and KL coefficient, through the reinforcement fields GRPO/RLOO read
+        hp.update(max_completion_length=ppo["response_length"], temperature=ppo["temperature"],
+                  kl_coef=ppo["init_kl_coef"])  # fmt: skip
     job_id = f"ftjob-cmp-{algorithm}"
     return {
         "job_id": job_id, "tenant_id": "bench",
@@ -95,8 +87,36 @@ def rl_spec(algorithm: str, ns: argparse.Namespace, store: Path, rows: int) -> d
                    "grader": {"type": "reward_model", "model_prefix": f"jobs/{RM_JOB}/model"}},
         "base_model": ns.model,
         "training_file": {"file_id": "prompts", "key": "files/prompts", "format": "prompt_only", "rows": rows},
-        "hyperparameters": hp, "storage_url": store.as_uri(), "output_prefix": f"jobs/{job_id}", "seed": ns.seed,
+        "hyperparameters": hp, "storage_url": store.as_uri(), "output_prefix": f"jobs/{job_id}", "seed": 42,
     }  # fmt: skip
+
+
+def summarise(events: list[dict[str, Any]], wall_s: float | None, ns: argparse.Namespace) -> dict[str, Any]:
+    common, _ = ppo_settings()
+    steps = [e["data"] for e in events if e["kind"] == "metrics" and "mean_reward" in e["data"]]
+    (result,) = [e["data"] for e in events if e["kind"] == "result"]
+    responses = common["batch_size"] * common["num_generations"]
+    return {
+        "wall_s": round(wall_s, 1) if wall_s is not None else None,
+        "train_runtime_s": result["train_runtime_s"],
+        "steps": len(steps),
+        "generated_tokens": round(sum(m.get("completions_mean_length", 0.0) * responses for m in steps)),
+        "train_mean_reward_first4": sum(m["mean_reward"] for m in steps[:4]) / max(1, len(steps[:4])),
+        "train_mean_reward_last4": sum(m["mean_reward"] for m in steps[-4:]) / max(1, len(steps[-4:])),
+        "train_kl_last4": (sum(m["kl"] for m in steps[-4:]) / 4) if steps and "kl" in steps[-1] else None,
+    }
+
+
+def adopt_pipeline_ppo(pipeline: Path, store: Path, ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pipeline's PPO job as this comparison's PPO run, after checking it ran with the same settings."""
+    spec = json.loads((pipeline / f"{PIPELINE_PPO}.spec.json").read_text())
+    mine = rl_spec("ppo", ns, store, 0)
+    if spec["hyperparameters"] != mine["hyperparameters"] or spec["base_model"] != ns.model:
+        raise SystemExit(f"the pipeline's PPO job ran with other settings: {spec['hyperparameters']}")
+    target = store / "jobs" / "ftjob-cmp-ppo"
+    if not target.exists():
+        shutil.copytree(pipeline / "store" / "jobs" / PIPELINE_PPO, target)
+    return [json.loads(x) for x in (pipeline / f"{PIPELINE_PPO}.events.jsonl").read_text().splitlines() if x.strip()]
 
 
 def evaluate(ns: argparse.Namespace, store: Path, adapters: dict[str, Path | None],
@@ -177,20 +197,15 @@ def evaluate(ns: argparse.Namespace, store: Path, adapters: dict[str, Path | Non
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", required=True, help="working directory (kept: jobs, events, report)")
-    parser.add_argument("--reward-job", help="the --keep directory of `examples/trainer_methods.py reward`")
-    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("--pipeline", help="the --keep directory of `examples/trainer_methods.py ppo`: its SFT model "
+                        "is the base, its reward model the grader, its PPO job the PPO run")  # fmt: skip
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="base model (without --pipeline)")
+    parser.add_argument("--reward-store", help="a --keep directory of `examples/trainer_methods.py reward` "
+                        "(without --pipeline; default: train one)")  # fmt: skip
     parser.add_argument("--algorithms", default="ppo,grpo,rloo")
-    parser.add_argument("--rows", type=int, default=96, help="training prompts")
-    parser.add_argument("--valid-rows", type=int, default=32, help="held-out prompts")
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--batch-size", type=int, default=2, help="prompts per step")
-    parser.add_argument("--generations", type=int, default=4, help="responses per prompt")
-    parser.add_argument("--length", type=int, default=64, help="most new tokens per response")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--kl-coef", type=float, default=0.05, help="PPO's initial beta")
-    parser.add_argument("--target-kl", type=float, default=6.0, help="PPO's adaptive KL target (per response)")
-    parser.add_argument("--kl-coef-critic-free", type=float, default=0.05, help="GRPO/RLOO's KL coefficient")
+    parser.add_argument("--rows", type=int, default=example.DEFAULT_ROWS["ppo"][0], help="training prompts")
+    parser.add_argument("--valid-rows", type=int, default=example.DEFAULT_ROWS["ppo"][1], help="held-out prompts")
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--samples", type=int, default=2, help="evaluation responses per held-out prompt")
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
@@ -199,33 +214,41 @@ def main() -> int:
     sys.path[:0] = [p for p in PYTHONPATH.split(os.pathsep) if p not in sys.path]
     root = Path(ns.store).resolve()
     store = root / "store"
-    if not (store / "jobs" / RM_JOB / "model" / "manifest.json").is_file():
-        if ns.reward_job:
-            shutil.copytree(Path(ns.reward_job) / "store" / "jobs" / RM_JOB, store / "jobs" / RM_JOB)
-        else:
-            train_reward_model(store, root)
-    train, valid = first_turn_prompts(ns.rows, 300), first_turn_prompts(ns.valid_rows, 2100)
+    pipeline = Path(ns.pipeline).resolve() if ns.pipeline else None
+    if pipeline is not None:
+        ns.model = str(pipeline / "sft-model")
+        reward_source = pipeline / "store" / "jobs" / example.PPO_STAGES[1]
+    else:
+        reward_root = Path(ns.reward_store or root / "reward").resolve()
+        reward_source = reward_root / "store" / "jobs" / "ftjob-example-reward"
+        if not (reward_source / "model" / "manifest.json").is_file():
+            subprocess.run([sys.executable, str(REPO / "examples" / "trainer_methods.py"), "reward", "--model",
+                            ns.model, "--keep", str(reward_root)], check=True,
+                           env=dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1"))  # fmt: skip
+    if not (store / "jobs" / RM_JOB).exists():
+        shutil.copytree(reward_source, store / "jobs" / RM_JOB)
+    common, ppo = ppo_settings()
+    ns.temperature, ns.length = ppo["temperature"], ppo["response_length"]
+    train = example.hh_first_turns(ns.rows, 300)
+    valid = example.hh_first_turns(ns.valid_rows, 2100)
     (store / "files").mkdir(parents=True, exist_ok=True)
-    for name, rows in (("prompts", train), ("valid", valid)):
-        (store / "files" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (store / "files" / "prompts").write_text("".join(json.dumps(r) + "\n" for r in train))
     report_path = root / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    report["settings"] = {k: v for k, v in vars(ns).items() if k not in ("store", "reward_job", "eval_only")}
+    report["settings"] = {
+        "model": ns.model, "steps": ns.steps, "rows": ns.rows, "valid_rows": ns.valid_rows, "samples": ns.samples,
+        "seed": ns.seed, "hyperparameters": {**common, "ppo": ppo},
+    }  # fmt: skip
     algorithms = [a for a in ns.algorithms.split(",") if a]
     for algorithm in algorithms:
         if ns.eval_only:
             break
-        print(f"training {algorithm}", flush=True)
-        seconds, events = run_trainer(rl_spec(algorithm, ns, store, len(train)), root)
-        steps = [e["data"] for e in events if e["kind"] == "metrics" and "mean_reward" in e["data"]]
-        responses = ns.batch_size * ns.generations
-        report[algorithm] = {
-            "wall_s": round(seconds, 1),
-            "steps": len(steps),
-            "generated_tokens": round(sum(m.get("completions_mean_length", 0.0) * responses for m in steps)),
-            "train_mean_reward_first5": sum(m["mean_reward"] for m in steps[:5]) / max(1, len(steps[:5])),
-            "train_mean_reward_last5": sum(m["mean_reward"] for m in steps[-5:]) / max(1, len(steps[-5:])),
-        }
+        if algorithm == "ppo" and pipeline is not None:
+            report["ppo"] = summarise(adopt_pipeline_ppo(pipeline, store, ns), None, ns)
+        else:
+            print(f"training {algorithm}", flush=True)
+            seconds, events = run_trainer(rl_spec(algorithm, ns, store, len(train)), root)
+            report[algorithm] = summarise(events, seconds, ns)
         report_path.write_text(json.dumps(report, indent=2))
     adapters: dict[str, Path | None] = {"base": None}
     adapters.update({a: store / "jobs" / f"ftjob-cmp-{a}" / "model" for a in algorithms})
@@ -233,11 +256,11 @@ def main() -> int:
     report_path.write_text(json.dumps(report, indent=2))
     base = report["eval"]["base"]
     print(f"\nheld-out ({len(valid)} prompts x {ns.samples}), reward-model score and KL to the base per response:")
-    print(f"{'':6}{'score':>9}{'vs base':>9}{'KL':>8}{'length':>8}{'wall s':>9}{'gen tokens':>12}")
+    print(f"{'':6}{'score':>9}{'vs base':>9}{'KL':>8}{'length':>8}{'train s':>9}{'gen tokens':>12}")
     for name, res in report["eval"].items():
         run = report.get(name, {})
         print(f"{name:6}{res['score']:>+9.3f}{res['score'] - base['score']:>+9.3f}{res['kl']:>8.2f}"
-              f"{res['length']:>8.1f}{run.get('wall_s', 0):>9.0f}{run.get('generated_tokens', 0):>12}")  # fmt: skip
+              f"{res['length']:>8.1f}{run.get('train_runtime_s', 0):>9.0f}{run.get('generated_tokens', 0):>12}")
     return 0
 
 
