@@ -210,6 +210,8 @@ def main() -> int:
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already in --store")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="only train (to run the algorithms as parallel processes on one --store)")  # fmt: skip
     ns = parser.parse_args()
     sys.path[:0] = [p for p in PYTHONPATH.split(os.pathsep) if p not in sys.path]
     root = Path(ns.store).resolve()
@@ -233,8 +235,7 @@ def main() -> int:
     valid = example.hh_first_turns(ns.valid_rows, 2100)
     (store / "files").mkdir(parents=True, exist_ok=True)
     (store / "files" / "prompts").write_text("".join(json.dumps(r) + "\n" for r in train))
-    report_path = root / "report.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report: dict[str, Any] = {}
     report["settings"] = {
         "model": ns.model, "steps": ns.steps, "rows": ns.rows, "valid_rows": ns.valid_rows, "samples": ns.samples,
         "seed": ns.seed, "hyperparameters": {**common, "ppo": ppo},
@@ -244,12 +245,17 @@ def main() -> int:
         if ns.eval_only:
             break
         if algorithm == "ppo" and pipeline is not None:
-            report["ppo"] = summarise(adopt_pipeline_ppo(pipeline, store, ns), None, ns)
+            summary = summarise(adopt_pipeline_ppo(pipeline, store, ns), None, ns)
         else:
             print(f"training {algorithm}", flush=True)
             seconds, events = run_trainer(rl_spec(algorithm, ns, store, len(train)), root)
-            report[algorithm] = summarise(events, seconds, ns)
-        report_path.write_text(json.dumps(report, indent=2))
+            summary = summarise(events, seconds, ns)
+        (root / f"{algorithm}.summary.json").write_text(json.dumps(summary, indent=2))
+    if ns.no_eval:
+        return 0
+    for algorithm in algorithms:
+        report[algorithm] = json.loads((root / f"{algorithm}.summary.json").read_text())
+    report_path = root / "report.json"
     adapters: dict[str, Path | None] = {"base": None}
     adapters.update({a: store / "jobs" / f"ftjob-cmp-{a}" / "model" for a in algorithms})
     report["eval"] = evaluate(ns, store, adapters, valid)

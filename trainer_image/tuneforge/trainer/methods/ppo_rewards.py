@@ -36,10 +36,8 @@ class RuleScorer:
         def log_metric(name: str, value: float) -> None:
             extra[name] = float(value)
 
-        kwargs: dict[str, Any] = dict(columns)
-        if getattr(self.reward_fn, "__name__", "") == "multi":
-            kwargs["log_metric"] = log_metric
-        scores = self.reward_fn(prompts, completions, **kwargs)
+        # every rule grader takes extra keyword columns; a multi grader reports its sub-graders' means here
+        scores = self.reward_fn(prompts, completions, log_metric=log_metric, **columns)
         return torch.tensor(scores, dtype=torch.float32), extra
 
 

@@ -314,7 +314,7 @@ class PPOTrainer:
         logprobs = self._logprobs(batch, POLICY)
         ref_logprobs = self._logprobs(batch, None)
         raw_scores, extra = self._score(prompts, batch, mask, columns)
-        if not self.normalizer.fitted:
+        if self.normalizer.enabled and not self.normalizer.fitted:
             self.normalizer.fit(self.dist.cat(raw_scores))
             if self.value_head_from_reward_model:
                 self.models.scale_value_head(self.normalizer.gain, self.normalizer.bias)
