@@ -11,7 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
+from tests.support.waiting import free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,9 +26,13 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
 
 
 @pytest.fixture
-def api_server(tmp_path: Path) -> Iterator[ThreadServer]:
-    """The API without an executor: jobs stay where the API leaves them (fast, for API-shape tests)."""
-    srv = ThreadServer(make_settings(tmp_path / "home", free_port()), start_executor=False).start()
+def api_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ThreadServer]:
+    """The API without an executor: jobs stay where the API leaves them (fast, for API-shape tests).
+
+    ``@pytest.mark.limits(max_upload_bytes=300)`` starts it with other limits (settings are fixed at start)."""
+    marker = request.node.get_closest_marker("limits")
+    limits = dict(marker.kwargs) if marker else {}
+    srv = ThreadServer(make_settings(tmp_path / "home", free_port(), limits=limits), start_executor=False).start()
     yield srv
     srv.stop()
 

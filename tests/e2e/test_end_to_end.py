@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e.data import write_chat_file
 from tests.support.live_server import ProcessServer, wait_for_status
+from tests.support.models import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,8 @@ def test_upload_train_download_generate(process_server: ProcessServer, tiny_mode
     assert file["format"] == "chat" and file["rows"] == 24
 
     job = client.post("/v1/fine_tuning/jobs", json={
-        "model": str(tiny_model_dir), "training_file": file["id"], "suffix": "e2e", "seed": 3,
+        "model": TINY, "training_file": file["id"], "suffix": "e2e",
+        "seed": 3,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
     }).json()
     assert job["status"] == "validating_files", job
@@ -77,7 +79,7 @@ def test_tampered_link_is_refused(process_server: ProcessServer, tiny_model_dir:
     with open(data, "rb") as fh:
         file = client.post("/v1/files", files={"file": ("t.jsonl", fh)}, data={"purpose": "fine-tune"}).json()
     job = client.post("/v1/fine_tuning/jobs", json={
-        "model": str(tiny_model_dir), "training_file": file["id"],
+        "model": TINY, "training_file": file["id"],
         "hyperparameters": {"n_epochs": 1, "batch_size": 4},
     }).json()
     final = wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=300)

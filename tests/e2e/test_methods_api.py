@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.data import write_chat_file
 from tests.support.live_server import ProcessServer, wait_for_status
+from tests.support.models import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +71,9 @@ def _prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def _create(client: httpx.Client, model: Path, train: str, method: dict[str, Any],
+def _create(client: httpx.Client, model: str, train: str, method: dict[str, Any],
             validation: str | None = None) -> dict[str, Any]:  # fmt: skip
-    body: dict[str, Any] = {"model": str(model), "training_file": train, "seed": 5, "method": method}
+    body: dict[str, Any] = {"model": model, "training_file": train, "seed": 5, "method": method}
     if validation:
         body["validation_file"] = validation
     resp = client.post("/v1/fine_tuning/jobs", json=body)
@@ -119,7 +120,7 @@ def test_supervised_chat_with_validation(process_server: ProcessServer, tiny_mod
     train = _upload(client, write_chat_file(tmp_path / "train.jsonl", rows=16))
     valid = _upload(client, write_chat_file(tmp_path / "valid.jsonl", rows=8))
     assert train["format"] == "chat"
-    job = _create(client, tiny_model_dir, train["id"],
+    job = _create(client, TINY, train["id"],
                   {"type": "supervised", "supervised": {"hyperparameters": HP}}, valid["id"])  # fmt: skip
     final = _run(process_server, client, job)
     assert final["method"]["type"] == "supervised" and final["trained_tokens"] > 0
@@ -137,7 +138,7 @@ def test_dpo(process_server: ProcessServer, tiny_model_dir: Path, tmp_path: Path
     valid = _upload(client, _write(tmp_path / "valid.jsonl", vrows))
     assert train["format"] == valid["format"] == "preference", train
     method = {"type": "dpo", "dpo": {"hyperparameters": {**HP, "beta": 0.2}}}
-    job = _create(client, tiny_model_dir, train["id"], method, valid["id"])
+    job = _create(client, TINY, train["id"], method, valid["id"])
     final = _run(process_server, client, job)
     assert final["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
     valid_metrics = _check_outputs(client, job, ("valid_preference_accuracy", "valid_reward_margin"))
@@ -150,7 +151,7 @@ def test_reward_model_then_reinforcement_graded_by_it(process_server: ProcessSer
     train = _upload(client, _write(tmp_path / "pairs.jsonl", _pairs(8)))
     valid = _upload(client, _write(tmp_path / "valid.jsonl", _pairs(4, seed=1)))
     method = {"type": "reward_model", "reward_model": {"hyperparameters": HP}}
-    job = _create(client, tiny_model_dir, train["id"], method, valid["id"])
+    job = _create(client, TINY, train["id"], method, valid["id"])
     rm = _run(process_server, client, job)
     valid_metrics = _check_outputs(client, job, ("valid_preference_accuracy",))
     assert 0.0 <= valid_metrics[-1]["valid_preference_accuracy"] <= 1.0
@@ -161,7 +162,7 @@ def test_reward_model_then_reinforcement_graded_by_it(process_server: ProcessSer
     method = {"type": "reinforcement", "reinforcement": {
         "algorithm": "grpo", "hyperparameters": RL_HP,
         "grader": {"type": "reward_model", "model": rm["fine_tuned_model"]}}}  # fmt: skip
-    rl = _create(client, tiny_model_dir, prompts["id"], method)
+    rl = _create(client, TINY, prompts["id"], method)
     assert rl["method"]["reinforcement"]["grader"]["model_prefix"] == f"jobs/{job['id']}/model"
     _run(process_server, client, rl)
     train_metrics = [m for m in _metrics(client, rl["id"]) if "mean_reward" in m]
@@ -184,7 +185,7 @@ def test_reinforcement_with_graders(process_server: ProcessServer, tiny_model_di
     )  # fmt: skip
     method = {"type": "reinforcement",
               "reinforcement": {"algorithm": algorithm, "grader": grader, "hyperparameters": RL_HP}}  # fmt: skip
-    job = _create(client, tiny_model_dir, train["id"], method, valid["id"])
+    job = _create(client, TINY, train["id"], method, valid["id"])
     _run(process_server, client, job)
     valid_metrics = _check_outputs(client, job, ("valid_mean_reward",))
     assert all(0.0 <= m["valid_mean_reward"] <= 1.0 for m in valid_metrics)
@@ -238,7 +239,7 @@ def test_ppo_refuses_a_full_adapter_at_once(process_server: ProcessServer, tiny_
     method = {"type": "reinforcement", "reinforcement": {
         "algorithm": "ppo", "hyperparameters": RL_HP,
         "grader": {"type": "string_check", "reference": "{{item.answer}}", "operation": "eq"}}}  # fmt: skip
-    body = {"model": str(tiny_model_dir), "training_file": train["id"], "method": method, "adapter": {"type": "full"}}
+    body = {"model": TINY, "training_file": train["id"], "method": method, "adapter": {"type": "full"}}
     resp = client.post("/v1/fine_tuning/jobs", json=body)
     assert resp.status_code == 200, resp.text
     final = wait_for_status(client, resp.json()["id"], TERMINAL, timeout=120)

@@ -8,6 +8,7 @@ import pytest
 
 from tests.e2e.data import write_chat_file
 from tests.support.live_server import ProcessServer
+from tests.support.models import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def test_openai_client_end_to_end(process_server: ProcessServer, tiny_model_dir:
     assert client.files.content(uploaded.id).read() == data.read_bytes()
 
     job = client.fine_tuning.jobs.create(
-        model=str(tiny_model_dir),
+        model=TINY,
         training_file=uploaded.id,
         suffix="openai",
         seed=11,

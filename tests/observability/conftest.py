@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.observability.support import PROMETHEUS, Prometheus, chat_jsonl, free_port, upload
+from tests.observability.support import PROMETHEUS, Prometheus, chat_jsonl, upload
 from tests.support.live_server import ThreadServer, make_settings
+from tests.support.models import register_model
 from tests.support.tiny_model import make_tiny_model
+from tests.support.waiting import free_port
 
 STEPS = 60
 
@@ -64,7 +66,7 @@ def observed_job(tmp_path_factory: pytest.TempPathFactory, obs_tiny_model: Path)
             valid = upload(client, chat_jsonl(root / "valid.jsonl", 8, offset=100))
             started = time.time()
             response = client.post("/v1/fine_tuning/jobs", json={
-                "model": str(obs_tiny_model), "training_file": train, "validation_file": valid,
+                "model": register_model(server, obs_tiny_model), "training_file": train, "validation_file": valid,
                 "suffix": "obs", "seed": 7,
                 "method": {"type": "supervised", "supervised": {"hyperparameters": {
                     "n_epochs": 3, "batch_size": 4, "eval_every_steps": 10, "learning_rate": 5e-4,

@@ -1,12 +1,10 @@
-"""Helpers for the observability tests: a real Prometheus, SSE reading, small data files."""
+"""Helpers for the observability tests: a real Prometheus, headless Chromium's flags, small data files."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +12,21 @@ import httpx
 
 from tests.e2e.data import write_chat_file
 from tests.support.processes import stop_process
+from tests.support.waiting import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+#: Debian's Chromium, driven by Playwright (never a downloaded browser): quiet, offline, no GPU, no sandbox
+#: (the tests run as root)
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
+    "--hide-scrollbars",
+]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -113,32 +115,3 @@ def upload(client: httpx.Client, path: Path) -> str:
     return str(response.json()["id"])
 
 
-def sse_frames(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    """Parses a text/event-stream body into frames {id, event, data, comment}."""
-    frame: dict[str, Any] = {"id": None, "event": "message", "data": [], "comment": None}
-    for line in response.iter_lines():
-        if line == "":
-            if frame["data"] or frame["comment"] is not None:
-                yield {**frame, "data": "\n".join(frame["data"])}
-            frame = {"id": None, "event": "message", "data": [], "comment": None}
-            continue
-        if line.startswith(":"):
-            frame["comment"] = line[1:].strip()
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            frame["data"].append(value)
-        elif field in ("id", "event"):
-            frame[field] = value
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met in {timeout}s (last: {last!r})")

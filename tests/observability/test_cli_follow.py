@@ -14,7 +14,7 @@ from rich.console import Console
 from tests.observability.test_stream_and_metrics import _post, _running_job
 from tests.support.live_server import ThreadServer
 from tuneforge.service.cli.client import Client
-from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.progress_view import follow, throughput_text, trainer_throughput
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,3 +56,20 @@ def _open_streams(server: ThreadServer) -> float:
         if line.startswith("tuneforge_event_streams_open "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_the_closing_line_reports_the_trainers_median_throughput(api_server: ThreadServer) -> None:
+    """Not the job's ``progress.tokens_per_second``, which is only the last report (here a slow last step)."""
+    with api_server.client() as http:
+        job_id = _running_job(api_server, http)
+    client = Client(api_server.url, api_key=api_server.api_key)
+    try:
+        assert trainer_throughput(client, job_id) is None and throughput_text(client, job_id) == ""
+        for step, tps in enumerate((96.0, 101.5, 99.0, 104.0, 15.0), start=1):
+            _post(api_server, job_id, step, step=step, train_loss=2.0, tokens_per_second=tps)
+        _post(api_server, job_id, 6, step=5, valid_loss=1.5)  # an evaluation report: no tokens/s
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}")["progress"]["tokens_per_second"] == 15.0
+        assert trainer_throughput(client, job_id) == (99.0, 5)
+        assert throughput_text(client, job_id) == ", 99 tokens/s (median of 5 trainer reports)"
+    finally:
+        client.close()

@@ -1,7 +1,7 @@
 """One real job (see conftest), observed four ways, in this order:
 
 1. the SSE stream, read with disconnects and ``Last-Event-ID`` reconnects while the job runs;
-2. the /ui job page in headless Chromium shows the loss curve while the job runs (screenshots);
+2. the /ui job page in headless Chromium (Playwright) shows the loss curve while the job runs (screenshots);
 3. the rest of the stream after the job ended: every event exactly once, then ``event: end``;
 4. a real Prometheus scraped the service and the trainer: the job's step and loss series are there, and
    every PromQL expression of the generated Grafana dashboards returns data.
@@ -18,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.observability.conftest import ObservedJob
-from tests.observability.support import ARTIFACTS, CHROMIUM, ROOT, sse_frames, wait_until
+from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 from tests.support.live_server import wait_for_status
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -36,48 +38,48 @@ def _stream_url(job: ObservedJob) -> str:
 
 
 def _read(
-    job: ObservedJob, count: int | None, last_id: str | None, via_alias: bool = False
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Reads ``count`` event frames (or up to ``event: end``), then disconnects."""
+    job: ObservedJob, count: int | None, last_id: str | None, via_list_route: bool = False
+) -> tuple[list[ServerSentEvent], str | None]:
+    """Reads ``count`` events (or up to ``event: end``), then disconnects."""
     headers = {"Authorization": f"Bearer {job.server.api_key}"}
     if last_id:
         headers["Last-Event-ID"] = last_id
     url = _stream_url(job)
     params: dict[str, Any] = {"heartbeat": 1}
-    if via_alias:
+    if via_list_route:
         url = url.removesuffix("/stream")
         params["stream"] = "true"
-    frames: list[dict[str, Any]] = []
+    events: list[ServerSentEvent] = []
     end_status = None
-    with httpx.stream("GET", url, headers=headers, params=params, timeout=httpx.Timeout(30, read=30)) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for frame in sse_frames(response):
-            if frame["event"] == "end":
-                end_status = json.loads(frame["data"])["status"]
+    with httpx.Client(timeout=httpx.Timeout(30, read=30)) as client, \
+            connect_sse(client, "GET", url, headers=headers, params=params) as source:
+        assert source.response.status_code == 200, source.response.read()
+        for sse in source.iter_sse():  # raises unless the content type is text/event-stream
+            if sse.event == "end":
+                end_status = sse.json()["status"]
                 break
-            if frame["data"] and frame["event"] == "message":
-                frames.append(frame)
-                if count is not None and len(frames) >= count:
+            if sse.data and sse.event == "message":
+                events.append(sse)
+                if count is not None and len(events) >= count:
                     break
-    return frames, end_status
+    return events, end_status
 
 
-def _record(frames: list[dict[str, Any]]) -> None:
-    for frame in frames:
-        event = json.loads(frame["data"])
-        assert frame["id"] == event["id"]
-        STREAM["ids"].append(frame["id"])
+def _record(events: list[ServerSentEvent]) -> None:
+    for sse in events:
+        event = sse.json()
+        assert sse.id == event["id"]
+        STREAM["ids"].append(sse.id)
         STREAM["events"].append(event)
-        STREAM["last_id"] = frame["id"]
+        STREAM["last_id"] = sse.id
 
 
 def test_1_stream_resumes_while_the_job_runs(observed_job: ObservedJob) -> None:
     frames, end = _read(observed_job, 3, None)
     assert end is None and len(frames) == 3
     _record(frames)
-    # reconnect with Last-Event-ID (through the ?stream=true alias), take a few more, drop again
-    frames, end = _read(observed_job, 4, STREAM["last_id"], via_alias=True)
+    # reconnect with Last-Event-ID (through GET …/events?stream=true), take a few more, drop again
+    frames, end = _read(observed_job, 4, STREAM["last_id"], via_list_route=True)
     assert end is None and len(frames) == 4
     _record(frames)
     assert len(set(STREAM["ids"])) == len(STREAM["ids"]) == 7
@@ -93,10 +95,10 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob, tmp_path: Path) -> None:
+def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob) -> None:
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from tests.observability.cdp import Chromium
+    from playwright.sync_api import sync_playwright
 
     server, job_id = observed_job.server, observed_job.job_id
     # the page is public; the data is not
@@ -104,50 +106,61 @@ def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob, tmp_path: Pat
     assert httpx.get(f"{server.url}/v1/fine_tuning/jobs").status_code == 401
     assert httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/events/stream").status_code == 401
 
-    browser = Chromium(CHROMIUM, tmp_path).start()
-    try:
-        browser.goto(f"{server.url}/ui")
-        browser.wait_for("!document.getElementById('login').hidden")
-        browser.type_into("#api-key", server.api_key)
-        browser.click("#login-form button[type=submit]")
-        browser.wait_for(f"!!document.querySelector('tr[data-job-id=\"{job_id}\"]')", timeout=30)
-        browser.screenshot(ARTIFACTS / "ui-jobs.png")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            errors: list[str] = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
 
-        browser.evaluate(f"location.hash = '#/jobs/{job_id}'")
-        # a running job with a loss curve of several points, drawn from the live stream
-        wait_until(lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, what="job running")
-        points = browser.wait_for(
-            "(() => { const p = document.querySelector('#loss-chart path.series-train');"
-            " return p && Number(p.dataset.points) >= 4 ? Number(p.dataset.points) : 0; })()", timeout=240)
-        shown = browser.evaluate("document.getElementById('job-status').textContent")
-        api_status = _job_status(observed_job)
-        assert shown == "running" and api_status == "running", (
-            f"the job was no longer running when its curve had {points} points: page {shown!r}, API {api_status!r}")
-        step_text = browser.evaluate("document.getElementById('stat-step').textContent")
-        assert re.match(r"^\d+ / \d+$", step_text), step_text
-        path_d = browser.evaluate("document.querySelector('#loss-chart path.series-train').getAttribute('d')")
-        assert path_d.startswith("M") and path_d.count("L") >= 3
-        shot = browser.screenshot(ARTIFACTS / "ui-job-running.png")
-        assert _png_size(shot)[0] == 1280
+            page.goto(f"{server.url}/ui")
+            page.wait_for_function("!document.getElementById('login').hidden")
+            page.fill("#api-key", server.api_key)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector(f'tr[data-job-id="{job_id}"]')
+            page.screenshot(path=ARTIFACTS / "ui-jobs.png", full_page=True)
 
-        # the stream ends with the job; the final curve has validation points too
-        final = wait_for_status(observed_job.server.client(), job_id, TERMINAL, timeout=300)
-        assert final["status"] == "succeeded", final
-        browser.wait_for("document.getElementById('stream-state').textContent.includes('stream closed')", 60)
-        browser.wait_for("document.getElementById('job-status').textContent === 'succeeded'", 30)
-        valid_points = browser.wait_for(
-            "(() => { const p = document.querySelector('#loss-chart path.series-valid');"
-            " return p ? Number(p.dataset.points) : 0; })()", timeout=30)
-        assert valid_points >= 2
-        train_points = browser.evaluate(
-            "Number(document.querySelector('#loss-chart path.series-train').dataset.points)")
-        metrics_events = [e for e in _all_events(observed_job)
-                          if e["type"] == "metrics" and "train_loss" in (e["data"] or {})]
-        assert train_points == len({e["data"]["step"] for e in metrics_events})
-        browser.screenshot(ARTIFACTS / "ui-job-finished.png")
-        assert not browser.console_errors, browser.console_errors
-    finally:
-        browser.stop()
+            page.evaluate(f"location.hash = '#/jobs/{job_id}'")
+            # a running job with a loss curve of several points, drawn from the live stream
+            wait_for("job running", lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, 0.3)
+            train_path = page.locator("#loss-chart path.series-train")
+            page.wait_for_function(
+                "() => { const p = document.querySelector('#loss-chart path.series-train');"
+                " return p && Number(p.dataset.points) >= 4; }", timeout=240_000)
+            points = train_path.get_attribute("data-points")
+            shown = page.text_content("#job-status")
+            api_status = _job_status(observed_job)
+            assert shown == "running" and api_status == "running", (
+                f"the job was no longer running when its curve had {points} points: page {shown!r}, "
+                f"API {api_status!r}")
+            step_text = page.text_content("#stat-step") or ""
+            assert re.match(r"^\d+ / \d+$", step_text), step_text
+            path_d = train_path.get_attribute("d") or ""
+            assert path_d.startswith("M") and path_d.count("L") >= 3
+            shot = ARTIFACTS / "ui-job-running.png"
+            page.screenshot(path=shot, full_page=True)
+            assert _png_size(shot)[0] == 1280
+
+            # the stream ends with the job; the final curve has validation points too
+            final = wait_for_status(observed_job.server.client(), job_id, TERMINAL, timeout=300)
+            assert final["status"] == "succeeded", final
+            page.wait_for_function(
+                "() => document.getElementById('stream-state').textContent.includes('stream closed')",
+                timeout=60_000)
+            page.wait_for_function("() => document.getElementById('job-status').textContent === 'succeeded'")
+            page.wait_for_function(
+                "() => { const p = document.querySelector('#loss-chart path.series-valid');"
+                " return p && Number(p.dataset.points) >= 2; }")
+            train_points = int(train_path.get_attribute("data-points") or 0)
+            metrics_events = [e for e in _all_events(observed_job)
+                              if e["type"] == "metrics" and "train_loss" in (e["data"] or {})]
+            assert train_points == len({e["data"]["step"] for e in metrics_events})
+            page.screenshot(path=ARTIFACTS / "ui-job-finished.png", full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
 
 
 def _job_status(job: ObservedJob) -> str:
@@ -182,7 +195,7 @@ def test_3_stream_delivers_every_event_once_and_ends_with_the_job(observed_job: 
     assert any(e["type"] == "metrics" for e in STREAM["events"])
     # a stream opened after the end replays everything and closes at once
     frames, end = _read(observed_job, None, None)
-    assert end == "succeeded" and [f["id"] for f in frames] == expected
+    assert end == "succeeded" and [f.id for f in frames] == expected
 
 
 # ---------------------------------------------------------------------------------------------------------

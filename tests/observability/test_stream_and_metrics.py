@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import EventSource
 
-from tests.observability.support import sse_frames
 from tests.support.live_server import ThreadServer
 from tuneforge.service.core.security import hash_secret
 from tuneforge.service.db.repo import SystemRepo
@@ -54,7 +54,8 @@ def _post(server: ThreadServer, job_id: str, seq: int, **data: Any) -> None:
 
 
 class StreamReader:
-    """Reads a stream in a thread, putting frames on a queue; ``close()`` drops the connection."""
+    """Reads a stream in a thread (httpx-sse), putting its events on a queue as ``{event, data, id}``;
+    ``close()`` drops the connection."""
 
     def __init__(self, server: ThreadServer, job_id: str, last_id: str | None = None, key: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {key or server.api_key}"}
@@ -74,15 +75,15 @@ class StreamReader:
         try:
             response = self.client.send(self.request, stream=True)
             self.status = response.status_code
-            for frame in sse_frames(response):
+            for sse in EventSource(response).iter_sse():
                 if self.stop.is_set():
                     break
-                self.frames.put(frame)
+                self.frames.put({"event": sse.event, "data": sse.data, "id": sse.id})
             response.close()
         except httpx.HTTPError:
             pass
         finally:
-            self.frames.put({"event": "<closed>", "data": "", "id": None, "comment": None})
+            self.frames.put({"event": "<closed>", "data": "", "id": None})
 
     def events(self, n: int, timeout: float = 20) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -159,13 +160,13 @@ def test_stream_auth_heartbeats_and_tenancy(api_server: ThreadServer, client: ht
                         params={"stream": "true"}, headers={"Authorization": f"Bearer {OTHER_KEY}"})
     assert foreign.status_code == 404
 
-    # nothing new for a while: keep-alive comments
+    # nothing new for a while: keep-alive comments (which SSE parsers drop: read the raw lines)
     comments = 0
     with httpx.stream("GET", url, headers={"Authorization": f"Bearer {api_server.api_key}"},
                       params={"heartbeat": 0.5}, timeout=10) as response:
         assert response.headers["cache-control"] == "no-cache"
-        for frame in sse_frames(response):
-            if frame["comment"] == "keep-alive":
+        for line in response.iter_lines():
+            if line == ": keep-alive":
                 comments += 1
                 if comments == 2:
                     break

@@ -1,4 +1,4 @@
-"""The trainer's own /metrics endpoint (stdlib http.server), without a training run."""
+"""The trainer's own /metrics endpoint (prometheus-client on a stdlib WSGI server), without a training run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.observability.support import free_port
+from tests.support.waiting import free_port
 from tuneforge.trainer.metrics_server import ENV_ADDR, ENV_PORT, start_from_env
 
 
@@ -48,6 +48,38 @@ def test_serves_the_latest_values(monkeypatch: pytest.MonkeyPatch) -> None:
         assert start_from_env("ftjob-other", reporter) is None
     finally:
         server.stop()
+
+
+def test_values_that_are_not_finite_numbers_are_skipped_and_openmetrics_is_negotiated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_PORT, "0")  # any free port
+    monkeypatch.setenv(ENV_ADDR, "127.0.0.1")
+    reporter = FakeReporter()
+    reporter.metrics_rows += [{"step": 4, "train_loss": 1.25, "valid_loss": 0.5},
+                              {"step": 5, "train_loss": float("nan"), "valid_loss": True, "learning_rate": "x"}]
+    server = start_from_env('ftjob-"quoted"\\', reporter)
+    assert server is not None
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        text = httpx.get(url, timeout=5).text
+        job = 'job_id="ftjob-\\"quoted\\"\\\\"'  # label values escaped by the library
+        assert f"tuneforge_trainer_step{{{job}}} 5.0" in text
+        assert f"tuneforge_trainer_train_loss{{{job}}} 1.25" in text  # the NaN is skipped, not exported
+        assert f"tuneforge_trainer_valid_loss{{{job}}} 0.5" in text
+        assert "tuneforge_trainer_learning_rate" not in text
+        openmetrics = httpx.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=5)
+        assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert openmetrics.text.endswith("# EOF\n")
+        assert httpx.post(url, timeout=5).status_code == 405
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "eighty"])
+def test_a_bad_port_leaves_training_without_the_endpoint(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    monkeypatch.setenv(ENV_PORT, port)
+    assert start_from_env("ftjob-abc", FakeReporter()) is None
 
 
 def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

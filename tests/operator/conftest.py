@@ -9,7 +9,6 @@ skip only when no Go toolchain exists.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +18,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.config import new_client_from_config
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # make `tests.support` importable however pytest is started
-    sys.path.insert(0, str(_ROOT))
-
-from tests.operator.helpers import (  # noqa: E402
+from tests.operator.helpers import (
     GPU_LABEL,
     OperatorProcess,
     apply_rbac,
@@ -31,8 +26,9 @@ from tests.operator.helpers import (  # noqa: E402
     install_crds,
     service_account_kubeconfig,
 )
-from tests.support.k8s_testbed import K8sTestbed, go_available  # noqa: E402
-from tests.support.live_server import ThreadServer, free_port, make_settings  # noqa: E402
+from tests.support.k8s_testbed import K8sTestbed, go_available
+from tests.support.live_server import ThreadServer, make_settings
+from tests.support.waiting import free_port
 
 
 @pytest.fixture(scope="session")

@@ -6,42 +6,29 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s
 
+from tests.support.waiting import free_port, wait_for
+from tuneforge.contracts.finetunejob import API_VERSION
+from tuneforge.contracts.jobspec import JobSpec
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "helm" / "crds"
 RBAC_YAML = ROOT / "docs" / "cluster" / "rbac.yaml"
 GPU_LABEL = "tuneforge.dev/gpu-type"
 TIMEOUT = 60.0
-GROUP, VERSION, PLURAL = "tuneforge.dev", "v1alpha1", "finetunejobs"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install_crds(api: k8s.ApiClient) -> None:
@@ -213,25 +200,38 @@ class OperatorProcess:
 
 
 def jobspec(job_id: str, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "version": "tuneforge.dev/v1",
-        "job_id": job_id,
-        "tenant_id": "default",
-        "method": {"type": "supervised"},
-        "base_model": "SmolLM2-135M-Instruct",
-        "training_file": {"file_id": "file-1", "key": "files/file-1", "format": "chat", "rows": 3},
-        "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate": 0.0001},
-        "storage_url": "s3://bucket/tuneforge",
-        "output_prefix": f"jobs/{job_id}",
-        "progress": {"url": "http://tuneforge.tuneforge.svc:8000", "token": ""},
-    }
+    """A resolved JobSpec as the service writes it into a FineTuneJob (JSON)."""
+    spec: dict[str, Any] = JobSpec(
+        job_id=job_id,
+        tenant_id="default",
+        method={"type": "supervised", "supervised": {"hyperparameters": {  # type: ignore[arg-type]
+            "n_epochs": 1, "batch_size": 1, "learning_rate": 0.0001}}},
+        base_model="SmolLM2-135M-Instruct",
+        training_file={"file_id": "file-1", "key": "files/file-1", "format": "chat", "rows": 3},  # type: ignore[arg-type]
+        storage_url="s3://bucket/tuneforge",
+        output_prefix=f"jobs/{job_id}",
+        progress={"url": "http://tuneforge.tuneforge.svc:8000", "token": ""},  # type: ignore[arg-type]
+    ).model_dump(mode="json")
     spec.update(overrides)
     return spec
 
 
+def jobspec_v1(job_id: str) -> dict[str, Any]:
+    """A JobSpec as a round-one service wrote it (version 1: flat hyperparameters)."""
+    return {
+        "version": "tuneforge.dev/v1", "job_id": job_id, "tenant_id": "default", "method": {"type": "supervised"},
+        "base_model": "SmolLM2-135M-Instruct",
+        "training_file": {"file_id": "file-1", "key": "files/file-1", "format": "chat", "rows": 3},
+        "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate": 0.0001, "beta": None,
+                            "gradient_checkpointing": None, "max_steps": -1},
+        "storage_url": "s3://bucket/tuneforge", "output_prefix": f"jobs/{job_id}",
+        "progress": {"url": "http://tuneforge.tuneforge.svc:8000", "token": ""},
+    }
+
+
 def finetunejob(name: str, gpus: int = 1, gpu_type: str = "h100", **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {"jobSpec": jobspec(name), "scheduling": {"gpus": gpus, "gpuType": gpu_type}, **spec},

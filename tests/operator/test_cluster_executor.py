@@ -17,10 +17,11 @@ import httpx
 import pytest
 from kubernetes import client as k8s
 
-from tests.operator.helpers import GROUP, PLURAL, VERSION, wait_for
 from tests.service.helpers import chat_file, upload
 from tests.support.k8s_testbed import K8sTestbed
 from tests.support.live_server import ThreadServer, wait_for_status
+from tests.support.waiting import wait_for
+from tuneforge.contracts.finetunejob import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_pool")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from tests.operator.helpers import wait_for
+from tests.support.waiting import wait_for
 
 
 def gpu_job(name: str, gpus: int = 1, gpu_type: str = "h100", **spec: Any) -> k8s.V1Job:

@@ -67,11 +67,9 @@ def event_lines(client: httpx.Client, job_id: str) -> list[str]:
 
 def test_finetunejob_manifest(api_server: ThreadServer, client):
     job_id = new_job(client, resources={"gpus": 2, "gpu_type": "h100"}, suffix="x")
-    settings = api_server.state.settings
-    settings.executor.kube_namespace = "ml"
-    settings.executor.kube_storage_secret = "s3-creds"
-    settings.executor.kube_queue_name = "team-a"
-    settings.executor.max_attempts = 3
+    base = api_server.state.settings
+    settings = base.model_copy(update={"executor": base.executor.model_copy(update={
+        "kube_namespace": "ml", "kube_storage_secret": "s3-creds", "kube_queue_name": "team-a", "max_attempts": 3})})
     with api_server.state.sessions() as session:
         job = SystemRepo(session).job(job_id)
         body = build_finetunejob(job, settings)

@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from tests.operator.helpers import CRD_DIR, finetunejob
+from tuneforge.contracts.finetunejob import crd_manifest as build_crd
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.operator.config import OperatorConfig
-from tuneforge.operator.crd import build_crd, to_yaml
+from tuneforge.contracts.settings import explicit
+from tuneforge.operator.config import OperatorSettings
+from tuneforge.operator.crd import to_yaml
 from tuneforge.operator.manifests import (
     InvalidSpec,
     build_children,
@@ -22,7 +24,7 @@ from tuneforge.operator.manifests import (
 )
 from tuneforge.operator.status import OWNED_FIELDS
 
-CONFIG = OperatorConfig(gpu_type_label="tuneforge.dev/gpu-type", default_image="registry/trainer:1.0")
+CONFIG = explicit(OperatorSettings, gpu_type_label="tuneforge.dev/gpu-type", default_image="registry/trainer:1.0")
 
 
 def cr(name: str = "ftjob-abc", **spec: Any) -> dict[str, Any]:
@@ -155,7 +157,7 @@ def test_storage_secret_token_secret_env_and_pod_metadata():
     assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     assert pod["serviceAccountName"] == "trainer" and pod["automountServiceAccountToken"] is False
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and container["image"] == "my/trainer:2"
-    default_secret = OperatorConfig(storage_secret="cluster-s3")
+    default_secret = explicit(OperatorSettings, storage_secret="cluster-s3")
     assert pod_of(build_children(cr(), default_secret))["containers"][0]["envFrom"] == [
         {"secretRef": {"name": "cluster-s3"}}]
 
@@ -176,8 +178,9 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service():
 
 def test_invalid_specs_are_rejected_with_the_field():
     body = cr()
-    del body["spec"]["jobSpec"]["hyperparameters"]["n_epochs"]
-    with pytest.raises(InvalidSpec, match=r"jobSpec\.hyperparameters\.n_epochs"):
+    body["spec"]["jobSpec"]["method"]["supervised"]["hyperparameters"]["n_epochs"] = 0
+    where = r"spec\.jobSpec\.method\.supervised\.hyperparameters\.n_epochs"
+    with pytest.raises(InvalidSpec, match=where + ": .*greater than or equal to 1"):
         build_children(body, CONFIG)
     body = cr()
     body["spec"]["jobSpec"]["progress"]["token"] = "leaked"
@@ -202,7 +205,9 @@ def test_label_values_are_valid():
     assert label_value("-a-") == "a"
 
 
-def test_crd_yaml_in_the_chart_matches_the_generator():
+def test_crd_yaml_in_the_chart_matches_the_contract_model():
+    """helm/crds is generated from tuneforge.contracts.finetunejob: a change to the model without regenerating
+    fails here."""
     path = CRD_DIR / "finetunejobs.tuneforge.dev.yaml"
     assert path.read_text() == to_yaml(), "regenerate: python -m tuneforge.operator.crd > " + str(path)
     crd = yaml.safe_load(path.read_text())
@@ -227,3 +232,26 @@ def test_crd_shape():
     # everything the operator writes is in the schema (the apiserver would drop the rest)
     assert set(OWNED_FIELDS) <= set(status)
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_crd_accepts_what_the_model_dumps_and_types_its_fields():
+    """The model and the CRD describe the same resource: every field the model can dump is in the schema."""
+    from tuneforge.contracts.finetunejob import FineTuneJobSpec, Scheduling
+
+    props = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert set(FineTuneJobSpec.model_json_schema(by_alias=True)["properties"]) == set(props)
+    assert set(Scheduling.model_json_schema(by_alias=True)["properties"]) == set(props["scheduling"]["properties"])
+    assert props["scheduling"]["properties"]["gpus"] == {"maximum": 64, "minimum": 0, "type": "integer",
+                                                         "description": "nvidia.com/gpu per pod"}
+
+
+def test_a_round_one_jobspec_still_becomes_a_job():
+    """FineTuneJobs created before JobSpec v2 (flat hyperparameters) are read and run, converted."""
+    from tests.operator.helpers import jobspec_v1
+
+    body = cr()
+    body["spec"]["jobSpec"] = jobspec_v1("ftjob-abc")
+    children = by_kind(build_children(body, CONFIG))
+    spec = json.loads(children["ConfigMap"]["data"]["jobspec.json"])
+    assert spec["version"] == "tuneforge.dev/v2"
+    assert spec["method"]["supervised"]["hyperparameters"]["n_epochs"] == 1

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from tests.operator.helpers import GROUP, PLURAL, VERSION, OperatorProcess, finetunejob, wait_for
+from tests.operator.helpers import OperatorProcess, finetunejob
 from tests.support.k8s_testbed import K8sTestbed
+from tests.support.waiting import wait_for
+from tuneforge.contracts.finetunejob import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.usefixtures("running_operator")
 

@@ -6,7 +6,8 @@ import datetime as dt
 from typing import Any
 
 from tests.operator.helpers import finetunejob
-from tuneforge.operator.config import OperatorConfig
+from tuneforge.contracts.settings import explicit
+from tuneforge.operator.config import OperatorSettings
 from tuneforge.operator.status import (
     CreateChildren,
     DeleteJob,
@@ -17,7 +18,7 @@ from tuneforge.operator.status import (
     termination_detail,
 )
 
-CONFIG = OperatorConfig(gpu_type_label="tuneforge.dev/gpu-type")
+CONFIG = explicit(OperatorSettings, gpu_type_label="tuneforge.dev/gpu-type")
 T0 = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
 UID = "uid-ftj"
 
@@ -328,7 +329,7 @@ def test_invalid_spec_fails_without_creating_anything():
     result = plan(body, None, [], CONFIG, T0)
     assert result.actions == []
     assert (result.status["phase"], result.status["reason"]) == ("Failed", "InvalidSpec")
-    assert "method.algorithm" in result.status["message"]
+    assert "spec.jobSpec.method.algorithm: Unknown parameter" in result.status["message"]
 
 
 def test_condition_times_only_move_on_transitions():

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.service.helpers import assert_error, chat_file
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
+from tests.support.waiting import free_port
 
 PROTECTED = [
     ("GET", "/v1/files"),
@@ -94,18 +95,17 @@ def test_the_right_key_works_with_any_scheme_case(api_server: ThreadServer) -> N
 
 
 def test_first_start_writes_a_private_key_file(api_server: ThreadServer) -> None:
-    key_file = api_server.settings.auth.key_file
+    key_file = api_server.settings.key_file
     assert key_file.is_file()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert api_server.api_key.startswith("tf-")
 
 
 def test_configured_key_is_accepted_and_no_key_file_is_written(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home", free_port())
-    settings.auth.api_key = "tf-configured-key-for-this-test"
+    settings = make_settings(tmp_path / "home", free_port(), api_key="tf-configured-key-for-this-test")
     server = ThreadServer(settings, start_executor=False).start()
     try:
-        assert not settings.auth.key_file.exists()
+        assert not settings.key_file.exists()
         with server.client("tf-configured-key-for-this-test") as client:
             assert client.get("/v1/files").status_code == 200
         assert_error(_request(server, "GET", "/v1/files", "Bearer tf-some-other-key-000000"), 401)

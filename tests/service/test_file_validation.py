@@ -118,11 +118,10 @@ def _listing(client: httpx.Client) -> list[str]:
     return [f["id"] for f in client.get("/v1/files").json()["data"]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c.id, marks=[pytest.mark.limits(**c.limits)] if c.limits else []) for c in CASES])
 def test_malformed_file_is_rejected_with_line_and_reason(client: httpx.Client, api_server: ThreadServer,
                                                          case: Case) -> None:
-    for name, value in case.limits.items():
-        setattr(api_server.settings.limits, name, value)
     kept = upload(client, jsonl_good(), "kept.jsonl")["id"]  # an existing file must stay untouched
     files_before, objects_before = _listing(client), store_snapshot(api_server)
 
@@ -157,8 +156,8 @@ def test_file_without_examples_is_rejected(client: httpx.Client, api_server: Thr
     assert store_snapshot(api_server) == before
 
 
+@pytest.mark.limits(max_reported_errors=7)
 def test_error_list_is_capped(client: httpx.Client, api_server: ThreadServer) -> None:
-    api_server.settings.limits.max_reported_errors = 7
     before = store_snapshot(api_server)
     content = jsonl_good() + b"".join(b"not json\n" for _ in range(30))
     error = assert_error(upload_raw(client, content, "many.jsonl"), 400, code="invalid_file_format")
@@ -185,7 +184,7 @@ def test_valid_lines_after_a_bad_one_do_not_make_it_valid(client: httpx.Client) 
     assert [d["line"] for d in error["details"]] == [1]
 
 
+@pytest.mark.limits(max_example_tokens=64)
 def test_under_the_token_limit_is_accepted(client: httpx.Client, api_server: ThreadServer) -> None:
-    api_server.settings.limits.max_example_tokens = 64
     body = upload(client, jsonl_good())
     assert body["rows"] == 2

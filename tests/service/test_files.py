@@ -176,9 +176,9 @@ def test_upload_without_file_field_is_400(client: httpx.Client) -> None:
     assert_error(resp, 400, param="file")
 
 
+@pytest.mark.limits(max_upload_bytes=300)
 def test_upload_over_the_size_limit_is_413_and_stores_nothing(client: httpx.Client,
                                                               api_server: ThreadServer) -> None:
-    api_server.settings.limits.max_upload_bytes = 300
     before = store_snapshot(api_server)
     error = assert_error(upload_raw(client, chat_file(20)), 413, code="file_too_large", param="file")
     assert "300" in error["message"]

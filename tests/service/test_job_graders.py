@@ -39,9 +39,8 @@ def test_multi_grader_is_accepted_and_stored(client: httpx.Client, prompts_id: s
     shown = job["method"]["reinforcement"]["grader"]
     assert shown["type"] == "multi"
     assert shown["calculate_output"] == "0.2 * format + 0.8 * correct"
-    assert shown["graders"]["format"] == {"type": "regex", "pattern": FORMAT["pattern"], "reference_field": None,
-                                          "operation": "eq"}
-    assert shown["graders"]["correct"]["reference_field"] == "answer"
+    assert shown["graders"]["format"] == {"type": "regex", "pattern": FORMAT["pattern"], "reference": None}
+    assert shown["graders"]["correct"]["reference"] == "{{item.answer}}"
     assert shown["graders"]["correct"]["reference_pattern"] == r"####\s*(.+)"
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["method"] == job["method"]
 
@@ -50,7 +49,7 @@ def test_reference_free_regex_is_accepted(client: httpx.Client, prompts_id: str)
     for key in ("reference", "reference_field"):
         grader = {"type": "regex", "pattern": FORMAT["pattern"], key: None}
         shown = create_job(client, prompts_id, method=_method(grader))["method"]["reinforcement"]["grader"]
-        assert shown["reference_field"] is None
+        assert shown["reference"] is None
 
 
 def test_multi_formula_with_functions_and_power_is_accepted(client: httpx.Client, prompts_id: str) -> None:
@@ -78,34 +77,43 @@ def _with_sub(name: str, sub: Any) -> dict[str, Any]:
         (_multi(calculate_output="format +"), f"{G}.calculate_output", "not a valid formula"),
         (_multi(calculate_output="format % 2"), f"{G}.calculate_output", "operator '%'"),
         (_multi(calculate_output="1 + " * 130 + "format"), f"{G}.calculate_output", "longer than 500"),
-        (_multi(calculate_output=None), f"{G}.calculate_output", "non-empty"),
-        (_multi(calculate_output=7), f"{G}.calculate_output", "non-empty"),
-        (_multi(graders={}), f"{G}.graders", "needs 'graders'"),
-        (_multi(graders=[FORMAT]), f"{G}.graders", "needs 'graders'"),
-        (_multi(graders={f"g{i}": FORMAT for i in range(9)}, calculate_output="g0"), f"{G}.graders", "at most 8"),
+        (_multi(calculate_output=None), f"{G}.calculate_output", "valid string"),
+        (_multi(calculate_output=7), f"{G}.calculate_output", "valid string"),
+        (_multi(calculate_output=""), f"{G}.calculate_output", "non-empty"),
+        (_multi(graders={}), f"{G}.graders", "at least 1 item"),
+        (_multi(graders=[FORMAT]), f"{G}.graders", "valid dictionary"),
+        (_multi(graders={f"g{i}": FORMAT for i in range(9)}, calculate_output="g0"), f"{G}.graders", "at most 8 items"),
         (_with_sub("bad name", CORRECT), f"{G}.graders.bad name", "identifier"),
         (_with_sub("max", CORRECT), f"{G}.graders.max", "function"),
         (_with_sub("correct", {**CORRECT, "pattern": "(unclosed"}), f"{G}.graders.correct.pattern",
          "invalid regular expression"),
         (_with_sub("correct", {**CORRECT, "reference_pattern": "[x"}), f"{G}.graders.correct.reference_pattern",
          "invalid regular expression"),
-        (_with_sub("correct", {"type": "regex"}), f"{G}.graders.correct.pattern", "needs 'pattern'"),
+        (_with_sub("correct", {"type": "regex"}), f"{G}.graders.correct.pattern", "Missing required parameter"),
         (_with_sub("correct", {"type": "string_check", "reference": None}), f"{G}.graders.correct.reference",
          "cannot be null"),
-        (_with_sub("correct", {**CORRECT, "operation": "like"}), f"{G}.graders.correct.operation", "invalid grader"),
+        (_with_sub("correct", {**CORRECT, "operation": "eq"}), f"{G}.graders.correct.operation",
+         "Unknown parameter"),  # a regex grader has no operation
+        (_with_sub("correct", {"type": "string_check", "operation": "startswith"}), f"{G}.graders.correct.operation",
+         "'eq' or 'contains'"),
         (_with_sub("correct", {"type": "reward_model", "model": "ft:x"}), f"{G}.graders.correct.type",
-         "string_check or regex"),
-        (_with_sub("correct", MULTI), f"{G}.graders.correct.type", "string_check or regex"),
+         "is not one of 'string_check', 'regex'"),
+        (_with_sub("correct", MULTI), f"{G}.graders.correct.type", "is not one of 'string_check', 'regex'"),
         (_with_sub("correct", {"type": "python", "source": "def grade(): ..."}), f"{G}.graders.correct.type",
-         "unknown grader type"),
-        (_with_sub("correct", "regex"), f"{G}.graders.correct", "must be an object"),
-        ({"type": "python"}, f"{G}.type", "unknown grader type"),
+         "'python' is not one of"),
+        (_with_sub("correct", "regex"), f"{G}.graders.correct", "valid dictionary"),
+        ({"type": "python"}, f"{G}.type", "'python' is not one of"),
+        ({"pattern": "x"}, f"{G}.type", "Missing required parameter"),
+        ({"type": "reward_model", "model": "ft:x", "model_prefix": "jobs/ftjob-other/model"}, f"{G}.model_prefix",
+         "set by the service"),
         ({"type": "regex", "pattern": "x", "reference": None, "reference_pattern": "(.*)"},
          f"{G}.reference_pattern", "without a reference"),
         ({"type": "string_check", "reference_field": None}, f"{G}.reference_field", "cannot be null"),
-        ({"type": "regex", "pattern": "x", "reference": 3}, f"{G}.reference", "must be a string"),
+        ({"type": "regex", "pattern": "x", "reference": 3}, f"{G}.reference", "valid string"),
+        ({"type": "regex", "pattern": "x", "reference": "answer }}"}, f"{G}.reference", "{{item.<field>}}"),
+        ({"type": "regex", "pattern": "x" * 501}, f"{G}.pattern", "at most 500"),
         ({"type": "regex", "pattern": "(x"}, f"{G}.pattern", "invalid regular expression"),
-        ("multi", G, "must be an object"),
+        ("multi", G, "valid dictionary"),
     ],
 )
 def test_bad_grader_is_400_with_param(client: httpx.Client, prompts_id: str, grader: Any, param: str,

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.data import write_chat_file
-from tests.support.live_server import ThreadServer, free_port, make_settings, wait_for_status
+from tests.support.live_server import ThreadServer, make_settings, wait_for_status
+from tests.support.models import register_model
 from tests.support.tiny_model import make_tiny_model
+from tests.support.waiting import free_port
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_cancel_stops_the_trainer_within_seconds(server: ThreadServer, tiny: Pat
     client = server.client()
     file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=32))
     job = client.post("/v1/fine_tuning/jobs", json={
-        "model": str(tiny), "training_file": file_id,
+        "model": register_model(server, tiny), "training_file": file_id,
         "hyperparameters": {"n_epochs": 50, "batch_size": 1},  # long enough to still be running
     }).json()
     deadline = time.monotonic() + 120
@@ -79,7 +81,8 @@ def test_trainer_crash_fails_the_job_with_its_message(tmp_path: Path, tiny: Path
     try:
         client = srv.client()
         file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=8))
-        job = client.post("/v1/fine_tuning/jobs", json={"model": str(tiny), "training_file": file_id}).json()
+        job = client.post("/v1/fine_tuning/jobs",
+                          json={"model": register_model(srv, tiny), "training_file": file_id}).json()
         final = wait_for_status(client, job["id"], {"failed", "succeeded"}, timeout=60)
     finally:
         srv.stop()
@@ -91,10 +94,12 @@ def test_trainer_crash_fails_the_job_with_its_message(tmp_path: Path, tiny: Path
 def test_bad_model_directory_fails_with_the_trainers_reason(server: ThreadServer, tmp_path: Path) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no tokenizer, and weights that are not
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     client = server.client()
     file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=8))
-    job = client.post("/v1/fine_tuning/jobs", json={"model": str(broken), "training_file": file_id}).json()
+    model = register_model(server, broken, "broken-model")
+    job = client.post("/v1/fine_tuning/jobs", json={"model": model, "training_file": file_id}).json()
     final = wait_for_status(client, job["id"], {"failed", "succeeded"}, timeout=120)
     assert final["status"] == "failed"
     assert final["error"]["code"] == "invalid_input", final["error"]
@@ -105,7 +110,8 @@ def test_jobs_run_one_at_a_time_by_default(server: ThreadServer, tiny: Path, tmp
     client = server.client()
     file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=8))
     ids = [client.post("/v1/fine_tuning/jobs", json={
-        "model": str(tiny), "training_file": file_id, "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+        "model": register_model(server, tiny), "training_file": file_id,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4},
     }).json()["id"] for _ in range(2)]
     seen_running: set[int] = set()
     deadline = time.monotonic() + 180
@@ -127,7 +133,8 @@ def test_deleting_a_finished_job_removes_its_objects_logs_and_scratch(
     client = server.client()
     file_id = _upload(client, write_chat_file(tmp_path / "t.jsonl", rows=8))
     job = client.post("/v1/fine_tuning/jobs", json={
-        "model": str(tiny), "training_file": file_id, "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+        "model": register_model(server, tiny), "training_file": file_id,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4},
     }).json()
     assert wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
     executor = server.state.executor

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
 from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.waiting import free_port
 
 pytestmark = pytest.mark.skipif(find_pg_bin() is None, reason="PostgreSQL server not installed (.ci/system-deps)")
 
@@ -28,8 +29,7 @@ def _chat_file(path: Path, rows: int) -> Path:
 
 
 def test_api_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home", free_port())
-    settings.database_url = postgres.url
+    settings = make_settings(tmp_path / "home", free_port(), database_url=postgres.url)
     srv = ThreadServer(settings, start_executor=False).start()
     try:
         client = srv.client()

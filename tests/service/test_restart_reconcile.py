@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.service.helpers import chat_file, create_job, load_job, update_job, upload
-from tests.support.live_server import ThreadServer, free_port, make_settings, wait_for_status
+from tests.support.live_server import ThreadServer, make_settings, wait_for_status
+from tests.support.waiting import free_port
 
 Restart = Callable[[], ThreadServer]
 RESTART = "The service restarted while this job was running"

@@ -108,8 +108,8 @@ def test_idempotency_keys_are_per_tenant(client: httpx.Client, other: httpx.Clie
     assert [j["id"] for j in other.get("/v1/fine_tuning/jobs").json()["data"]] == [theirs["id"]]
 
 
+@pytest.mark.limits(max_active_jobs_per_tenant=1)
 def test_quota_is_per_tenant(client: httpx.Client, other: httpx.Client, api_server: ThreadServer) -> None:
-    api_server.settings.limits.max_active_jobs_per_tenant = 1
     create_job(client, upload(client, chat_file())["id"])
     assert_error(client.post("/v1/fine_tuning/jobs",
                              json={"model": BASE_MODEL, "training_file": upload(client, chat_file())["id"]}), 429)

@@ -326,7 +326,7 @@ def test_missing_bucket_and_missing_key_are_clear(moto_server: MotoServer) -> No
 
 def test_unreachable_endpoint_fails_cleanly() -> None:
     from tests.storage.conftest import boto_session
-    from tests.support.s3_server import free_port
+    from tests.support.waiting import free_port
     from tuneforge.storage.s3 import S3Settings, S3Store
 
     store = S3Store(BUCKET, "p", settings=S3Settings(max_attempts=2, connect_timeout=1),

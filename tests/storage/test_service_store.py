@@ -13,23 +13,25 @@ import pytest
 
 from tests.service.helpers import add_tenant, assert_error, chat_file, create_job, update_job, upload
 from tests.storage.conftest import BUCKET
-from tests.support.live_server import ThreadServer, free_port, make_settings
+from tests.support.live_server import ThreadServer, make_settings
 from tests.support.s3_server import MotoServer
+from tests.support.waiting import free_port
 from tuneforge.storage import ObjectStore
 
 
 @pytest.fixture(params=["local", "s3"])
 def svc(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadServer]:
     """The API (no executor) on the local store or on S3 (moto), configured the way a deployment is: by env."""
-    settings = make_settings(tmp_path / "home", free_port())
+    storage_url = ""
     if request.param == "s3":
         moto: MotoServer = request.getfixturevalue("moto_server")
         for name, value in moto.env().items():
             monkeypatch.setenv(name, value)
-        settings.storage.url = f"s3://{BUCKET}/svc-{uuid.uuid4().hex[:8]}"
+        storage_url = f"s3://{BUCKET}/svc-{uuid.uuid4().hex[:8]}"
         from tuneforge.storage.s3 import S3Store
 
-        S3Store.from_url(settings.storage.url).create_bucket()
+        S3Store.from_url(storage_url).create_bucket()
+    settings = make_settings(tmp_path / "home", free_port(), storage_url=storage_url)
     server = ThreadServer(settings, start_executor=False).start()
     yield server
     server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,32 +13,35 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.support.waiting import free_port
+from tuneforge.contracts.settings import explicit
 from tuneforge.service.api.app import create_app
-from tuneforge.service.core.config import Settings
+from tuneforge.service.core.config import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_settings(home: Path, port: int, **executor: Any) -> Settings:
-    settings = Settings.from_env()
-    settings.home = home
-    settings.database_url = f"sqlite:///{home / 'tuneforge.db'}"
-    settings.storage.url = (home / "objects").as_uri()
-    settings.auth.api_key = None
-    settings.auth.key_file = home / "api_key"
-    settings.server.port = port
-    settings.server.host = "127.0.0.1"
-    settings.server.public_url = ""
-    settings.executor.trainer_python = sys.executable
-    for key, value in executor.items():
-        setattr(settings.executor, key, value)
-    return settings
+def make_settings(
+    home: Path,
+    port: int,
+    *,
+    database_url: str = "",
+    storage_url: str = "",
+    api_key: str | None = None,
+    limits: dict[str, Any] | None = None,
+    **executor: Any,
+) -> ServiceSettings:
+    """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored."""
+    return explicit(
+        ServiceSettings,
+        home=home,
+        database_url=database_url,
+        server={"host": "127.0.0.1", "port": port},
+        auth={"api_key": api_key},
+        storage={"url": storage_url},
+        executor={"trainer_python": sys.executable, **executor},
+        limits=limits or {},
+    )
 
 
 def wait_healthy(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -59,7 +61,7 @@ def wait_healthy(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | 
 class ThreadServer:
     """The real app behind a real HTTP socket, in this process (so tests can reach its state)."""
 
-    def __init__(self, settings: Settings, start_executor: bool = True) -> None:
+    def __init__(self, settings: ServiceSettings, start_executor: bool = True) -> None:
         self.settings = settings
         self.app = create_app(settings, start_executor=start_executor)
         self.url = f"http://127.0.0.1:{settings.server.port}"
@@ -73,7 +75,7 @@ class ThreadServer:
 
     @property
     def api_key(self) -> str:
-        return self.settings.auth.key_file.read_text().strip()
+        return self.settings.auth.api_key or self.settings.key_file.read_text().strip()
 
     def client(self, api_key: str | None = None) -> httpx.Client:
         key = api_key if api_key is not None else self.api_key
@@ -96,19 +98,19 @@ class ProcessServer:
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "TUNEFORGE_HOME": str(home),
-            "TUNEFORGE_PORT": str(self.port),
-            **(env or {}),
-        }
-        self.env.pop("TUNEFORGE_API_KEY", None) if "TUNEFORGE_API_KEY" not in (env or {}) else None
+        # the developer's own TUNEFORGE_* settings must not reach the server under test
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+        self.env = {**inherited, "TUNEFORGE_HOME": str(home), "TUNEFORGE_PORT": str(self.port), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / "server.log"
 
     @property
     def api_key(self) -> str:
         return self.env.get("TUNEFORGE_API_KEY") or (self.home / "api_key").read_text().strip()
+
+    @property
+    def storage_url(self) -> str:
+        return self.env.get("TUNEFORGE_STORAGE_URL") or (self.home / "objects").as_uri()
 
     def client(self, api_key: str | None = None) -> httpx.Client:
         key = api_key if api_key is not None else self.api_key

@@ -64,6 +64,12 @@ class PostgresServer:
                         "tuneforge"], check=True, capture_output=True)
         return self
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database on this server (one per test keeps tests independent); returns its URL."""
+        subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "tuneforge",
+                        name], check=True, capture_output=True)
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def stop(self) -> None:
         stop_process(self.proc, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from tests.support.processes import stop_process
+from tests.support.waiting import free_port
 
 #: credentials moto accepts (it checks none); region for signing
 TEST_ENV = {
@@ -37,12 +38,6 @@ TEST_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, name: str, timeout: float,

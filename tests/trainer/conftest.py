@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
-for extra in (TESTS_DIR, Path(__file__).resolve().parent):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from trainer_helpers import Job, write_jsonl  # noqa: E402
-
-from support.tiny_model import make_tiny_model  # noqa: E402
+from tests.support.tiny_model import make_tiny_model
+from tests.trainer.trainer_helpers import Job, write_jsonl
 
 
 @pytest.fixture(scope="session")

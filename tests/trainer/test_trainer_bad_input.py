@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from trainer_helpers import chat_rows, parse_events, run_trainer, trainer_env
+
+from tests.trainer.trainer_helpers import chat_rows, parse_events, run_trainer, trainer_env
 
 
 def _error(result) -> str:  # type: ignore[no-untyped-def]

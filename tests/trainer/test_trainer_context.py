@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tuneforge.contracts.jobspec import Hyperparameters, JobSpec
+from tuneforge.contracts.hyperparameters import SupervisedHyperparameters as Hyperparameters
+from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.trainer.context import (
     RunContext,
     describe_gradient_checkpointing,
@@ -25,35 +26,41 @@ def _hp(**extra: Any) -> Hyperparameters:
 
 
 @pytest.mark.parametrize("value,device,expected", [
-    (None, CPU, False),  # auto: memory is plentiful on the CPU and recomputation costs speed
-    (None, CUDA, True),  # auto: GPU memory limits the batch
+    ("auto", CPU, False),  # memory is plentiful on the CPU and recomputation costs speed
+    ("auto", CUDA, True),  # GPU memory limits the batch
     (True, CPU, True),
     (True, CUDA, True),
     (False, CPU, False),
     (False, CUDA, False),
 ])  # fmt: skip
-def test_explicit_choice_wins_and_auto_follows_the_device(value: bool | None, device: DeviceInfo,
+def test_explicit_choice_wins_and_auto_follows_the_device(value: bool | str, device: DeviceInfo,
                                                           expected: bool) -> None:
     assert use_gradient_checkpointing(_hp(gradient_checkpointing=value), device) is expected
 
 
-def test_absent_means_auto_and_older_specs_with_a_bool_still_load() -> None:
-    assert _hp().gradient_checkpointing is None
-    assert Hyperparameters.model_validate({"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-4,
-                                           "gradient_checkpointing": False}).gradient_checkpointing is False
+def test_absent_means_auto_and_version_1_specs_with_null_or_a_bool_still_load() -> None:
+    assert _hp().gradient_checkpointing == "auto"
+    for v1_value, now in ((None, "auto"), (False, False)):
+        spec = JobSpec.model_validate({
+            "version": "tuneforge.dev/v1", "job_id": "j", "tenant_id": "t", "method": {"type": "supervised"},
+            "base_model": "m", "training_file": {"file_id": "f", "key": "files/f", "format": "chat", "rows": 8},
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-4,
+                                "gradient_checkpointing": v1_value},
+            "storage_url": "file:///s", "output_prefix": "jobs/j"})
+        assert spec.hyperparameters.gradient_checkpointing == now
 
 
 @pytest.mark.parametrize("value,device,text", [
-    (None, CPU, "off (auto)"),
-    (None, CUDA, "on (auto)"),
+    ("auto", CPU, "off (auto)"),
+    ("auto", CUDA, "on (auto)"),
     (True, CPU, "on"),
     (False, CUDA, "off"),
 ])  # fmt: skip
-def test_training_setup_wording(value: bool | None, device: DeviceInfo, text: str) -> None:
+def test_training_setup_wording(value: bool | str, device: DeviceInfo, text: str) -> None:
     assert describe_gradient_checkpointing(_hp(gradient_checkpointing=value), device) == text
 
 
-def _ctx(tmp_path: Path, device: DeviceInfo, value: bool | None) -> RunContext:
+def _ctx(tmp_path: Path, device: DeviceInfo, value: bool | str) -> RunContext:
     spec = JobSpec.model_validate({
         "job_id": "ftjob-c", "tenant_id": "t", "method": {"type": "supervised"}, "base_model": "/m",
         "training_file": {"file_id": "f", "key": "files/f", "format": "chat", "rows": 8},
@@ -65,9 +72,9 @@ def _ctx(tmp_path: Path, device: DeviceInfo, value: bool | None) -> RunContext:
                       model_dir=tmp_path)
 
 
-@pytest.mark.parametrize("value,device,expected", [(None, CPU, False), (None, CUDA, True), (True, CPU, True)])
+@pytest.mark.parametrize("value,device,expected", [("auto", CPU, False), ("auto", CUDA, True), (True, CPU, True)])
 def test_training_arguments_get_the_resolved_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   value: bool | None, device: DeviceInfo, expected: bool) -> None:
+                                                   value: bool | str, device: DeviceInfo, expected: bool) -> None:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     kwargs = training_args_kwargs(_ctx(tmp_path, device, value), rows=8, has_eval=False)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from tuneforge.contracts.jobspec import GraderSpec, MethodSpec
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from tuneforge.contracts.graders import Grader, reference_fields
 from tuneforge.trainer.errors import BadInput
-from tuneforge.trainer.graders import check_grader, make_match_reward, make_multi_reward, normalise, reference_fields
+from tuneforge.trainer.graders import check_grader, make_match_reward, make_multi_reward, normalise
+
+_GRADER: TypeAdapter[Any] = TypeAdapter(Grader)
+
+
+def GraderSpec(**fields: Any) -> Any:
+    """A grader as the contract validates it (the request's shape)."""
+    return _GRADER.validate_python(fields)
 
 GSM8K = GraderSpec(
     type="regex", reference_field="answer", pattern=r"(-?[\d,]*\.?\d+)", reference_pattern=r"####\s*(.+)"
@@ -39,14 +49,14 @@ def test_normalise_numbers() -> None:
 @pytest.mark.parametrize(
     "spec",
     [
-        GraderSpec(type="regex", reference_field="a"),
-        GraderSpec(type="regex", reference_field="a", pattern="(unclosed"),
-        GraderSpec(type="regex", reference_field="a", pattern="x" * 600),
+        {"type": "regex", "reference_field": "a"},
+        {"type": "regex", "reference_field": "a", "pattern": "(unclosed"},
+        {"type": "regex", "reference_field": "a", "pattern": "x" * 600},
     ],
 )
-def test_bad_grader_is_bad_input(spec: GraderSpec) -> None:
-    with pytest.raises(BadInput):
-        make_match_reward(spec)
+def test_bad_grader_is_refused_by_the_contract(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        GraderSpec(**spec)
 
 
 def test_missing_reference_field() -> None:
@@ -58,7 +68,7 @@ def test_missing_reference_field() -> None:
 FORMAT = r"####\s*-?[\d,]*\.?\d+\s*$"  # "ends with #### <number>"
 
 
-def _gsm8k_multi(formula: str = "0.2 * format + 0.8 * correct") -> GraderSpec:
+def _gsm8k_multi(formula: str = "0.2 * format + 0.8 * correct") -> Any:
     return GraderSpec(
         type="multi",
         graders={
@@ -80,14 +90,14 @@ def test_reference_free_regex_is_a_format_check() -> None:
 @pytest.mark.parametrize(
     "spec",
     [
-        GraderSpec(type="string_check", reference_field=None),
-        GraderSpec(type="regex", reference_field=None),
-        GraderSpec(type="regex", reference_field=None, pattern="x", reference_pattern="####(.*)"),
+        {"type": "string_check", "reference_field": None},
+        {"type": "regex", "reference_field": None},
+        {"type": "regex", "reference_field": None, "pattern": "x", "reference_pattern": "####(.*)"},
     ],
 )
-def test_only_a_regex_grader_can_do_without_a_reference(spec: GraderSpec) -> None:
-    with pytest.raises(BadInput):
-        make_match_reward(spec)
+def test_only_a_regex_grader_can_do_without_a_reference(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        GraderSpec(**spec)
 
 
 def test_multi_gsm8k_partial_credit() -> None:
@@ -131,37 +141,39 @@ def test_multi_with_string_check_and_functions() -> None:
 @pytest.mark.parametrize(
     "spec,message",
     [
-        (GraderSpec(type="multi", calculate_output="1"), "needs 'graders'"),
-        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}), "non-empty"),
-        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}, calculate_output="a.b"),
+        ({"type": "multi", "calculate_output": "1"}, "graders"),
+        ({"type": "multi", "graders": {"a": {"type": "regex", "pattern": "x"}}}, "calculate_output"),
+        ({"type": "multi", "graders": {"a": {"type": "regex", "pattern": "x"}}, "calculate_output": "a.b"},
          "attribute access 'a.b'"),
-        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="x")}, calculate_output="b"),
+        ({"type": "multi", "graders": {"a": {"type": "regex", "pattern": "x"}}, "calculate_output": "b"},
          "unknown name 'b'"),
-        (GraderSpec(type="multi", graders={"a": GraderSpec(type="regex", pattern="(")}, calculate_output="a"),
-         "sub-grader 'a': grader pattern is not a valid"),
-        (GraderSpec(type="multi", graders={"a": GraderSpec(type="reward_model", model_prefix="m")},
-                    calculate_output="a"), "must be string_check or regex"),
-        (GraderSpec(type="multi", graders={"a": _gsm8k_multi()}, calculate_output="a"),
-         "must be string_check or regex"),
-        (GraderSpec(type="multi", graders={"max": GraderSpec(type="regex", pattern="x")}, calculate_output="1"),
+        ({"type": "multi", "graders": {"a": {"type": "regex", "pattern": "("}}, "calculate_output": "a"},
+         "invalid regular expression"),
+        ({"type": "multi", "graders": {"a": {"type": "reward_model", "model": "m"}}, "calculate_output": "a"},
+         "'reward_model'"),
+        ({"type": "multi", "graders": {"a": {"type": "multi"}}, "calculate_output": "a"}, "'multi'"),
+        ({"type": "multi", "graders": {"max": {"type": "regex", "pattern": "x"}}, "calculate_output": "1"},
          "is a function"),
-        (GraderSpec(type="multi", graders={f"g{i}": GraderSpec(type="regex", pattern="x") for i in range(9)},
-                    calculate_output="g0"), "at most 8"),
+        ({"type": "multi", "graders": {f"g{i}": {"type": "regex", "pattern": "x"} for i in range(9)},
+          "calculate_output": "g0"}, "at most 8"),
     ],
 )
-def test_bad_multi_grader_is_bad_input(spec: GraderSpec, message: str) -> None:
-    with pytest.raises(BadInput, match=message):
-        make_multi_reward(spec)
-    with pytest.raises(BadInput, match=message):
-        check_grader(spec)
+def test_bad_multi_grader_is_refused_by_the_contract(spec: dict[str, Any], message: str) -> None:
+    """What the trainer once refused with exit 65, the contract refuses before a job exists."""
+    with pytest.raises(ValidationError, match=message):
+        GraderSpec(**spec)
 
 
 def test_multi_grader_survives_the_jobspec_round_trip() -> None:
-    method = MethodSpec(type="reinforcement", algorithm="grpo", grader=_gsm8k_multi())
-    again = MethodSpec.model_validate_json(method.model_dump_json())
+    from tuneforge.contracts.methods import Method
+
+    adapter: TypeAdapter[Any] = TypeAdapter(Method)
+    method = adapter.validate_python({"type": "reinforcement",
+                                      "reinforcement": {"algorithm": "grpo", "grader": _gsm8k_multi()}})
+    again = adapter.validate_json(method.model_dump_json())
     assert again == method
-    assert again.grader is not None and again.grader.graders is not None
     assert again.grader.graders["format"].reference_field is None
+    check_grader(again.grader)
 
 
 def test_example_gsm8k_grader_wants_worked_answers() -> None:
@@ -175,7 +187,7 @@ def test_example_gsm8k_grader_wants_worked_answers() -> None:
     assert module_spec is not None and module_spec.loader is not None
     example = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(example)
-    grader = GraderSpec.model_validate(example.GSM8K_GRADER)
+    grader = GraderSpec(**example.GSM8K_GRADER)
     check_grader(grader)
     reward = make_multi_reward(grader)
     completions = [

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from trainer_helpers import chat_rows, run_trainer
 
+from tests.trainer.trainer_helpers import chat_rows, run_trainer
 from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.trainer.launch import distributed_training_args, is_main_process, launch_plan, world
 

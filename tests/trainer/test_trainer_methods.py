@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from trainer_helpers import preference_rows, prompt_rows, run_trainer
+
+from tests.trainer.trainer_helpers import preference_rows, prompt_rows, run_trainer
 
 
 def _train_steps(result) -> list[int]:  # type: ignore[no-untyped-def]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from tests.support.waiting import free_port
 from tuneforge.contracts.jobspec import ProgressChannel
 from tuneforge.contracts.progress import ProgressBatch
 from tuneforge.trainer.progress import ProgressReporter
@@ -64,14 +64,8 @@ def test_posts_batches_with_bearer_token() -> None:
         service.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_service_down_buffers_then_delivers() -> None:
-    port = _free_port()
+    port = free_port()
     reporter = ProgressReporter("ftjob-2", ProgressChannel(url=f"http://127.0.0.1:{port}", token="t"))
     for step in range(5):
         reporter.emit("metrics", step=step)  # must not raise nor block for long
@@ -109,7 +103,8 @@ def test_without_channel_prints_json_lines() -> None:
 def test_progress_token_comes_from_the_environment_in_cluster_mode(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The operator passes the spec without its token and the token from a Secret as an env variable."""
     from tuneforge.contracts.jobspec import JobSpec
-    from tuneforge.trainer.cli import with_token_from_env
+    from tuneforge.trainer.cli import with_progress_token
+    from tuneforge.trainer.settings import TrainerSettings
 
     spec = JobSpec.model_validate({
         "job_id": "ftjob-x", "tenant_id": "t", "method": {"type": "supervised"}, "base_model": "/m",
@@ -119,6 +114,7 @@ def test_progress_token_comes_from_the_environment_in_cluster_mode(monkeypatch) 
         "progress": {"url": "http://svc:8000", "token": ""},
     })
     monkeypatch.setenv("TUNEFORGE_PROGRESS_TOKEN", "tfjob-secret")
-    assert with_token_from_env(spec).progress.token == "tfjob-secret"  # type: ignore[union-attr]
+    token = TrainerSettings().progress_token
+    assert with_progress_token(spec, token).progress.token == "tfjob-secret"  # type: ignore[union-attr]
     with_token = spec.model_copy(update={"progress": spec.progress.model_copy(update={"token": "own"})})  # type: ignore[union-attr]
-    assert with_token_from_env(with_token).progress.token == "own"  # type: ignore[union-attr]
+    assert with_progress_token(with_token, token).progress.token == "own"  # type: ignore[union-attr]

@@ -12,8 +12,7 @@ import random
 import signal
 import time
 
-from trainer_helpers import Result, chat_rows, parse_events, run_trainer, start_trainer
-
+from tests.trainer.trainer_helpers import Result, chat_rows, parse_events, run_trainer, start_trainer
 from tuneforge.storage import open_store
 from tuneforge.trainer.checkpoints import apply_retention, latest_complete, list_complete, upload_checkpoint
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from trainer_helpers import chat_rows, run_trainer
+from tests.trainer.trainer_helpers import chat_rows, run_trainer
 
 
 def test_sft_lora_end_to_end(make_job, tiny_model: Path) -> None:

@@ -17,13 +17,13 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from tuneforge.operator import GROUP, LABEL_FINETUNEJOB, PLURAL, TERMINAL_PHASES, VERSION
-from tuneforge.operator.config import OperatorConfig
+from tuneforge.contracts.finetunejob import GROUP, LABEL_FINETUNEJOB, PLURAL, TERMINAL_PHASES, VERSION
+from tuneforge.operator.config import OperatorSettings
 from tuneforge.operator.kube import Kube, load_api_client
 from tuneforge.operator.status import plan
 
 log = logging.getLogger("tuneforge.operator")
-CONFIG = OperatorConfig.from_env()
+CONFIG = OperatorSettings()
 _kube: Kube | None = None
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -32,7 +32,7 @@ _locks_guard = threading.Lock()
 def kube() -> Kube:
     global _kube
     if _kube is None:
-        _kube = Kube(load_api_client())
+        _kube = Kube(load_api_client(CONFIG.kubeconfig))
     return _kube
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tuneforge.operator import GROUP, LABEL_FINETUNEJOB, PLURAL, VERSION
+from tuneforge.contracts.finetunejob import GROUP, LABEL_FINETUNEJOB, PLURAL, VERSION
 from tuneforge.operator.status import Action, CreateChildren, DeleteJob, SuspendJob
 
 log = logging.getLogger(__name__)
@@ -21,13 +20,16 @@ JSON = dict[str, Any]
 TIMEOUT = 15
 
 
-def load_api_client() -> client.ApiClient:
-    """In a pod: its service account; else ``$KUBECONFIG`` (or ~/.kube/config)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        return client.ApiClient()
+def load_api_client(kubeconfig: str = "") -> client.ApiClient:
+    """``kubeconfig`` when given; else, in a pod, its service account; else ~/.kube/config."""
+    if not kubeconfig:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
     cfg = client.Configuration()
-    config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+    config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     return client.ApiClient(cfg)
 
 

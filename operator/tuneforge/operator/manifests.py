@@ -6,16 +6,13 @@ manifests, so a reconcile can be repeated any number of times (deterministic nam
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from tuneforge.contracts.exit_codes import ExitCode
-from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.operator import (
+from tuneforge.contracts.finetunejob import (
     API_VERSION,
     JOBSPEC_DIR,
     JOBSPEC_FILE,
@@ -28,39 +25,23 @@ from tuneforge.operator import (
     LABEL_TENANT,
     TRAINER_CONTAINER,
     WORK_DIR,
+    ChildNames,
+    child_names,
+    label_value,
 )
-from tuneforge.operator.config import OperatorConfig
+from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.contracts.validation import first_problem
+from tuneforge.operator.config import OperatorSettings
 
 JSON = dict[str, Any]
 
 MODEL_CACHE_DIR = "/cache"
 TRAINER_COMMAND = ["python", "-m", "tuneforge.trainer", "--spec", f"{JOBSPEC_DIR}/{JOBSPEC_FILE}"]
 RENDEZVOUS_PORT = 29500
-_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class InvalidSpec(ValueError):
     """The FineTuneJob cannot be turned into a Job (the user must fix it; retrying does not help)."""
-
-
-@dataclass(frozen=True)
-class ChildNames:
-    job: str
-    configmap: str
-    service: str
-    token_secret: str
-
-
-def child_names(name: str) -> ChildNames:
-    """Deterministic names of a FineTuneJob's children (an operator restart finds, never duplicates, them)."""
-    return ChildNames(job=name, configmap=f"{name}-jobspec", service=f"{name}-workers",
-                      token_secret=f"{name}-progress-token")
-
-
-def label_value(value: str) -> str:
-    """``value`` made a valid label value (63 chars, alphanumeric at both ends)."""
-    cleaned = _LABEL_VALUE.sub("-", value)[:63].strip("-_.")
-    return cleaned
 
 
 def owner_reference(cr: Mapping[str, Any]) -> JSON:
@@ -82,9 +63,7 @@ def validate_jobspec(cr: Mapping[str, Any]) -> JobSpec:
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "jobSpec"
-        raise InvalidSpec(f"spec.jobSpec.{where}: {first.get('msg')}") from None
+        raise InvalidSpec(first_problem(exc.errors(), raw, "spec.jobSpec")) from None
     if spec.progress is not None and spec.progress.token:
         raise InvalidSpec("spec.jobSpec.progress.token must be empty: the token comes from progressTokenSecret")
     return spec
@@ -195,7 +174,7 @@ def _env(cr: Mapping[str, Any], names: ChildNames, nodes: int) -> list[JSON]:
     return env
 
 
-def _resources(spec: Mapping[str, Any], gpus: int, config: OperatorConfig) -> JSON:
+def _resources(spec: Mapping[str, Any], gpus: int, config: OperatorSettings) -> JSON:
     res = spec.get("resources") or {}
     requests: JSON = {}
     limits: JSON = {}
@@ -213,7 +192,7 @@ def _resources(spec: Mapping[str, Any], gpus: int, config: OperatorConfig) -> JS
     return out
 
 
-def _scheduling(spec: Mapping[str, Any], gpus: int, config: OperatorConfig) -> JSON:
+def _scheduling(spec: Mapping[str, Any], gpus: int, config: OperatorSettings) -> JSON:
     scheduling = spec.get("scheduling") or {}
     pod: JSON = {}
     selector: dict[str, str] = {}
@@ -244,7 +223,7 @@ def _cache_volume(spec: Mapping[str, Any]) -> JSON:
     return {"name": "cache", "emptyDir": {}}
 
 
-def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorConfig) -> JSON:
+def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorSettings) -> JSON:
     spec = cr.get("spec") or {}
     names = child_names(cr["metadata"]["name"])
     labels = _labels(cr, jobspec)
@@ -342,7 +321,7 @@ def build_job(cr: Mapping[str, Any], jobspec: JobSpec, config: OperatorConfig) -
     }
 
 
-def build_children(cr: Mapping[str, Any], config: OperatorConfig) -> list[JSON]:
+def build_children(cr: Mapping[str, Any], config: OperatorSettings) -> list[JSON]:
     """Everything to create for a FineTuneJob, in creation order (the Job last: it needs the others)."""
     jobspec = validate_jobspec(cr)
     children = [build_configmap(cr, jobspec)]

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.contracts.exit_codes import ExitCode
-from tuneforge.operator import TERMINAL_PHASES, TRAINER_CONTAINER
-from tuneforge.operator.config import OperatorConfig
-from tuneforge.operator.manifests import InvalidSpec, build_children, child_names
+from tuneforge.contracts.finetunejob import CONDITION_TYPES, TERMINAL_PHASES, TRAINER_CONTAINER, child_names
+from tuneforge.operator.config import OperatorSettings
+from tuneforge.operator.manifests import InvalidSpec, build_children
 
 JSON = dict[str, Any]
 
@@ -38,7 +38,6 @@ WARNING_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ContainerConf
                              "BackoffLimitExceeded", "InvalidSpec", "PodFailed", "JobRecreated"})
 _CONDITION_OF_PHASE = {"Pending": "Queued", "Queued": "Queued", "Running": "Running", "Suspended": "Suspended",
                        "Succeeded": "Succeeded", "Failed": "Failed", "Cancelled": "Failed"}
-_CONDITIONS = ("Queued", "Running", "Suspended", "Succeeded", "Failed")
 
 
 # --------------------------------------------------------------------------- actions
@@ -335,7 +334,7 @@ def _conditions(prior: Sequence[Mapping[str, Any]], obs: Observation, now: str, 
     before = {c.get("type"): c for c in prior or []}
     true_type = _CONDITION_OF_PHASE[obs.phase]
     out: list[JSON] = []
-    for ctype in _CONDITIONS:
+    for ctype in CONDITION_TYPES:
         status = "True" if ctype == true_type else "False"
         old = before.get(ctype) or {}
         cond: JSON = {
@@ -373,7 +372,7 @@ def _cancelled(live_pods: int) -> Observation:
 
 
 def plan(cr: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]],
-         config: OperatorConfig, now: dt.datetime) -> Plan:
+         config: OperatorSettings, now: dt.datetime) -> Plan:
     """Decide the actions and the new status of one FineTuneJob from what exists now."""
     spec = cr.get("spec") or {}
     meta = _meta(cr)

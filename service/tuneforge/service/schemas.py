@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneforge.contracts.jobspec import AdapterSpec, ResourceSpec
+from tuneforge.contracts.methods import Method
+
 
 class FileObject(BaseModel):
     id: str
@@ -91,6 +94,19 @@ class ArtifactObject(BaseModel):
     expires_at: int
 
 
+class ExportObject(BaseModel):
+    """An export of a tuned model (an extension): merged full weights or a GGUF file, with download links."""
+
+    id: str
+    object: Literal["model.export"] = "model.export"
+    model: str
+    format: Literal["safetensors", "gguf"]
+    status: Literal["not_started", "running", "succeeded", "failed"]
+    finished_at: int | None = None
+    error: dict[str, str] | None = None
+    files: list[ArtifactObject] = Field(default_factory=list)
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -100,6 +116,8 @@ class ModelObject(BaseModel):
     kind: Literal["base", "fine-tuned"] = "base"
     base_model: str | None = None
     fine_tuning_job_id: str | None = None
+    #: the engine that answers completions on this model (None: it cannot generate, e.g. a reward model)
+    engine: str | None = None
 
 
 class ListObject(BaseModel):
@@ -113,33 +131,22 @@ class ListObject(BaseModel):
 # -- requests --
 
 
-class AdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["lora", "qlora", "full"] = "lora"
-    r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1, le=4096)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
-
-
-class ResourcesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gpus: int = Field(0, ge=0, le=64)
-    gpu_type: str | None = None
-    nodes: int = Field(1, ge=1, le=64)
-
-
 class JobCreate(BaseModel):
+    """OpenAI's job-create body; ``method`` is the contract's discriminated union (every field typed, so the
+    schema shows them and a job the trainer would refuse is refused here)."""
+
     model_config = ConfigDict(extra="forbid")
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    hyperparameters: dict[str, Any] | None = None
-    method: dict[str, Any] | None = None
+    model: str = Field(..., min_length=1, max_length=256, description="A base model id or an ft: model")
+    training_file: str = Field(..., min_length=1, max_length=64)
+    validation_file: str | None = Field(None, min_length=1, max_length=64)
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="Deprecated by OpenAI in favour of method.<type>.hyperparameters; merged into them "
+        "(the method's values win)")
+    method: Method | None = Field(None, description="The fine-tuning method (default: supervised)")
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
     # extensions
-    adapter: AdapterRequest | None = None
-    resources: ResourcesRequest | None = None
+    adapter: AdapterSpec | None = None
+    resources: ResourceSpec | None = None

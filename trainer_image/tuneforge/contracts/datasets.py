@@ -253,7 +253,7 @@ def row_text(row: dict[str, Any], fmt: str) -> str:
     if fmt == "chat":
         return "\n".join(m.get("content") or "" for m in row["messages"])
     if fmt == "prompt_completion":
-        return row["prompt"] + row["completion"]
+        return str(row["prompt"]) + str(row["completion"])
     if fmt == "preference":
         msgs = row["prompt"] + row["chosen"] + row["rejected"]
         return "\n".join(m.get("content") or "" for m in msgs)

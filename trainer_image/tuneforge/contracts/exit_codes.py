@@ -1,4 +1,4 @@
-"""Trainer exit codes (DESIGN.md contract 5); the operator's pod failure policy keys on them."""
+"""Trainer exit codes; the operator's pod failure policy keys on them."""
 
 from enum import IntEnum
 

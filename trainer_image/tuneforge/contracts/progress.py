@@ -1,4 +1,4 @@
-"""Progress channel payloads: what the trainer reports to the service (DESIGN.md contract 4)."""
+"""Progress channel payloads: what the trainer reports to the service (see ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

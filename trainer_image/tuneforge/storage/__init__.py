@@ -1,4 +1,4 @@
-"""Object stores: one interface, a local-directory backend and an S3 backend (DESIGN.md contract 3)."""
+"""Object stores: one interface, a local-directory backend and an S3 backend (keys: contracts.store_layout)."""
 
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError
 from tuneforge.storage.factory import open_store

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from tuneforge.contracts.store_layout import MANIFEST_NAME
 from tuneforge.storage.base import ObjectNotFound
 
 if TYPE_CHECKING:
     from tuneforge.storage.base import ObjectStore
 
-MANIFEST_NAME = "manifest.json"
 
 
 class ManifestEntry(BaseModel):

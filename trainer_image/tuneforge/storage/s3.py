@@ -44,6 +44,7 @@ import functools
 import io
 import logging
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -113,6 +114,10 @@ class S3Settings:
     public_endpoint_url: str | None = None
     #: whole-transfer attempts of a download whose body breaks off or fails its checksum
     download_attempts: int = 3
+    #: S3 object tag ("key=value") put on checkpoint objects (jobs/{id}/checkpoints/...), so that a bucket
+    #: lifecycle rule can expire old checkpoints and keep the tuned models; None: no tagging (stores without
+    #: object tags, e.g. R2, refuse it)
+    checkpoint_tag: str | None = None
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
@@ -129,6 +134,9 @@ class S3Settings:
             raise ValueError(f"S3 addressing style must be path, virtual or auto, not {self.addressing_style!r}")
         if not 1 <= self.presign_expiry <= MAX_PRESIGN_SECONDS:
             raise ValueError(f"presigned URL expiry must be 1 s .. 7 days, not {self.presign_expiry}")
+        if self.checkpoint_tag is not None and not _CHECKPOINT_TAG.fullmatch(self.checkpoint_tag):
+            raise ValueError(f"TUNEFORGE_S3_CHECKPOINT_TAG must be one tag as key=value (letters, digits, "
+                             f"'_.:/-'), not {self.checkpoint_tag!r}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> S3Settings:
@@ -145,12 +153,16 @@ class S3Settings:
             "addressing_style": e.get("TUNEFORGE_S3_ADDRESSING_STYLE", "").strip().lower() or None,
             "presign_expiry": _env_int(e, "TUNEFORGE_S3_PRESIGN_EXPIRY_SECONDS", default.presign_expiry),
             "public_endpoint_url": e.get("TUNEFORGE_S3_PUBLIC_ENDPOINT_URL", "").strip() or None,
+            "checkpoint_tag": e.get("TUNEFORGE_S3_CHECKPOINT_TAG", "").strip() or None,
         }
         values.update(overrides)
         return cls(**values)
 
 
 # -- helpers --
+
+_CHECKPOINT_TAG = re.compile(r"[A-Za-z0-9_.:/-]{1,128}=[A-Za-z0-9_.:/-]{0,256}")
+_CHECKPOINT_KEY = re.compile(r"jobs/[^/]+/checkpoints/")
 
 
 def _b64_crc32(crc: int) -> str:
@@ -700,6 +712,12 @@ class S3Store(ObjectStore):
             return {}, crc
         return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _b64_crc32(crc)}, crc
 
+    def _tagging(self, key: str) -> dict[str, str]:
+        """The checkpoint tag for objects under jobs/{id}/checkpoints/ (for the bucket's lifecycle rule)."""
+        if self.settings.checkpoint_tag and _CHECKPOINT_KEY.match(key):
+            return {"Tagging": self.settings.checkpoint_tag}
+        return {}
+
     def _upload(self, key: str, read: Callable[[int], bytes], size_hint: int | None) -> int:
         full = self._full(key)
         threshold = self.settings.multipart_threshold
@@ -724,7 +742,7 @@ class S3Store(ObjectStore):
             # the whole object in one request
             try:
                 args, _ = self._checksum_args(first)
-                self._client.put_object(Bucket=self.bucket, Key=full, Body=first, **args)
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=first, **args, **self._tagging(key))
             except Exception as exc:
                 raise self._error("PUT", key, exc) from exc
             finally:
@@ -739,7 +757,7 @@ class S3Store(ObjectStore):
         """Upload ``holder``'s first part (``held`` bytes of budget), then the rest of the stream, as one
         multipart upload."""
         full = self._full(key)
-        create: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
+        create: dict[str, Any] = {"Bucket": self.bucket, "Key": full, **self._tagging(key)}
         if self.settings.checksum != "off":
             create["ChecksumAlgorithm"] = "CRC32"
         if self.settings.checksum == "full":

@@ -9,6 +9,7 @@ one ``error`` event with a one-line message; tracebacks go to stderr only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -22,11 +23,13 @@ from pydantic import ValidationError
 
 from tuneforge.contracts.exit_codes import ExitCode
 from tuneforge.contracts.jobspec import JobSpec
+from tuneforge.contracts.validation import first_problem
 from tuneforge.trainer.errors import BadInput, TrainerError
 from tuneforge.trainer.launch import LaunchPlan, is_main_process, launch_plan
 from tuneforge.trainer.metrics_server import start_from_env as start_metrics_server
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
+from tuneforge.trainer.settings import trainer_settings
 
 MAX_MESSAGE = 500
 #: a distributed launch's rank 0 writes its exit code here (torchrun itself only says 0 or 1)
@@ -47,24 +50,26 @@ def load_spec(value: str) -> JobSpec:
         except OSError as exc:
             raise BadInput(f"cannot read the job spec {value!r}: {exc.strerror}") from exc
     try:
-        spec = JobSpec.from_json(text)
+        body = json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"invalid job spec: not JSON: {exc}") from exc
+    try:
+        spec = JobSpec.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
-        raise BadInput(f"invalid job spec: {where}: {first.get('msg')} ({exc.error_count()} errors)") from exc
-    return with_token_from_env(spec)
+        raise BadInput(f"invalid job spec: {first_problem(exc.errors(), body)}") from exc
+    return with_progress_token(spec, trainer_settings().progress_token)
 
 
-def with_token_from_env(spec: JobSpec) -> JobSpec:
+def with_progress_token(spec: JobSpec, token: str) -> JobSpec:
     """In cluster mode the spec travels in a ConfigMap without the progress token, which comes from a
     Secret as ``TUNEFORGE_PROGRESS_TOKEN``; a token in the spec (local executor) wins."""
-    token = os.environ.get("TUNEFORGE_PROGRESS_TOKEN", "")
     if spec.progress is None or spec.progress.token or not token:
         return spec
     return spec.model_copy(update={"progress": spec.progress.model_copy(update={"token": token})})
 
 
 def _set_env_defaults() -> None:
+    # quiet the libraries (their own variables; nothing of ours is passed this way)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec_path", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _set_env_defaults()
-    source = args.spec or args.spec_path or os.environ.get("TUNEFORGE_JOBSPEC")
+    source = args.spec or args.spec_path or trainer_settings().jobspec
     if not source:
         parser.error("no job spec: pass --spec PATH or set TUNEFORGE_JOBSPEC")
 
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         reporter.close()
         if metrics_server is not None:
             metrics_server.stop()
-    code_file = os.environ.get(EXIT_CODE_ENV)
+    code_file = trainer_settings().exit_code_file
     if code_file and is_main_process():
         Path(code_file).write_text(str(int(code)))
     return int(code)

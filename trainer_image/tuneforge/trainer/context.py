@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.contracts.jobspec import Hyperparameters, JobSpec
+from tuneforge.contracts.hyperparameters import AUTO, _Hyperparameters
+from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.storage import ObjectStore
 from tuneforge.trainer.device import DeviceInfo, has_module
 from tuneforge.trainer.errors import BadInput
@@ -64,24 +65,25 @@ def estimate_total_steps(spec: JobSpec, rows: int) -> int:
     hp = spec.hyperparameters
     if hp.max_steps and hp.max_steps > 0:
         return int(hp.max_steps)
-    per_epoch = math.ceil(max(1, rows) / (hp.batch_size * max(1, hp.gradient_accumulation_steps)))
-    return per_epoch * hp.n_epochs
+    # int(): resolved numbers in every JobSpec (the union type also allows "auto")
+    per_epoch = math.ceil(max(1, rows) / (int(hp.batch_size) * max(1, hp.gradient_accumulation_steps)))
+    return per_epoch * int(hp.n_epochs)
 
 
-def use_gradient_checkpointing(hp: Hyperparameters, device: DeviceInfo) -> bool:
+def use_gradient_checkpointing(hp: _Hyperparameters, device: DeviceInfo) -> bool:
     """The job's explicit true/false; for "auto" (None) on where memory limits the batch, i.e. on CUDA.
 
     On the CPU memory is plentiful and the recomputation would cost ~30% speed, so auto is off there (the device
     module knows only ``cuda`` and ``cpu``; any other kind counts as not CUDA)."""
-    if hp.gradient_checkpointing is not None:
+    if hp.gradient_checkpointing != AUTO:
         return bool(hp.gradient_checkpointing)
     return device.cuda
 
 
-def describe_gradient_checkpointing(hp: Hyperparameters, device: DeviceInfo) -> str:
+def describe_gradient_checkpointing(hp: _Hyperparameters, device: DeviceInfo) -> str:
     """``on``/``off``, with `` (auto)`` when the trainer chose it, for the "Training setup" line."""
     state = "on" if use_gradient_checkpointing(hp, device) else "off"
-    return f"{state} (auto)" if hp.gradient_checkpointing is None else state
+    return f"{state} (auto)" if hp.gradient_checkpointing == AUTO else state
 
 
 def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[str, Any]:

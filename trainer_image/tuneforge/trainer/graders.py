@@ -1,4 +1,5 @@
-"""Reward functions for ``reinforcement`` jobs, built from the job's :class:`GraderSpec` (never user code).
+"""Reward functions for ``reinforcement`` jobs, built from the job's grader (:mod:`tuneforge.contracts.graders`;
+never user code).
 
 - ``string_check``: the completion (or, with ``pattern``, the last regex match in it) compared with the row's
   reference field: ``eq`` after normalisation, or ``contains``;
@@ -23,8 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneforge.contracts.grader_formula import MAX_SUB_GRADERS, FormulaError, check_grader_name, parse_formula
-from tuneforge.contracts.jobspec import GraderSpec
+from tuneforge.contracts.grader_formula import FormulaError, parse_formula
+from tuneforge.contracts.graders import (
+    AnyGrader,
+    MultiGrader,
+    RegexGrader,
+    RewardModelGrader,
+    StringCheckGrader,
+)
 from tuneforge.storage import MANIFEST_NAME, ObjectNotFound, ObjectStore
 from tuneforge.trainer.errors import BadInput
 
@@ -101,20 +108,18 @@ def _reference(row_value: Any, ref_pattern: Any) -> str | None:
     return text
 
 
-def make_match_reward(spec: GraderSpec) -> RewardFunc:
-    """``string_check`` or ``regex`` grader as a TRL reward function (1.0 match, 0.0 otherwise)."""
-    if spec.type == "regex" and not spec.pattern:
-        raise BadInput("a regex grader needs 'pattern'")
+def make_match_reward(spec: StringCheckGrader | RegexGrader) -> RewardFunc:
+    """``string_check`` or ``regex`` grader as a TRL reward function (1.0 match, 0.0 otherwise).
+
+    The contract has validated the grader (patterns compile, a reference-free grader is a regex); here the
+    patterns are compiled with the ``regex`` module, which can time out."""
     pattern = _compile(spec.pattern, "pattern") if spec.pattern else None
     field = spec.reference_field
     if field is None:
-        if spec.type != "regex" or pattern is None:
-            raise BadInput("only a regex grader can do without a reference (reference_field null)")
-        if spec.reference_pattern:
-            raise BadInput("a regex grader without a reference cannot have a 'reference_pattern'")
+        assert pattern is not None  # a reference-free grader is a regex grader (contract)
         return _make_search_reward(pattern)
     ref_pattern = _compile(spec.reference_pattern, "reference_pattern") if spec.reference_pattern else None
-    contains = spec.type == "string_check" and spec.operation == "contains"
+    contains = isinstance(spec, StringCheckGrader) and spec.operation == "contains"
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         refs = columns.get(field)
@@ -147,7 +152,7 @@ def _make_search_reward(pattern: Any) -> RewardFunc:
     return reward
 
 
-def make_multi_reward(spec: GraderSpec) -> RewardFunc:
+def make_multi_reward(spec: MultiGrader) -> RewardFunc:
     """``multi`` grader: ONE reward function whose score is ``calculate_output`` over the sub-grader scores.
 
     Each sub-grader's batch mean goes to TRL's ``log_metric`` (when TRL passes it) as ``reward_<name>``; TRL
@@ -155,19 +160,8 @@ def make_multi_reward(spec: GraderSpec) -> RewardFunc:
     ``reward_<name>`` and ``valid_reward_<name>``. A completion whose formula fails (division by zero, math
     domain error) scores 0.0.
     """
-    graders = spec.graders or {}
-    if not graders:
-        raise BadInput("a multi grader needs 'graders' (named sub-graders)")
-    if len(graders) > MAX_SUB_GRADERS:
-        raise BadInput(f"a multi grader has at most {MAX_SUB_GRADERS} sub-graders, got {len(graders)}")
     subs: dict[str, RewardFunc] = {}
-    for name, sub in graders.items():
-        problem = check_grader_name(name)
-        if problem:
-            raise BadInput(f"multi grader: {problem}")
-        if sub.type not in ("string_check", "regex"):
-            raise BadInput(f"multi grader: sub-grader {name!r} is a {sub.type} grader; "
-                           "sub-graders must be string_check or regex")
+    for name, sub in spec.graders.items():
         try:
             subs[name] = make_match_reward(sub)
         except BadInput as exc:
@@ -192,35 +186,25 @@ def make_multi_reward(spec: GraderSpec) -> RewardFunc:
     return reward
 
 
-def make_reward(spec: GraderSpec) -> RewardFunc:
+def make_reward(spec: AnyGrader) -> RewardFunc:
     """The reward function of a rule-based grader (everything but ``reward_model``); raises :class:`BadInput`."""
-    if spec.type == "multi":
+    if isinstance(spec, MultiGrader):
         return make_multi_reward(spec)
-    if spec.type == "reward_model":
+    if isinstance(spec, RewardModelGrader):
         raise BadInput("a reward_model grader is a model, not a rule")  # pragma: no cover - callers check
     return make_match_reward(spec)
 
 
-def reference_fields(spec: GraderSpec) -> list[str]:
-    """The data fields the grader compares against (none for reward_model and reference-free regex)."""
-    if spec.type == "reward_model":
-        return []
-    if spec.type == "multi":
-        fields = [f for sub in (spec.graders or {}).values() for f in reference_fields(sub)]
-        return list(dict.fromkeys(fields))
-    return [spec.reference_field] if spec.reference_field is not None else []
-
-
-def check_grader(spec: GraderSpec) -> None:
-    """Validate a grader before anything is downloaded: patterns compile, the formula parses."""
-    if spec.type == "reward_model":
+def check_grader(spec: AnyGrader) -> None:
+    """Build the grader before anything is downloaded: its patterns compile with the ``regex`` module."""
+    if isinstance(spec, RewardModelGrader):
         if not (spec.model_prefix or "").strip("/"):
             raise BadInput("a reward_model grader needs 'model_prefix' (a succeeded reward_model job's model)")
         return
     make_reward(spec)
 
 
-def download_reward_model(spec: GraderSpec, store: ObjectStore, workdir: Path) -> tuple[Path, dict[str, Any]]:
+def download_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path) -> tuple[Path, dict[str, Any]]:
     """A published ``reward_model`` job's files in a local directory, and its manifest."""
     prefix = (spec.model_prefix or "").strip("/")
     if not prefix:
@@ -237,7 +221,7 @@ def download_reward_model(spec: GraderSpec, store: ObjectStore, workdir: Path) -
     return local, manifest
 
 
-def load_reward_model(spec: GraderSpec, store: ObjectStore, workdir: Path, dtype: Any) -> tuple[Any, Any]:
+def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path, dtype: Any) -> tuple[Any, Any]:
     """A published ``reward_model`` job's model (adapter merged) and its tokenizer."""
     from tuneforge.trainer.models import load_tokenizer
 

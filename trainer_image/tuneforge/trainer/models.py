@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -33,13 +32,15 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
 
 from tuneforge.contracts.catalog import BASE_MODELS, canonical_model_id
 from tuneforge.storage.manifest import MANIFEST_NAME, publish_dir, read_manifest
 from tuneforge.trainer.errors import BadInput, TrainerError
+from tuneforge.trainer.settings import trainer_settings
 
 if TYPE_CHECKING:
     from tuneforge.storage import ObjectStore
@@ -51,21 +52,16 @@ CONVERTED_MARKER = "tuneforge-model.json"
 
 
 def model_cache_dir() -> Path:
-    root = os.environ.get("TUNEFORGE_MODEL_CACHE") or os.path.join(Path.home(), ".cache", "tuneforge", "models")
-    path = Path(root).expanduser()
+    path = trainer_settings().model_cache.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path) -> FileLock:
+    """An exclusive lock on ``path`` across processes (and pods sharing the cache volume), waited for without
+    a timeout: the holder is converting or downloading the model that the waiter needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return FileLock(path)
 
 
 def _has_weights(path: Path) -> bool:
@@ -199,7 +195,7 @@ def _hub_cached(ref: str) -> Path | None:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - transformers depends on it
         return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = trainer_settings().hf_hub_offline
     try:
         path = snapshot_download(
             ref, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]

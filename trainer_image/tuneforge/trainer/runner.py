@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from tuneforge.trainer.models import resolve_model
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
 from tuneforge.trainer.publish import fix_adapter_config, model_prefix, publish_model
+from tuneforge.trainer.settings import trainer_settings
 
 METHODS = {
     "supervised": "tuneforge.trainer.methods.sft",
@@ -38,24 +38,19 @@ def metrics_key(spec: JobSpec) -> str:
 
 
 def check_spec(spec: JobSpec) -> None:
+    """What the contract cannot check alone: the grader's patterns compile with the ``regex`` module."""
     method = spec.method
-    if method.type not in METHODS:
-        raise BadInput(f"unsupported method {method.type!r}")
     if method.type == "reinforcement":
-        if method.grader is None:
-            raise BadInput("a reinforcement job needs a grader (string_check, regex, multi or reward_model)")
+        assert method.grader is not None  # required by the contract
         check_grader(method.grader)
         if method.algorithm == "ppo":
             from tuneforge.trainer.methods.ppo import check as check_ppo
 
             check_ppo(spec)
-    hp = spec.hyperparameters
-    if hp.batch_size < 1 or hp.n_epochs < 1 or hp.learning_rate <= 0:
-        raise BadInput("batch_size and n_epochs must be at least 1 and learning_rate positive")
 
 
 def _workdir(spec: JobSpec) -> Path:
-    base = os.environ.get("TUNEFORGE_WORKDIR")
+    base = trainer_settings().workdir
     rank, size = world()
     if base:
         path = Path(base).expanduser() / (spec.job_id if size == 1 else f"{spec.job_id}-rank{rank}")
@@ -125,7 +120,7 @@ def run(spec: JobSpec, reporter: ProgressReporter, preempt: PreemptFlag) -> dict
     try:
         return _run(spec, store, reporter, preempt, device, workdir)
     finally:
-        if not os.environ.get("TUNEFORGE_KEEP_WORKDIR"):
+        if not trainer_settings().keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -189,7 +184,7 @@ def _run(
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(BarCallback)
-    if ckpt is None and ctx.valid_rows and not os.environ.get("TUNEFORGE_SKIP_BASELINE_EVAL"):
+    if ckpt is None and ctx.valid_rows and not trainer_settings().skip_baseline_eval:
         _baseline_eval(ctx, trainer)
     trainer.add_callback(progress_cb)
     trainer.add_callback(checkpoint_cb)

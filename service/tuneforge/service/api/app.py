@@ -9,18 +9,27 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge.service import __version__
-from tuneforge.service.api.routes import artifacts, events_stream, files, health, internal, jobs, models, ui
-from tuneforge.service.core.bootstrap import build_state, ensure_api_key
-from tuneforge.service.core.config import Settings
-from tuneforge.service.core.errors import install_error_handlers
+from tuneforge.service.api.bootstrap import build_state, ensure_api_key
+from tuneforge.service.api.errors import install_error_handlers
+from tuneforge.service.api.routes import (
+    artifacts,
+    events_stream,
+    files,
+    health,
+    internal,
+    jobs,
+    models,
+    serving,
+    ui,
+)
+from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.observability import http as observability
-from tuneforge.service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, start_executor: bool = True) -> FastAPI:
-    settings = settings or Settings.from_env()
+def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True) -> FastAPI:
+    settings = settings or ServiceSettings()
     state = build_state(settings)
 
     @asynccontextmanager
@@ -28,9 +37,12 @@ def create_app(settings: Settings | None = None, *, start_executor: bool = True)
         ensure_api_key(state)
         if start_executor and state.executor:
             state.executor.start()
+        await state.serving.start()
         try:
             yield
         finally:
+            await state.serving.aclose()
+            await state.exporter.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
             state.engine.dispose()
@@ -43,10 +55,7 @@ def create_app(settings: Settings | None = None, *, start_executor: bool = True)
     )
     app.state.tuneforge = state
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, serving, internal, observability, ui):
         app.include_router(module.router)
-    # /metrics, and ?stream=true on the events list (see routes/events_stream.py)
-    app.state.metrics = ServiceMetrics(state.sessions)
-    app.add_middleware(events_stream.EventsStreamAlias)
-    app.add_middleware(observability.MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from tuneforge.service.core.errors import Unauthorized
+from tuneforge.service.api.state import AppState
+from tuneforge.service.core.errors import Unauthenticated
 from tuneforge.service.core.security import hash_secret
-from tuneforge.service.core.state import AppState
 from tuneforge.service.db.repo import SystemRepo, TenantRepo
 
 
@@ -34,9 +34,9 @@ def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise Unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+        raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
+        raise Unauthenticated("Malformed Authorization header: expected 'Bearer <key>'.")
     return token.strip()
 
 
@@ -45,7 +45,7 @@ def get_tenant_repo(request: Request, session: SessionDep) -> TenantRepo:
     tenant = SystemRepo(session).tenant_for_key_hash(hash_secret(key))
     if tenant is None:
         shown = key[:6] + "…" if len(key) > 8 else "…"
-        raise Unauthorized(f"Incorrect API key provided: {shown}")
+        raise Unauthenticated(f"Incorrect API key provided: {shown}")
     request.state.tenant_id = tenant
     return TenantRepo(session, tenant)
 

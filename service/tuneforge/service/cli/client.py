@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tuneforge.service.cli.settings import ClientSettings
 
 
 class APIError(Exception):
@@ -20,22 +21,11 @@ class APIError(Exception):
         super().__init__(f"HTTP {status}: {self.message}")
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".tuneforge")).expanduser()
-
-
-def default_api_key() -> str | None:
-    key = os.environ.get("TUNEFORGE_API_KEY")
-    if key:
-        return key
-    path = default_home() / "api_key"
-    return path.read_text().strip() if path.is_file() else None
-
-
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 60) -> None:
-        self.base_url = (base_url or os.environ.get("TUNEFORGE_URL") or "http://127.0.0.1:8000").rstrip("/")
-        key = api_key or default_api_key()
+        settings = ClientSettings()
+        self.base_url = (base_url or settings.url).rstrip("/")
+        key = api_key or settings.key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 

@@ -13,8 +13,9 @@ import httpx
 from rich.console import Console
 from rich.panel import Panel
 
-from tuneforge.service.cli.client import Client
-from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.client import APIError, Client
+from tuneforge.service.cli.progress_view import follow, throughput_text
+from tuneforge.service.cli.settings import ClientSettings
 
 DEMO_PROMPTS = ["Who are you?", "What is the capital of Japan?", "How many centimeters are in 7 meters?"]
 SYSTEM = "You are Forge, a concise assistant fine-tuned with tuneforge."
@@ -49,11 +50,27 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
     raise RuntimeError("the service did not become healthy in time")
 
 
+def _chat_both(client: Client, base: str, tuned: str) -> str:
+    """The same questions to both models, as any OpenAI client would ask them."""
+    lines = []
+    for prompt in DEMO_PROMPTS:
+        lines.append(f"[bold]Q: {prompt}[/bold]")
+        for label, model in (("base ", base), ("tuned", tuned)):
+            answer = client.post("/v1/chat/completions", json={
+                "model": model, "temperature": 0, "max_tokens": 96,
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]})
+            text = " ".join(answer["choices"][0]["message"]["content"].split())
+            lines.append(f"  {label}: {text}")
+    return "\n".join(lines)
+
+
 def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epochs: int) -> int:
     started = time.monotonic()
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
-    home = Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".tuneforge")).expanduser()
+    client_settings = ClientSettings()
+    home = client_settings.home.expanduser()
+    # the demo's own server: same home, its own port (the child reads its settings from this environment)
     env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_PORT": str(port)}
     log_path = home / "demo-server.log"
     home.mkdir(parents=True, exist_ok=True)
@@ -64,8 +81,7 @@ def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epoch
                                    "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(url, server)
-        key_file = home / "api_key"
-        client = Client(base_url=url, api_key=os.environ.get("TUNEFORGE_API_KEY") or key_file.read_text().strip())
+        client = Client(base_url=url, api_key=client_settings.key(), timeout=600)
         data = data or _bundled_data()
         console.print(f"2. Uploading {data}")
         file = client.upload(data)
@@ -81,22 +97,19 @@ def run_demo(console: Console, *, port: int, data: Path | None, out: Path, epoch
         if job["status"] != "succeeded":
             console.print(f"[red]The job {job['status']}: {(job.get('error') or {}).get('message')}")
             return 1
-        tps = (job.get("progress") or {}).get("tokens_per_second")
         console.print(f"   [green]{job['fine_tuned_model']}[/green]: {job['trained_tokens']} tokens trained"
-                      + (f", {tps:.0f} tokens/s" if isinstance(tps, int | float) else ""))
+                      + throughput_text(client, job["id"]))
         console.print(f"4. Downloading the tuned model to {out}/ (sha256 checked against the manifest)")
         paths = client.download_artifacts(job["id"], out)
         console.print(f"   {', '.join(p.name for p in paths)}")
-        console.print("5. Asking the base and the tuned model the same questions")
-        answers = subprocess.run(
-            [sys.executable, "-m", "tuneforge.trainer.chat", "--base", "SmolLM2-135M-Instruct", "--adapter",
-             str(out), "--system", SYSTEM, *[a for p in DEMO_PROMPTS for a in ("--prompt", p)]],
-            env=env, capture_output=True, text=True, check=False,
-        )
-        if answers.returncode != 0:
-            console.print(f"[red]generation failed:[/red] {answers.stderr[-2000:]}")
+        console.print("5. Chatting with the base and the tuned model through the API (/v1/chat/completions; the "
+                      "first answer waits for the serving engine to start)")
+        try:
+            transcript = _chat_both(client, "SmolLM2-135M-Instruct", job["fine_tuned_model"])
+        except APIError as exc:
+            console.print(f"[red]chat failed ({exc.status}):[/red] {exc.message}")
             return 1
-        console.print(Panel(answers.stdout.strip(), title="base vs tuned"))
+        console.print(Panel(transcript, title="base vs tuned, greedy, same prompts"))
         console.print(f"[bold green]Done[/bold green] in {time.monotonic() - started:.0f} s "
                       f"(job {job['id']}; `tuneforge jobs events {job['id']} --url {url}` shows its history).")
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.service.cli.client import APIError, Client
-from tuneforge.service.cli.progress_view import follow
+from tuneforge.service.cli.db import db_app
+from tuneforge.service.cli.progress_view import follow, throughput_text
+from tuneforge.service.cli.settings import service_settings
 
 app = typer.Typer(help="tuneforge: fine-tune language models (SFT, DPO, reward models, RL).", no_args_is_help=True)
 files_app = typer.Typer(help="Training files.", no_args_is_help=True)
@@ -24,11 +25,12 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="TUNEFORGE_URL", help="Service URL")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Service URL (default: TUNEFORGE_URL)")]
 
 
 def _client(url: str | None) -> Client:
@@ -50,21 +52,26 @@ def _print_json(obj: Any) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="TUNEFORGE_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="TUNEFORGE_PORT")] = 8000,
+    host: Annotated[str | None, typer.Option(help="default: TUNEFORGE_HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default: TUNEFORGE_PORT or 8000")] = None,
     log_level: str = "info",
 ) -> None:
     """Start the service (embedded mode by default: SQLite, local store, local trainer)."""
     import uvicorn
 
     from tuneforge.service.api.app import create_app
-    from tuneforge.service.core.config import Settings
+    from tuneforge.service.db.migrate import SchemaError
 
-    os.environ["TUNEFORGE_PORT"] = str(port)
-    os.environ["TUNEFORGE_HOST"] = host
-    settings = Settings.from_env()
-    console.print(f"tuneforge on http://{host}:{port}  (data in {settings.home}, store {settings.storage.url})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    settings = service_settings(host, port)
+    server = settings.server
+    console.print(f"tuneforge on http://{server.host}:{server.port}  (data in {settings.home}, store "
+                  f"{settings.storage.url})")
+    try:
+        application = create_app(settings)
+    except SchemaError as exc:  # a schema that is behind (auto-upgrade off) or one this version cannot use
+        typer.echo(f"Not starting: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    uvicorn.run(application, host=server.host, port=server.port, log_level=log_level)
 
 
 # -- files --
@@ -153,7 +160,8 @@ def jobs_create(
 def _wait(client: Client, job_id: str) -> dict[str, Any]:
     job = follow(client, job_id, console)
     if job["status"] == "succeeded":
-        console.print(f"[green]Succeeded[/green]: {job['fine_tuned_model']}  ({job.get('trained_tokens')} tokens)")
+        console.print(f"[green]Succeeded[/green]: {job['fine_tuned_model']}  ({job.get('trained_tokens')} tokens"
+                      f"{throughput_text(client, job_id)})")
     else:
         message = (job.get("error") or {}).get("message", "")
         console.print(f"[red]{job['status']}[/red] {message}")
@@ -232,17 +240,38 @@ def models_prepare(name: str = "SmolLM2-135M-Instruct") -> None:
 @models_app.command("push")
 def models_push(
     name: Annotated[str, typer.Argument(help="A bundled model (SmolLM2-135M-Instruct) or a cached Hub id")],
-    store: Annotated[str, typer.Option("--store", envvar="TUNEFORGE_STORAGE_URL",
-                                       help="Object store: s3://bucket/prefix (AWS_* variables pick the endpoint "
-                                            "and credentials) or file:///dir")],
+    store: Annotated[str | None, typer.Option("--store", help="Object store: s3://bucket/prefix (AWS_* variables "
+                                              "pick the endpoint and credentials) or file:///dir; default: "
+                                              "TUNEFORGE_STORAGE_URL")] = None,
 ) -> None:
     """Upload a base model to models/{name}/ in the object store, so cluster pods load it from the bucket.
 
     The files go first and manifest.json (sizes and sha256) last: jobs use the model once the manifest is there."""
     import subprocess
 
+    url = store or service_settings().storage.url
     raise typer.Exit(subprocess.call(
-        [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", store]))
+        [sys.executable, "-m", "tuneforge.trainer.models", "prepare", name, "--publish", url]))
+
+
+@models_app.command("register")
+def models_register(
+    path: Annotated[Path, typer.Argument(help="A directory with config.json, *.safetensors and the tokenizer")],
+    name: Annotated[str, typer.Option("--name", help="The model id jobs will name")],
+    store: Annotated[str | None, typer.Option("--store", help="Object store (default: TUNEFORGE_STORAGE_URL)")]
+    = None,
+) -> None:
+    """Register a local model directory as a base model (run by an operator on the server's machine): it is
+    published to models/{name}/ in the object store, manifest last; jobs then name it by `name`, never by path."""
+    from tuneforge.service.domain.model_registry import register_directory
+    from tuneforge.storage import open_store
+
+    try:
+        register_directory(open_store(store or service_settings().storage.url), path, name)
+    except ValueError as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]Registered[/green] {name} from {path}")
 
 
 @app.command()
@@ -266,14 +295,13 @@ def download(
 @keys_app.command("create")
 def keys_create(tenant: Annotated[str, typer.Option("--tenant")] = "default", name: str = "") -> None:
     """Create an API key for a tenant directly in the service's database; prints it once."""
-    from tuneforge.service.core.config import Settings
     from tuneforge.service.core.security import hash_secret, new_api_key
     from tuneforge.service.db.repo import SystemRepo
     from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 
-    settings = Settings.from_env()
+    settings = service_settings()
     engine = make_engine(settings.database_url)
-    init_db(engine)
+    init_db(engine, auto_upgrade=settings.db_auto_upgrade)
     key = new_api_key()
     with make_session_factory(engine)() as session:
         SystemRepo(session).add_api_key(tenant, hash_secret(key), name=name)

@@ -1,139 +1,184 @@
-"""Settings read from the environment into nested dataclasses (kopf/Kubeflow style)."""
+"""The service's settings: ``TUNEFORGE_*`` environment variables (pydantic-settings), one nested model per concern.
+
+Built once at start-up (``ServiceSettings()`` reads the environment; tests use
+``explicit(ServiceSettings, ...)``) and never changed afterwards: the models are frozen. Paths that default to
+places inside ``TUNEFORGE_HOME`` (database, object store, API key file) are derived from it when unset.
+The README's configuration table is generated from these models (``python docs/configuration.py``).
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from tuneforge.contracts.catalog import DEFAULT_BASE_MODEL
+from tuneforge.contracts.finetunejob import scale_quantity
+from tuneforge.contracts.settings import EnvSettings
+
+DEFAULT_HOME = Path.home() / ".tuneforge"
+DEFAULT_CACHE = Path.home() / ".cache" / "tuneforge"
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+def _comma_list(value: Any) -> Any:
+    """``a,b`` (how the Helm chart renders a list) or a JSON array."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(_env(name, str(default)))
-
-
-@dataclass
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: base URL the trainer uses to reach the progress route; derived from host/port when empty
-    public_url: str = ""
+class ServerSettings(EnvSettings):
+    host: str = Field("127.0.0.1", description="Address `tuneforge serve` listens on")
+    port: int = Field(8000, ge=1, le=65535, description="Port `tuneforge serve` listens on")
+    public_url: str = Field("", description="Base URL trainers use to reach the service's progress route "
+                            "(empty: http://HOST:PORT)")
 
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
 
-@dataclass
-class AuthSettings:
-    #: an API key the embedded server accepts for the default tenant (stored hashed, never logged)
-    api_key: str | None = None
-    #: where the embedded server writes the key it creates on first start
-    key_file: Path = Path()
-    default_tenant: str = "default"
+class AuthSettings(EnvSettings):
+    api_key: str | None = Field(None, description="An API key the server accepts for the default organization "
+                                "(stored hashed; when unset, the first start writes a new one to HOME/api_key)")
+    default_tenant: str = Field("default", min_length=1, max_length=64,
+                                description="Organization of the key above")
+    metrics_token: str = Field("", description="Bearer token `/metrics` requires (empty: none)")
 
 
-@dataclass
-class StorageSettings:
-    url: str = ""
-    #: lifetime of artifact / file-content download links
-    link_expiry_seconds: int = 900
+class StorageSettings(EnvSettings):
+    url: str = Field("", validation_alias="TUNEFORGE_STORAGE_URL",
+                     description="Object store: file:///dir or s3://bucket/prefix",
+                     json_schema_extra={"default_text": "file://$TUNEFORGE_HOME/objects"})
+    link_expiry_seconds: int = Field(900, ge=1, le=7 * 24 * 3600, description="Lifetime of download links")
 
 
-@dataclass
-class ExecutorSettings:
-    kind: str = "local"
-    max_concurrent_jobs: int = 1
-    trainer_python: str = ""
-    #: seconds between SIGTERM and SIGKILL when a job is cancelled
-    cancel_grace_seconds: float = 10.0
-    #: how many times a job interrupted by a restart or preemption is started again
-    max_attempts: int = 3
-    poll_interval_seconds: float = 0.5
-    model_cache: Path = Path()
-    kube_namespace: str = "default"
-    kube_image: str = "tuneforge/trainer:latest"
-    #: kubeconfig file; empty: $KUBECONFIG, else the in-cluster service account, else ~/.kube/config
-    kubeconfig: str = ""
-    #: Secret whose keys become the trainer pods' environment (object-store settings and credentials)
-    kube_storage_secret: str = ""
-    #: GPUs per pod when a job's request does not say (resources.gpus = 0)
-    kube_default_gpus: int = 1
-    #: Kueue LocalQueue for the jobs (empty: no Kueue) and their PriorityClass
-    kube_queue_name: str = ""
-    kube_priority_class: str = ""
+class ExecutorSettings(EnvSettings):
+    kind: Literal["local", "kubernetes", "none"] = Field(
+        "local", validation_alias="TUNEFORGE_EXECUTOR",
+        description="local (trainer subprocesses), kubernetes (FineTuneJob resources) or none (API only)")
+    max_concurrent_jobs: int = Field(1, ge=0, le=1024, description="Local executor: trainers running at once "
+                                     "(0: validate and queue jobs but start none, e.g. for maintenance)")
+    trainer_python: str = Field(sys.executable, description="Local executor: the Python that runs the trainer",
+                                json_schema_extra={"default_text": "the service's Python"})
+    cancel_grace_seconds: float = Field(10.0, ge=0, description="Local executor: SIGINT to SIGKILL on cancel")
+    max_attempts: int = Field(3, ge=1, le=100, description="Starts of a job interrupted by a restart or a "
+                              "preemption before it fails")
+    poll_interval_seconds: float = Field(0.5, gt=0, le=60, description="Executor control-loop period")
+    model_cache: Path = Field(DEFAULT_CACHE / "models", description="Converted base models (local trainers)",
+                              json_schema_extra={"default_text": "~/.cache/tuneforge/models"})
+    gguf_converter: str = Field("", description="Exports: directory of llama.cpp's GGUF converter "
+                                "(infra/engines/gguf/install.sh prints it; empty: GGUF exports fail with that reason)")
+    kube_namespace: str = Field("default", description="Kubernetes: namespace of the FineTuneJobs")
+    kube_image: str = Field("tuneforge/trainer:latest", description="Kubernetes: trainer image")
+    kubeconfig: str = Field("", validation_alias=AliasChoices("TUNEFORGE_KUBECONFIG", "KUBECONFIG"),
+                            description="Kubernetes: kubeconfig file (empty: the in-cluster service account, or "
+                            "~/.kube/config); KUBECONFIG works too")
+    kube_storage_secret: str = Field("", description="Kubernetes: Secret whose keys become the trainer pods' "
+                                     "environment (object-store settings and credentials)")
+    kube_default_gpus: int = Field(1, ge=0, le=64, description="Kubernetes: GPUs per pod when a job asks for 0")
+    kube_queue_name: str = Field("", validation_alias="TUNEFORGE_KUBE_QUEUE",
+                                 description="Kubernetes: Kueue LocalQueue of the jobs (empty: no Kueue)")
+    kube_priority_class: str = Field("", description="Kubernetes: PriorityClass of the trainer pods")
+    kube_service_account: str = Field("", description="Kubernetes: service account of the trainer pods (workload "
+                                      "identity to the bucket; its API token is never mounted)")
+    kube_node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: node selector of "
+                                               "every trainer pod (JSON object)",
+                                               json_schema_extra={"default_text": "{}"})
+    kube_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes: tolerations of "
+                                                   "every trainer pod (JSON array)",
+                                                   json_schema_extra={"default_text": "[]"})
+    kube_image_pull_secrets: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = Field(
+        default_factory=list, description="Kubernetes: image pull secrets of the trainer pods (comma-separated)",
+        json_schema_extra={"default_text": "(none)"})
+    kube_default_gpu_type: str = Field("", description="Kubernetes: GPU type of jobs that name none")
+    kube_gpu_resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Kubernetes: CPU and memory per GPU of each type, multiplied by the pod's "
+        'GPU count (JSON, e.g. {"h100": {"cpu": "12", "memory": "160Gi"}})', json_schema_extra={"default_text": "{}"})
+    kube_trainer_env: dict[str, str] = Field(default_factory=dict, description="Kubernetes: extra environment of "
+                                             "the trainer container (JSON object)",
+                                             json_schema_extra={"default_text": "{}"})
 
 
-@dataclass
-class LimitSettings:
-    max_upload_bytes: int = 1 << 30
-    max_example_tokens: int = 8192
-    max_reported_errors: int = 50
-    max_active_jobs_per_tenant: int = 20
-
-
-@dataclass
-class Settings:
-    home: Path
-    database_url: str
-    server: ServerSettings = field(default_factory=ServerSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    storage: StorageSettings = field(default_factory=StorageSettings)
-    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    #: HMAC key for signed download links and nothing else; generated per home when unset
-    secret_key: str = ""
-    default_base_model: str = "SmolLM2-135M-Instruct"
-
+    @field_validator("kube_gpu_resources")
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
-        import sys
+    def _quantities(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for gpu_type, per_gpu in value.items():
+            if set(per_gpu) - {"cpu", "memory"}:
+                raise ValueError(f"{gpu_type!r}: only cpu and memory can be given per GPU, got {sorted(per_gpu)}")
+            for key, quantity in per_gpu.items():
+                try:
+                    scale_quantity(quantity, 1)
+                except ValueError as exc:
+                    raise ValueError(f"{gpu_type!r}.{key}: {exc}") from None
+        return value
 
-        home = Path(_env("TUNEFORGE_HOME", str(Path.home() / ".tuneforge"))).expanduser().resolve()
-        cache = Path(_env("TUNEFORGE_CACHE", str(Path.home() / ".cache" / "tuneforge"))).expanduser()
-        settings = cls(
-            home=home,
-            database_url=_env("TUNEFORGE_DATABASE_URL", f"sqlite:///{home / 'tuneforge.db'}"),
-            server=ServerSettings(
-                host=_env("TUNEFORGE_HOST", "127.0.0.1"),
-                port=_env_int("TUNEFORGE_PORT", 8000),
-                public_url=_env("TUNEFORGE_PUBLIC_URL", ""),
-            ),
-            auth=AuthSettings(
-                api_key=os.environ.get("TUNEFORGE_API_KEY") or None,
-                key_file=home / "api_key",
-            ),
-            storage=StorageSettings(
-                url=_env("TUNEFORGE_STORAGE_URL", (home / "objects").as_uri()),
-                link_expiry_seconds=_env_int("TUNEFORGE_LINK_EXPIRY_SECONDS", 900),
-            ),
-            executor=ExecutorSettings(
-                kind=_env("TUNEFORGE_EXECUTOR", "local"),
-                max_concurrent_jobs=_env_int("TUNEFORGE_MAX_CONCURRENT_JOBS", 1),
-                trainer_python=_env("TUNEFORGE_TRAINER_PYTHON", sys.executable),
-                cancel_grace_seconds=float(_env("TUNEFORGE_CANCEL_GRACE_SECONDS", "10")),
-                max_attempts=_env_int("TUNEFORGE_MAX_ATTEMPTS", 3),
-                model_cache=Path(_env("TUNEFORGE_MODEL_CACHE", str(cache / "models"))).expanduser(),
-                kube_namespace=_env("TUNEFORGE_KUBE_NAMESPACE", "default"),
-                kube_image=_env("TUNEFORGE_KUBE_IMAGE", "tuneforge/trainer:latest"),
-                kubeconfig=_env("TUNEFORGE_KUBECONFIG", ""),
-                kube_storage_secret=_env("TUNEFORGE_KUBE_STORAGE_SECRET", ""),
-                kube_default_gpus=_env_int("TUNEFORGE_KUBE_DEFAULT_GPUS", 1),
-                kube_queue_name=_env("TUNEFORGE_KUBE_QUEUE", ""),
-                kube_priority_class=_env("TUNEFORGE_KUBE_PRIORITY_CLASS", ""),
-            ),
-            limits=LimitSettings(
-                max_upload_bytes=_env_int("TUNEFORGE_MAX_UPLOAD_BYTES", 1 << 30),
-                max_example_tokens=_env_int("TUNEFORGE_MAX_EXAMPLE_TOKENS", 8192),
-                max_active_jobs_per_tenant=_env_int("TUNEFORGE_MAX_ACTIVE_JOBS", 20),
-            ),
-            secret_key=os.environ.get("TUNEFORGE_SECRET_KEY", ""),
-            default_base_model=_env("TUNEFORGE_DEFAULT_MODEL", "SmolLM2-135M-Instruct"),
-        )
-        for key, value in overrides.items():
-            setattr(settings, key, value)
-        return settings
+
+class ServingSettings(EnvSettings):
+    """Chat and text completions on base and tuned models (OpenAI's /v1/chat/completions, /v1/completions)."""
+
+    engine: Literal["tuneforge", "vllm"] = Field(
+        "tuneforge", validation_alias="TUNEFORGE_SERVING_ENGINE",
+        description="Serving engine: tuneforge (transformers + PEFT, batches requests with different adapters; the "
+        "CPU default) or vllm (GPUs)")
+    vllm_python: str = Field("", description="Serving: the Python of vLLM's own environment "
+                             "(infra/engines/vllm-cpu/install.sh --print-python)")
+    idle_seconds: float = Field(900.0, ge=0, description="Serving: an engine without requests for this long is "
+                                "stopped (0: never); the next request starts it again")
+    start_timeout_seconds: float = Field(600.0, gt=0, description="Serving: how long a first request waits for "
+                                         "its engine to start")
+    max_loras: int = Field(8, ge=1, le=256, description="Serving: adapters loaded in one engine at once (least "
+                           "recently used ones are evicted)")
+    max_batch: int = Field(16, ge=1, le=1024, description="Serving: sequences an engine generates together")
+    max_request_bytes: int = Field(4 << 20, ge=1024, description="Serving: largest completion request body")
+
+
+class LimitSettings(EnvSettings):
+    max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest training file")
+    max_example_tokens: int = Field(8192, ge=1, description="Upload validation: longest example in tokens")
+    max_reported_errors: int = Field(50, ge=1, le=10_000, description="Upload validation: problems listed")
+    max_active_jobs_per_tenant: int = Field(20, ge=1, validation_alias="TUNEFORGE_MAX_ACTIVE_JOBS",
+                                            description="Jobs validating, queued or running per organization")
+
+
+class ServiceSettings(EnvSettings):
+    home: Path = Field(DEFAULT_HOME, description="Database, object store, logs and API key file (embedded mode)",
+                       json_schema_extra={"default_text": "~/.tuneforge"})
+    database_url: str = Field("", description="SQLAlchemy URL: SQLite (WAL mode) or postgresql+psycopg://…",
+                              json_schema_extra={"default_text": "sqlite:///$TUNEFORGE_HOME/tuneforge.db"})
+    db_auto_upgrade: bool = Field(True, description="Upgrade an empty or older database schema on start (false: "
+                                  "refuse to start and say which `tuneforge db upgrade` is needed)")
+    secret_key: str = Field("", description="HMAC key of signed download links (empty: generated once per home)")
+    default_base_model: str = Field(DEFAULT_BASE_MODEL, validation_alias=AliasChoices(
+        "TUNEFORGE_DEFAULT_BASE_MODEL", "TUNEFORGE_DEFAULT_MODEL"), description="Base model whose tokenizer counts "
+        "upload tokens")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    @model_validator(mode="after")
+    def _derive_from_home(self) -> ServiceSettings:
+        # frozen models: the derived defaults are set once, here, during validation
+        home = self.home.expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{home / 'tuneforge.db'}")
+        if not self.storage.url:
+            object.__setattr__(self, "storage", self.storage.model_copy(update={"url": (home / "objects").as_uri()}))
+        return self
+
+    @property
+    def key_file(self) -> Path:
+        """Where the embedded server writes the API key it creates on first start."""
+        return self.home / "api_key"

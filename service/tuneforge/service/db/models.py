@@ -76,7 +76,8 @@ class Job(Base):
     trainer_error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    #: the trainer's last applied progress sequence number: epoch milliseconds, beyond 32 bits
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
@@ -87,9 +88,14 @@ class Job(Base):
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),)
 
 
+#: 64-bit on PostgreSQL; on SQLite INTEGER is 64-bit already and must stay INTEGER to be the rowid
+_BigAutoincrement = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # one row per trainer report: the autoincrement that grows with training, not with users
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(String(64))

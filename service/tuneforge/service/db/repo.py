@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from tuneforge.contracts.status import ACTIVE_STATUSES, JobStatus
 from tuneforge.service.core.errors import NotFound
 from tuneforge.service.db.models import ApiKey, Checkpoint, File, Job, JobEvent, Tenant
-
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint)
 
@@ -105,6 +103,14 @@ class TenantRepo:
             )
         ) or 0
 
+    def delete_job(self, job: Job) -> None:
+        """The job's records (events, checkpoints, the job) in one transaction."""
+        self.session.execute(delete(JobEvent).where(JobEvent.job_id == job.id, JobEvent.tenant_id == self.tenant_id))
+        self.session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id,
+                                                      Checkpoint.tenant_id == self.tenant_id))
+        self.session.delete(job)
+        self.session.commit()
+
     def list_events(
         self, job: Job, after: str | None, limit: int, newest_first: bool = True
     ) -> tuple[list[JobEvent], bool]:
@@ -126,13 +132,23 @@ class TenantRepo:
 
     def succeeded_jobs(self) -> Sequence[Job]:
         return list(self.session.scalars(
-            select(Job).where(Job.tenant_id == self.tenant_id, Job.status == "succeeded").order_by(Job.seq)
+            select(Job).where(Job.tenant_id == self.tenant_id, Job.status == JobStatus.SUCCEEDED).order_by(Job.seq)
         ))
 
     def find_model_job(self, fine_tuned_model: str) -> Job | None:
         return self.session.scalar(select(Job).where(
-            Job.tenant_id == self.tenant_id, Job.fine_tuned_model == fine_tuned_model, Job.status == "succeeded"
+            Job.tenant_id == self.tenant_id, Job.fine_tuned_model == fine_tuned_model,
+            Job.status == JobStatus.SUCCEEDED,
         ))
+
+    def find_checkpoint(self, name: str) -> tuple[Checkpoint, Job] | None:
+        """A checkpoint by its ``fine_tuned_model_checkpoint`` name, with its job (this tenant's only)."""
+        row = self.session.execute(
+            select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(
+                Checkpoint.tenant_id == self.tenant_id, Job.tenant_id == self.tenant_id,
+                Checkpoint.fine_tuned_model_checkpoint == name)
+        ).first()
+        return (row[0], row[1]) if row is not None else None
 
 
 class SystemRepo:
@@ -161,10 +177,36 @@ class SystemRepo:
     def jobs_with_status(self, *statuses: str) -> list[Job]:
         return list(self.session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.seq)))
 
-    def count_by_status(self) -> dict[tuple[str, str], int]:
+    def count_by_status_and_method(self) -> list[tuple[str, Any, int]]:
+        """(status, stored method object, count) groups."""
         rows = self.session.execute(select(Job.status, Job.method, func.count()).group_by(Job.status, Job.method))
-        out: dict[tuple[str, str], int] = {}
-        for status, method, count in rows:
-            key = (status, (method or {}).get("type", "supervised"))
-            out[key] = out.get(key, 0) + count
-        return out
+        return [(str(status), method, int(count)) for status, method, count in rows]
+
+    def queued_since(self) -> list[int]:
+        """Creation times of the queued jobs."""
+        return [int(t) for t in self.session.scalars(select(Job.created_at).where(Job.status == JobStatus.QUEUED))]
+
+    def running_progress(self) -> list[tuple[str, str, Any, dict[str, Any], int | None]]:
+        """(job id, tenant, method, live progress, started_at) of every running job."""
+        rows = self.session.execute(select(Job.id, Job.tenant_id, Job.method, Job.progress, Job.started_at)
+                                    .where(Job.status == JobStatus.RUNNING))
+        return [(str(i), str(t), m, p or {}, s) for i, t, m, p, s in rows]
+
+    def usage_rows(self) -> list[tuple[str, str, Any, int | None, int | None]]:
+        """(tenant, status, resources, started_at, finished_at) of every job, for usage metrics."""
+        rows = self.session.execute(select(Job.tenant_id, Job.status, Job.resources, Job.started_at,
+                                           Job.finished_at))
+        return [(str(t), str(st), r, s, f) for t, st, r, s, f in rows]
+
+    def delete_checkpoints(self, job: Job, steps: list[int]) -> None:
+        """Forget checkpoints that retention removed from the store (not committed: part of the caller's batch)."""
+        self.session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id,
+                                                      Checkpoint.step_number.in_(steps)))
+
+    def latest_checkpoint(self, job: Job) -> Checkpoint | None:
+        return self.session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id)
+                                   .order_by(Checkpoint.step_number.desc()).limit(1))
+
+    def recent_events(self, job: Job, limit: int = 50) -> list[JobEvent]:
+        return list(self.session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
+                                         .order_by(JobEvent.seq.desc()).limit(limit)))

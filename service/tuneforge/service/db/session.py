@@ -8,8 +8,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.service.db.models import Base
-
 
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
@@ -35,8 +33,11 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def init_db(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+def init_db(engine: Engine, *, auto_upgrade: bool = True) -> None:
+    """Migrate an empty or older database to this code's schema; with auto_upgrade off, refuse one that is behind."""
+    from tuneforge.service.db.migrate import ensure_schema
+
+    ensure_schema(engine, auto_upgrade=auto_upgrade)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -7,32 +7,30 @@ import json
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.exit_codes import ExitCode
+from tuneforge.contracts.status import JobStatus
+from tuneforge.contracts.store_layout import MANIFEST_NAME, job_model_prefix
 from tuneforge.service.db.models import Job
 from tuneforge.service.domain.job_requests import fine_tuned_model_name
 from tuneforge.service.domain.lifecycle import transition
-from tuneforge.storage import MANIFEST_NAME, ObjectStore
-
-
-def model_prefix(job: Job) -> str:
-    return f"jobs/{job.id}/model"
+from tuneforge.storage import ObjectStore
 
 
 def requeue_or_fail(session: Session, job: Job, max_attempts: int, reason: str) -> None:
     """An interrupted job runs again (resuming from its latest checkpoint) until attempts run out."""
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING:
         return
     if job.attempts < max_attempts:
-        transition(session, job, "queued",
+        transition(session, job, JobStatus.QUEUED,
                    f"{reason}; re-queued, it resumes from its latest checkpoint (attempt {job.attempts + 1})",
                    level="warn")
     else:
-        transition(session, job, "failed", f"{reason}; giving up after {job.attempts} attempts",
+        transition(session, job, JobStatus.FAILED, f"{reason}; giving up after {job.attempts} attempts",
                    error={"code": "interrupted", "message": f"{reason}; giving up after {job.attempts} attempts"})
 
 
 def _manifest_ok(store: ObjectStore, job: Job) -> bool:
     try:
-        manifest = json.loads(store.get_bytes(f"{model_prefix(job)}/{MANIFEST_NAME}"))
+        manifest = json.loads(store.get_bytes(f"{job_model_prefix(job.id)}/{MANIFEST_NAME}"))
     except Exception:
         return False
     return bool(manifest.get("files"))
@@ -48,15 +46,15 @@ def finish_job(
     max_attempts: int,
     fallback_message: str | None,
 ) -> None:
-    if job.status != "running" or cancelled:
+    if job.status != JobStatus.RUNNING or cancelled:
         return  # cancelled (or already decided): nothing to do
     if exit_code == ExitCode.OK:
         if _manifest_ok(store, job):
             job.fine_tuned_model = fine_tuned_model_name(job)
-            transition(session, job, "succeeded", f"The job has successfully completed: {job.fine_tuned_model}")
+            transition(session, job, JobStatus.SUCCEEDED, f"The job has successfully completed: {job.fine_tuned_model}")
             return
         message = "The trainer exited without publishing a model (no manifest.json)."
-        transition(session, job, "failed", message, error={"code": "training_error", "message": message})
+        transition(session, job, JobStatus.FAILED, message, error={"code": "training_error", "message": message})
         return
     if exit_code == ExitCode.PREEMPTED:
         requeue_or_fail(session, job, max_attempts, "The trainer was preempted after saving a checkpoint")
@@ -73,5 +71,5 @@ def finish_job(
     else:
         code = reported.get("code") or "training_error"
         message = reported.get("message") or fallback_message or f"The trainer exited with code {exit_code}"
-    transition(session, job, "failed", f"Fine-tuning failed: {message}",
+    transition(session, job, JobStatus.FAILED, f"Fine-tuning failed: {message}",
                error={"code": code, "message": message, "param": reported.get("param")})

@@ -7,20 +7,20 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Job, JobEvent, now
 
+S = JobStatus
 ALLOWED: dict[str, set[str]] = {
-    "validating_files": {"queued", "failed", "cancelled"},
-    "queued": {"running", "failed", "cancelled"},
+    S.VALIDATING_FILES: {S.QUEUED, S.FAILED, S.CANCELLED},
+    S.QUEUED: {S.RUNNING, S.FAILED, S.CANCELLED},
     # running → queued: interrupted (service restart, preemption) and started again
-    "running": {"succeeded", "failed", "cancelled", "queued"},
-    "succeeded": set(),
-    "failed": set(),
-    "cancelled": set(),
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED},
+    S.SUCCEEDED: set(),
+    S.FAILED: set(),
+    S.CANCELLED: set(),
 }
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class InvalidTransition(Exception):
@@ -28,22 +28,16 @@ class InvalidTransition(Exception):
 
 
 class EventNotifier:
-    """Wakes streaming readers when any job gets a new event (in-process; one service replica)."""
+    """A counter that moves whenever any job gets a new event, so streams know when to read (in-process: other
+    replicas' events are found by the streams' periodic reads)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._version = 0
 
     def notify(self) -> None:
-        with self._cond:
+        with self._lock:
             self._version += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout: float) -> int:
-        with self._cond:
-            if self._version == seen:
-                self._cond.wait(timeout)
-            return self._version
 
     @property
     def version(self) -> int:
@@ -87,19 +81,19 @@ def transition(
     if job.status == status:
         return False
     if status not in ALLOWED.get(job.status, set()):
-        if job.status in TERMINAL:
+        if job.status in TERMINAL_STATUSES:
             return False
         raise InvalidTransition(f"{job.id}: {job.status} → {status}")
     job.status = status
-    if status == "running":
+    if status == JobStatus.RUNNING:
         job.started_at = job.started_at or now()
-    if status in TERMINAL:
+    if status in TERMINAL_STATUSES:
         job.finished_at = now()
         job.estimated_finish = None
         job.pid = None
     if error is not None:
         job.error = error
-    add_event(session, job, message, level="error" if status == "failed" else level,
+    add_event(session, job, message, level="error" if status == JobStatus.FAILED else level,
               data={"status": status}, commit=False)
     session.commit()
     notifier.notify()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.progress import ProgressEvent
+from tuneforge.contracts.status import TERMINAL_STATUSES
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import Checkpoint, Job, now
-from tuneforge.service.domain.lifecycle import TERMINAL, add_event, notifier
+from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.lifecycle import add_event, notifier
 
 #: metrics copied into the job's live ``progress`` field (and exported to Prometheus)
 PROGRESS_KEYS = (
@@ -80,11 +81,9 @@ def apply_events(session: Session, job: Job, events: list[ProgressEvent], checkp
             deleted = data.get("deleted_checkpoint_steps")
             if isinstance(deleted, list) and deleted:
                 # retention removed these from the store: the checkpoints API must not list them any more
-                session.execute(delete(Checkpoint).where(
-                    Checkpoint.job_id == job.id, Checkpoint.step_number.in_([int(s) for s in deleted])
-                ))
+                SystemRepo(session).delete_checkpoints(job, [int(s) for s in deleted])
             add_event(session, job, event.message, level=event.level, data=data or None, commit=False)
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         job.estimated_finish = None
     session.commit()
     if applied:

@@ -22,8 +22,8 @@ The service never talks to pods. It
 The trainer's own events still arrive over the progress channel. The token is per job (not per attempt: a
 retried pod reads the same Secret), and never stored in the FineTuneJob.
 
-Kubernetes access: ``TUNEFORGE_KUBECONFIG`` (settings.executor.kubeconfig), else ``$KUBECONFIG``, else the
-in-cluster service account, else ``~/.kube/config``.
+Kubernetes access: ``TUNEFORGE_KUBECONFIG`` or ``KUBECONFIG`` (settings.executor.kubeconfig), else the in-cluster
+service account, else ``~/.kube/config``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -44,100 +42,116 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.operator import (
+from tuneforge.contracts.exit_codes import ExitCode
+from tuneforge.contracts.finetunejob import (
     API_VERSION,
     GROUP,
     KIND,
     LABEL_JOB_ID,
     LABEL_MANAGED_BY,
     LABEL_TENANT,
+    MANAGED_BY_SERVICE,
     PLURAL,
     TERMINAL_PHASES,
+    TOKEN_KEY,
     VERSION,
+    ContainerResources,
+    EnvVar,
+    FineTuneJob,
+    FineTuneJobSpec,
+    Named,
+    Reason,
+    Scheduling,
+    TokenSecretRef,
+    child_names,
+    label_value,
+    scale_quantity,
 )
-from tuneforge.service.core.config import Settings
+from tuneforge.contracts.jobspec import JobSpec, ProgressChannel
+from tuneforge.contracts.status import TERMINAL_STATUSES as TERMINAL
+from tuneforge.contracts.status import JobStatus
+from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.security import hash_secret, new_job_token
-from tuneforge.service.db.models import Checkpoint, Job, JobEvent
+from tuneforge.service.db.models import Job
 from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.finish import finish_job
-from tuneforge.service.domain.lifecycle import TERMINAL, add_event, transition
-from tuneforge.service.executors.base import Executor, run_until_stopped
+from tuneforge.service.domain.lifecycle import add_event, transition
+from tuneforge.service.executors.base import run_until_stopped
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
-MANAGED_BY = "tuneforge-service"
-TOKEN_KEY = "token"
+MANAGED_BY = MANAGED_BY_SERVICE
 REQUEST_TIMEOUT = 15
 #: the apiserver ends each watch after this long; the executor re-watches from the last resourceVersion
 WATCH_SECONDS = 60
 MAX_BACKOFF = 5.0
 PROGRESS_PUSH_SECONDS = 2.0
 #: CR reasons worth a warning event on a queued job (the user is waiting and should know why)
-NOTABLE_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ContainerConfigError", "WaitingForAdmission",
-                             "Suspended", "Preempted", "Retrying", "JobRecreated"})
+NOTABLE_REASONS = frozenset({Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF, Reason.CONTAINER_CONFIG_ERROR,
+                             Reason.WAITING_FOR_ADMISSION, Reason.SUSPENDED, Reason.PREEMPTED, Reason.RETRYING,
+                             Reason.JOB_RECREATED})
 #: CR failure reasons -> the job's ``error.code``
-ERROR_CODES = {
-    "BadInput": "invalid_training_file",
-    "OOMKilled": "out_of_memory",
-    "DeadlineExceeded": "deadline_exceeded",
-    "Unschedulable": "unschedulable",
-    "ImagePullBackOff": "image_pull_error",
-    "InvalidSpec": "executor_error",
+ERROR_CODES: dict[str, str] = {
+    Reason.BAD_INPUT: "invalid_training_file",
+    Reason.OOM_KILLED: "out_of_memory",
+    Reason.DEADLINE_EXCEEDED: "deadline_exceeded",
+    Reason.UNSCHEDULABLE: "unschedulable",
+    Reason.IMAGE_PULL_BACK_OFF: "image_pull_error",
+    Reason.INVALID_SPEC: "executor_error",
 }
-_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def label_value(value: str) -> str:
-    return _LABEL_VALUE.sub("-", value)[:63].strip("-_.")
 
 
 def token_secret_name(job_id: str) -> str:
-    return f"{job_id}-progress-token"
+    return child_names(job_id).token_secret
 
 
-def build_finetunejob(job: Job, settings: Settings) -> JSON:
+def build_finetunejob(job: Job, settings: ServiceSettings) -> JSON:
     """The FineTuneJob for ``job`` (pure). The JobSpec's progress token is emptied: pods read the Secret."""
     ex = settings.executor
-    jobspec = dict(job.spec)
-    progress = dict(jobspec.get("progress") or {})
-    progress["url"] = progress.get("url") or settings.server.base_url
-    progress["token"] = ""
-    jobspec["progress"] = progress
-    resources = dict(job.resources or {})
-    gpus = int(resources.get("gpus") or 0) or ex.kube_default_gpus
-    scheduling: JSON = {"gpus": gpus, "nodes": int(resources.get("nodes") or 1)}
-    if resources.get("gpu_type"):
-        scheduling["gpuType"] = str(resources["gpu_type"])
-    if ex.kube_queue_name:
-        scheduling["queueName"] = ex.kube_queue_name
-    if ex.kube_priority_class:
-        scheduling["priorityClassName"] = ex.kube_priority_class
-    spec: JSON = {
-        "jobSpec": jobspec,
-        "image": ex.kube_image,
-        "scheduling": scheduling,
-        "progressTokenSecret": {"name": token_secret_name(job.id), "key": TOKEN_KEY},
+    jobspec = JobSpec.model_validate(job.spec)
+    url = jobspec.progress.url if jobspec.progress and jobspec.progress.url else settings.server.base_url
+    jobspec = jobspec.model_copy(update={"progress": ProgressChannel(url=url, token="")})
+    resources = jobspec.resources
+    gpus = resources.gpus or ex.kube_default_gpus
+    gpu_type = resources.gpu_type or ex.kube_default_gpu_type or None
+    scheduling = Scheduling(
+        gpus=gpus,
+        nodes=resources.nodes,
+        gpu_type=gpu_type,
+        node_selector=dict(ex.kube_node_selector) or None,
+        tolerations=[dict(t) for t in ex.kube_tolerations] or None,
+        queue_name=ex.kube_queue_name or None,
+        priority_class_name=ex.kube_priority_class or None,
+    )
+    per_gpu = ex.kube_gpu_resources.get(gpu_type) if gpu_type else None
+    container = None
+    if per_gpu and gpus > 0:
+        container = ContainerResources(**{k: scale_quantity(str(v), gpus) for k, v in per_gpu.items()})
+    spec = FineTuneJobSpec(
+        job_spec=jobspec,
+        image=ex.kube_image,
+        scheduling=scheduling,
+        resources=container,
+        progress_token_secret=TokenSecretRef(name=token_secret_name(job.id), key=TOKEN_KEY),
         # the cluster retries real failures itself; preemptions are retried without counting
-        "backoffLimit": max(0, ex.max_attempts - 1),
+        backoff_limit=max(0, ex.max_attempts - 1),
+        storage_secret=ex.kube_storage_secret or None,
+        service_account_name=ex.kube_service_account or None,
+        image_pull_secrets=[Named(name=n) for n in ex.kube_image_pull_secrets] or None,
+        env=[EnvVar(name=str(k), value=str(v)) for k, v in sorted(ex.kube_trainer_env.items())] or None,
+    )
+    metadata = {
+        "name": job.id,
+        "namespace": ex.kube_namespace,
+        "labels": {LABEL_JOB_ID: label_value(job.id), LABEL_TENANT: label_value(job.tenant_id),
+                   LABEL_MANAGED_BY: MANAGED_BY},
     }
-    if ex.kube_storage_secret:
-        spec["storageSecret"] = ex.kube_storage_secret
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {
-            "name": job.id,
-            "namespace": ex.kube_namespace,
-            "labels": {LABEL_JOB_ID: label_value(job.id), LABEL_TENANT: label_value(job.tenant_id),
-                       LABEL_MANAGED_BY: MANAGED_BY},
-        },
-        "spec": spec,
-    }
+    return FineTuneJob(metadata=metadata, spec=spec).dump()
 
 
 def progress_text(progress: Mapping[str, Any] | None) -> str | None:
@@ -152,12 +166,15 @@ def progress_text(progress: Mapping[str, Any] | None) -> str | None:
 
 
 def load_api_client(kubeconfig: str = "") -> client.ApiClient:
-    path = kubeconfig or os.environ.get("KUBECONFIG", "")
-    if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
+    """``kubeconfig`` when given; else, in a pod, its service account; else ~/.kube/config."""
+    if not kubeconfig:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
     cfg = client.Configuration()
-    config.load_kube_config(config_file=path or None, client_configuration=cfg)
+    config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     return client.ApiClient(cfg)
 
 
@@ -166,7 +183,7 @@ class _Expired(Exception):
 
 
 class KubernetesExecutor(Executor):
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore,
+    def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore,
                  api_client: client.ApiClient | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -266,14 +283,14 @@ class KubernetesExecutor(Executor):
 
     def tick(self) -> None:
         with self.sessions() as session:
-            for job in SystemRepo(session).jobs_with_status("validating_files"):
+            for job in SystemRepo(session).jobs_with_status(JobStatus.VALIDATING_FILES):
                 self._submit(session, job)
         self._send_cancels()
         self._send_deletes()
         if time.monotonic() - self._last_push >= PROGRESS_PUSH_SECONDS:
             self._last_push = time.monotonic()
             with self.sessions() as session:
-                for job in SystemRepo(session).jobs_with_status("running"):
+                for job in SystemRepo(session).jobs_with_status(JobStatus.RUNNING):
                     self._push_progress(session, job)
 
     def _submit(self, session: Session, job: Job) -> None:
@@ -281,7 +298,7 @@ class KubernetesExecutor(Executor):
         refs = [job.spec["training_file"], job.spec.get("validation_file")]
         missing = [r["file_id"] for r in refs if r and not self.store.exists(r["key"])]
         if missing:
-            transition(session, job, "failed", f"Training file {missing[0]} is no longer available",
+            transition(session, job, JobStatus.FAILED, f"Training file {missing[0]} is no longer available",
                        error={"code": "invalid_training_file", "param": "training_file",
                               "message": f"File {missing[0]} was deleted before the job started."})
             return
@@ -300,7 +317,8 @@ class KubernetesExecutor(Executor):
         except ApiException as exc:
             if exc.status and 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 409, 429):
                 message = f"The cluster rejected the job: {_api_message(exc)}"
-                transition(session, job, "failed", message, error={"code": "executor_error", "message": message})
+                transition(session, job, JobStatus.FAILED, message,
+                           error={"code": "executor_error", "message": message})
                 return
             log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, _api_message(exc))
             return
@@ -308,7 +326,7 @@ class KubernetesExecutor(Executor):
             log.warning("cannot submit %s to Kubernetes yet (%s); will retry", job.id, exc)
             return
         job.token_hash = hash_secret(token)
-        transition(session, job, "queued", f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}")
+        transition(session, job, JobStatus.QUEUED, f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}")
 
     def _ensure_token_secret(self, job: Job) -> str:
         """Create the job's token Secret; if it exists (a submit interrupted earlier), reuse its token."""
@@ -400,8 +418,7 @@ class KubernetesExecutor(Executor):
         if final:
             total = (job.progress or {}).get("total_steps")
             text = f"{total}/{total} (100%)" if isinstance(total, int) and total > 0 else "done"
-        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id)
-                              .order_by(Checkpoint.step_number.desc()).limit(1))
+        ckpt = SystemRepo(session).latest_checkpoint(job)
         last = None
         if ckpt is not None:
             last = {"step": ckpt.step_number, "prefix": ckpt.prefix,
@@ -459,7 +476,7 @@ class KubernetesExecutor(Executor):
         """Jobs whose FineTuneJob disappeared while nobody watched (e.g. deleted while the service was down)."""
         assert self.custom is not None
         with self.sessions() as session:
-            active = [j.id for j in SystemRepo(session).jobs_with_status("queued", "running")]
+            active = [j.id for j in SystemRepo(session).jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)]
         for job_id in active:
             if job_id in seen:
                 continue
@@ -514,17 +531,16 @@ class KubernetesExecutor(Executor):
         with self.sessions() as session:
             job = SystemRepo(session).job(job_id)
             # no row: the job was deleted through the API (discard deleted this FineTuneJob), nothing to mark
-            if job is None or job.status in TERMINAL or job.status == "validating_files":
+            if job is None or job.status in TERMINAL or job.status == JobStatus.VALIDATING_FILES:
                 return
             message = f"The FineTuneJob {self.namespace}/{job_id} was deleted from the cluster"
-            transition(session, job, "failed", message, error={"code": "executor_error", "message": message})
+            transition(session, job, JobStatus.FAILED, message,
+                       error={"code": "executor_error", "message": message})
 
     def _signature(self, session: Session, job: Job) -> tuple[Any, ...] | None:
         if job.id not in self._signatures:
             # after a restart: the last cluster state this job's events recorded
-            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
-                                     .order_by(JobEvent.seq.desc()).limit(50))
-            for event in events:
+            for event in SystemRepo(session).recent_events(job, 50):
                 k8s = (event.data or {}).get("kubernetes")
                 if isinstance(k8s, dict):
                     self._signatures[job.id] = (k8s.get("phase"), k8s.get("reason"), k8s.get("attempts"))
@@ -535,10 +551,11 @@ class KubernetesExecutor(Executor):
         """Map one FineTuneJob's status onto its job (idempotent: replaying a status changes nothing)."""
         status = cr.get("status") or {}
         phase = status.get("phase")
-        if job.status == "validating_files" or not phase:
+        if job.status == JobStatus.VALIDATING_FILES or not phase:
             return
         if job.status in TERMINAL:
-            if job.status == "cancelled" and phase not in TERMINAL_PHASES and not (cr.get("spec") or {}).get("cancel"):
+            cancel_sent = bool((cr.get("spec") or {}).get("cancel"))
+            if job.status == JobStatus.CANCELLED and phase not in TERMINAL_PHASES and not cancel_sent:
                 self.cancel(job.id)  # cancelled while the service could not reach the cluster
             return
         reason = str(status.get("reason") or phase)
@@ -554,15 +571,15 @@ class KubernetesExecutor(Executor):
             session.commit()
 
         if phase in ("Pending", "Queued", "Suspended"):
-            if job.status == "running":
-                transition(session, job, "queued", message, level="warn")
+            if job.status == JobStatus.RUNNING:
+                transition(session, job, JobStatus.QUEUED, message, level="warn")
                 add_event(session, job, f"Kubernetes: {phase} ({reason})", level="info", data=k8s)
             elif reason in NOTABLE_REASONS:
                 add_event(session, job, message, level="warn", data=k8s)
         elif phase == "Running":
-            if job.status == "queued":
+            if job.status == JobStatus.QUEUED:
                 verb = "resumed" if reason == "Resumed" else "started"
-                transition(session, job, "running", f"Fine-tuning job {verb}: {message}")
+                transition(session, job, JobStatus.RUNNING, f"Fine-tuning job {verb}: {message}")
             elif reason in ("Resumed", "Retrying"):
                 add_event(session, job, message, level="warn", data=k8s)
         elif phase == "Succeeded":
@@ -573,22 +590,23 @@ class KubernetesExecutor(Executor):
                 self._push_progress(session, job, final=True)
         elif phase == "Failed":
             exit_code = status.get("exitCode")
-            if isinstance(exit_code, int) and exit_code not in (0, 75) and reason in ("BadInput", "TrainerError"):
+            if isinstance(exit_code, int) and exit_code not in (ExitCode.OK, ExitCode.PREEMPTED) \
+                    and reason in (Reason.BAD_INPUT, Reason.TRAINER_ERROR):
                 # the trainer decided: its own error report (progress channel) is the best message
                 self._ensure_running(session, job, message)
                 finish_job(session, job, self.store, exit_code=exit_code, cancelled=False,
                            max_attempts=self.settings.executor.max_attempts, fallback_message=message)
             else:
                 code = ERROR_CODES.get(reason, "training_error")
-                transition(session, job, "failed", f"Fine-tuning failed: {message}",
+                transition(session, job, JobStatus.FAILED, f"Fine-tuning failed: {message}",
                            error={"code": code, "message": message})
         elif phase == "Cancelled":
-            transition(session, job, "cancelled", f"Cancelled in the cluster: {message}")
+            transition(session, job, JobStatus.CANCELLED, f"Cancelled in the cluster: {message}")
 
     @staticmethod
     def _ensure_running(session: Session, job: Job, message: str) -> None:
-        if job.status == "queued":  # it ran between two looks at the cluster
-            transition(session, job, "running", f"Fine-tuning job started: {message}")
+        if job.status == JobStatus.QUEUED:  # it ran between two looks at the cluster
+            transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started: {message}")
 
 
 def _api_message(exc: BaseException) -> str:

@@ -17,15 +17,16 @@ from typing import IO
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.contracts.exit_codes import ExitCode
 from tuneforge.contracts.jobspec import JobSpec
-from tuneforge.service.core.config import Settings
+from tuneforge.contracts.status import JobStatus
+from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.security import hash_secret, new_job_token
 from tuneforge.service.db.models import Job
 from tuneforge.service.db.repo import SystemRepo
+from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.finish import finish_job, requeue_or_fail
 from tuneforge.service.domain.lifecycle import transition
-from tuneforge.service.executors.base import Executor, run_until_stopped
+from tuneforge.service.executors.base import run_until_stopped
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def last_error_line(path: Path) -> str | None:
 
 
 class LocalExecutor(Executor):
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore) -> None:
+    def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
@@ -156,7 +157,7 @@ class LocalExecutor(Executor):
     def reconcile_after_restart(self) -> None:
         with self.sessions() as session:
             repo = SystemRepo(session)
-            for job in repo.jobs_with_status("running"):
+            for job in repo.jobs_with_status(JobStatus.RUNNING):
                 if job.pid and _pid_alive(job.pid):
                     # an orphaned trainer of a service that was killed: ask it to checkpoint and stop
                     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -179,22 +180,22 @@ class LocalExecutor(Executor):
         with self.sessions() as session:
             repo = SystemRepo(session)
             self._collect_finished(session, repo)
-            for job in repo.jobs_with_status("validating_files"):
+            for job in repo.jobs_with_status(JobStatus.VALIDATING_FILES):
                 self._validate(session, job)
             with self._lock:
                 free = self.settings.executor.max_concurrent_jobs - len(self.running)
             if free > 0:
-                for job in repo.jobs_with_status("queued")[:free]:
+                for job in repo.jobs_with_status(JobStatus.QUEUED)[:free]:
                     self._launch(session, job)
 
     def _validate(self, session: Session, job: Job) -> None:
         missing = [fid for fid, key in self._file_keys(job) if not self.store.exists(key)]
         if missing:
-            transition(session, job, "failed", f"Training file {missing[0]} is no longer available",
+            transition(session, job, JobStatus.FAILED, f"Training file {missing[0]} is no longer available",
                        error={"code": "invalid_training_file", "param": "training_file",
                               "message": f"File {missing[0]} was deleted before the job started."})
             return
-        transition(session, job, "queued", "Validated training files; job queued")
+        transition(session, job, JobStatus.QUEUED, "Validated training files; job queued")
 
     @staticmethod
     def _file_keys(job: Job) -> list[tuple[str, str]]:
@@ -233,14 +234,14 @@ class LocalExecutor(Executor):
             )
         except OSError as exc:
             log_file.close()
-            transition(session, job, "failed", f"Could not start the trainer: {exc}",
+            transition(session, job, JobStatus.FAILED, f"Could not start the trainer: {exc}",
                        error={"code": "executor_error", "message": f"Could not start the trainer: {exc}"})
             return
         job.pid = process.pid
         with self._lock:
             self.running[job.id] = _Running(job.id, process, log_path, log_file)
         attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        transition(session, job, "running", f"Fine-tuning job started{attempt}")
+        transition(session, job, JobStatus.RUNNING, f"Fine-tuning job started{attempt}")
 
     def _collect_finished(self, session: Session, repo: SystemRepo) -> None:
         with self._lock:
@@ -260,17 +261,10 @@ class LocalExecutor(Executor):
                 max_attempts=self.settings.executor.max_attempts,
                 fallback_message=last_error_line(run.log_path),
             )
-            if job.status != "queued":
+            if job.status != JobStatus.QUEUED:
                 self._cleanup_specs(job.id)
 
     def _cleanup_specs(self, job_id: str) -> None:
         for path in (self.work_dir / job_id).glob("jobspec-attempt-*.json"):
             path.unlink(missing_ok=True)
-
-
-def exit_code_name(code: int) -> str:
-    try:
-        return ExitCode(code).name
-    except ValueError:
-        return str(code)
 

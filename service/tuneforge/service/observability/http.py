@@ -1,13 +1,13 @@
 """Request metrics middleware and the ``/metrics`` route.
 
 ``/metrics`` needs no API key by default (Prometheus scrapes it from inside the cluster or from the same
-machine). Set ``TUNEFORGE_METRICS_TOKEN`` to require ``Authorization: Bearer <token>`` on it (Prometheus:
-``authorization: {credentials: <token>}`` in the scrape config).
+machine). Set ``TUNEFORGE_METRICS_TOKEN`` (``settings.auth.metrics_token``) to require
+``Authorization: Bearer <token>`` on it (Prometheus: ``authorization: {credentials: <token>}`` in the scrape
+config).
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from typing import Any
@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneforge.service.core.errors import Unauthorized
+from tuneforge.service.core.errors import Unauthenticated
 from tuneforge.service.observability.metrics import ServiceMetrics
 
 UNMATCHED = "<unmatched>"
@@ -26,14 +26,7 @@ def route_template(scope: Scope) -> str:
     """The matched route's template (bounded), never the raw path."""
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    root = scope.get("root_path", "")
-    raw = scope.get("path", "")
-    # mounted static apps (e.g. /ui/static) have no route object: keep the mount prefix only
-    if raw.startswith(root + "/ui/static/"):
-        return "/ui/static"
-    return UNMATCHED
+    return path if isinstance(path, str) else UNMATCHED
 
 
 class MetricsMiddleware:
@@ -78,19 +71,18 @@ class MetricsMiddleware:
 router = APIRouter(tags=["observability"])
 
 
-def _check_token(request: Request) -> None:
-    wanted = os.environ.get("TUNEFORGE_METRICS_TOKEN", "")
+def _check_token(request: Request, wanted: str) -> None:
     if not wanted:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), wanted.encode()):
-        raise Unauthorized("/metrics needs 'Authorization: Bearer <TUNEFORGE_METRICS_TOKEN>'.")
+        raise Unauthenticated("/metrics needs 'Authorization: Bearer <TUNEFORGE_METRICS_TOKEN>'.")
 
 
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)",
             description="No API key needed unless TUNEFORGE_METRICS_TOKEN is set; then send it as a bearer token.",
             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(request: Request) -> Response:
-    _check_token(request)
-    service_metrics: Any = request.app.state.metrics
-    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state: Any = request.app.state.tuneforge
+    _check_token(request, state.settings.auth.metrics_token)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

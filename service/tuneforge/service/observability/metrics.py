@@ -23,14 +23,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tuneforge.service.db.models import Job
+from tuneforge.contracts.methods import METHOD_TYPES
+from tuneforge.contracts.status import TERMINAL_STATUSES, JobStatus
+from tuneforge.service.db.repo import SystemRepo
 
-JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
-METHODS = ("supervised", "dpo", "reward_model", "reinforcement")
+JOB_STATUSES = tuple(JobStatus)
+METHODS = METHOD_TYPES
 
 #: job.progress key → (metric suffix, help). Exported per running job, labelled by job_id/tenant/method.
 JOB_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -90,12 +90,11 @@ class FleetCollector(Collector):
 
     def _collect(self, session: Session) -> Iterator[Metric]:
         now = self.clock()
+        repo = SystemRepo(session)
         counts: dict[tuple[str, str], int] = {(s, m): 0 for s in JOB_STATUSES for m in METHODS}
-        for status, method, n in session.execute(
-            select(Job.status, Job.method, func.count()).group_by(Job.status, Job.method)
-        ):
-            key = (str(status), _method_of(method))
-            counts[key] = counts.get(key, 0) + int(n)
+        for status, method, n in repo.count_by_status_and_method():
+            key = (status, _method_of(method))
+            counts[key] = counts.get(key, 0) + n
 
         jobs = GaugeMetricFamily("tuneforge_jobs", "Jobs by status and method", labels=["status", "method"])
         created = CounterMetricFamily("tuneforge_jobs_created", "Jobs created, by method", labels=["method"])
@@ -105,7 +104,7 @@ class FleetCollector(Collector):
         for (status, method), n in sorted(counts.items()):
             jobs.add_metric([status, method], n)
             by_method[method] = by_method.get(method, 0) + n
-            if status in TERMINAL:
+            if status in TERMINAL_STATUSES:
                 finished.add_metric([status, method], n)
         for method, n in sorted(by_method.items()):
             created.add_metric([method], n)
@@ -113,21 +112,19 @@ class FleetCollector(Collector):
         yield created
         yield finished
 
-        queued = [row for row in session.execute(
-            select(Job.created_at).where(Job.status == "queued")
-        )]
+        queued = repo.queued_since()
         depth = GaugeMetricFamily("tuneforge_queue_depth", "Jobs waiting for a trainer slot (status queued)")
         depth.add_metric([], len(queued))
         yield depth
         oldest = GaugeMetricFamily("tuneforge_queue_oldest_age_seconds",
                                    "Age of the oldest queued job (0 when the queue is empty)")
-        oldest.add_metric([], max(0.0, now - min(r[0] for r in queued)) if queued else 0.0)
+        oldest.add_metric([], max(0.0, now - min(queued)) if queued else 0.0)
         yield oldest
 
-        yield from self._running_jobs(session, now)
-        yield from self._tenants(session, now)
+        yield from self._running_jobs(repo, now)
+        yield from self._tenants(repo, now)
 
-    def _running_jobs(self, session: Session, now: float) -> Iterator[Metric]:
+    def _running_jobs(self, repo: SystemRepo, now: float) -> Iterator[Metric]:
         labels = ["job_id", "tenant", "method"]
         families = {
             key: GaugeMetricFamily(f"tuneforge_job_{suffix}", help_, labels=labels)
@@ -137,12 +134,8 @@ class FleetCollector(Collector):
                                     labels=labels)
         ratio = GaugeMetricFamily("tuneforge_job_progress_ratio", "step / total_steps of the running job, 0..1",
                                   labels=labels)
-        rows = session.execute(
-            select(Job.id, Job.tenant_id, Job.method, Job.progress, Job.started_at).where(Job.status == "running")
-        )
-        for job_id, tenant, method, progress, started_at in rows:
-            values = [str(job_id), str(tenant), _method_of(method)]
-            progress = progress or {}
+        for job_id, tenant, method, progress, started_at in repo.running_progress():
+            values = [job_id, tenant, _method_of(method)]
             for key, family in families.items():
                 if _finite(progress.get(key)):
                     family.add_metric(values, float(progress[key]))
@@ -154,7 +147,7 @@ class FleetCollector(Collector):
         yield running
         yield ratio
 
-    def _tenants(self, session: Session, now: float) -> Iterator[Metric]:
+    def _tenants(self, repo: SystemRepo, now: float) -> Iterator[Metric]:
         created = CounterMetricFamily("tuneforge_tenant_jobs", "Jobs created per tenant", labels=["tenant"])
         active = GaugeMetricFamily("tuneforge_tenant_active_jobs",
                                    "Jobs validating, queued or running per tenant", labels=["tenant"])
@@ -165,12 +158,10 @@ class FleetCollector(Collector):
             "tuneforge_tenant_gpu_seconds", "GPU-seconds per tenant: training seconds x GPUs requested",
             labels=["tenant"])
         per: dict[str, list[float]] = {}
-        for tenant, status, resources, started_at, finished_at in session.execute(
-            select(Job.tenant_id, Job.status, Job.resources, Job.started_at, Job.finished_at)
-        ):
-            acc = per.setdefault(str(tenant), [0, 0, 0.0, 0.0])
+        for tenant, status, resources, started_at, finished_at in repo.usage_rows():
+            acc = per.setdefault(tenant, [0, 0, 0.0, 0.0])
             acc[0] += 1
-            if status not in TERMINAL:
+            if status not in TERMINAL_STATUSES:
                 acc[1] += 1
             if started_at:
                 seconds = max(0.0, (finished_at or now) - started_at)
@@ -208,5 +199,35 @@ class ServiceMetrics:
                                registry=self.registry)
         self.streams = Gauge("tuneforge_event_streams_open", "Open server-sent event streams",
                              registry=self.registry)
+        self.serving = ServingMetrics(self.registry)
         if sessions is not None:
             self.registry.register(FleetCollector(sessions))
+
+
+#: time to the first token of a completion (seconds): engine starts make the slow tail
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class ServingMetrics:
+    """Completions per base model (the label stays bounded: tuned models are counted under their base)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["base_model", "route", "status"]
+        self.requests = Counter("tuneforge_serving_requests", "Completion requests by base model, route (chat or "
+                                "text) and status", labels, registry=registry)
+        self.ttft = Histogram("tuneforge_serving_time_to_first_token_seconds", "Time from the request to the "
+                              "first token (to the whole answer when not streaming)", ["base_model", "route"],
+                              buckets=TTFT_BUCKETS, registry=registry)
+        self.output_tokens = Counter("tuneforge_serving_output_tokens", "Tokens generated, by base model",
+                                     ["base_model"], registry=registry)
+        self.generation_seconds = Counter("tuneforge_serving_generation_seconds", "Seconds spent answering "
+                                          "(output tokens / this = tokens per second)", ["base_model"],
+                                          registry=registry)
+        self.engine_events = Counter("tuneforge_serving_engine_events", "Engine starts, stops, crashes, failed "
+                                     "starts, cut streams and adapter loads", ["base_model", "event"],
+                                     registry=registry)
+        self.in_flight = Gauge("tuneforge_serving_requests_in_flight", "Completions being answered (queued in "
+                               "an engine or generating)", ["base_model"], registry=registry)
+        self.engines = Gauge("tuneforge_serving_engines", "Engine processes running", registry=registry)
+        self.loaded_adapters = Gauge("tuneforge_serving_loaded_adapters", "Adapters loaded in running engines",
+                                     ["base_model"], registry=registry)

@@ -88,7 +88,7 @@
   }
 
   // ---------- views and routing ----------
-  const views = ['login', 'jobs-view', 'job-view'];
+  const views = ['login', 'jobs-view', 'job-view', 'playground-view'];
   let cleanup = [];
   function show(id) {
     for (const v of views) $(v).hidden = v !== id;
@@ -106,6 +106,7 @@
     if (!getKey()) return showLogin('');
     const m = /^#\/jobs\/([^/?]+)/.exec(location.hash);
     if (m) return showJob(decodeURIComponent(m[1]));
+    if (location.hash.startsWith('#/playground')) return showPlayground();
     return showJobs();
   }
 
@@ -414,6 +415,119 @@
     });
     refreshJob().then(scheduleDraw);
   }
+
+
+  // ---------- playground ----------
+  // Streams one chat completion into a pane; returns a function that stops it.
+  function streamCompletion(body, onDelta, onDone, onError) {
+    const controller = new AbortController();
+    (async () => {
+      const started = performance.now();
+      let first = null, usage = null, finish = null;
+      try {
+        const response = await fetch('/v1/chat/completions', {
+          method: 'POST', signal: controller.signal, cache: 'no-store',
+          headers: { Authorization: 'Bearer ' + getKey(), 'Content-Type': 'application/json' },
+          body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+        });
+        if (response.status === 401) throw new Unauthorized('unauthorized');
+        if (!response.ok || !response.body) {
+          const err = await response.json().catch(() => ({}));
+          throw new Error((err.error && err.error.message) || 'HTTP ' + response.status);
+        }
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+          let cut;
+          while ((cut = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('');
+            if (!data || data === '[DONE]') continue;
+            const chunk = JSON.parse(data);
+            if (chunk.error) throw new Error(chunk.error.message || 'the engine failed');
+            if (chunk.usage) usage = chunk.usage;
+            for (const choice of chunk.choices || []) {
+              if (choice.delta && choice.delta.content) {
+                if (first === null) first = performance.now();
+                onDelta(choice.delta.content);
+              }
+              if (choice.finish_reason) finish = choice.finish_reason;
+            }
+          }
+        }
+        const seconds = (performance.now() - (first || started)) / 1000;
+        onDone({ usage, finish, ttft: first === null ? null : (first - started) / 1000, seconds });
+      } catch (err) {
+        if (controller.signal.aborted) return;
+        if (err instanceof Unauthorized) { handleError(err); return; }
+        onError(String(err.message || err));
+      }
+    })();
+    return () => controller.abort();
+  }
+
+  let playModels = null;
+  async function showPlayground() {
+    show('playground-view');
+    try {
+      if (!playModels) playModels = (await api('/v1/models')).data.filter((m) => m.engine);
+    } catch (err) {
+      if (!handleError(err)) $('play-error').textContent = String(err.message || err);
+      return;
+    }
+    for (const [id, pick] of [['play-model-a', 0], ['play-model-b', 1]]) {
+      const select = $(id);
+      if (select.options.length) continue;
+      for (const m of playModels) select.append(el('option', { value: m.id }, m.id));
+      // default: the base model on the left, the newest tuned model on the right
+      const tuned = playModels.filter((m) => m.kind === 'fine-tuned');
+      const wanted = pick === 1 && tuned.length ? tuned[tuned.length - 1].id : (playModels[0] || {}).id;
+      if (wanted) select.value = wanted;
+    }
+  }
+
+  $('play-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    $('play-error').textContent = '';
+    const messages = [];
+    const system = $('play-system').value.trim();
+    if (system) messages.push({ role: 'system', content: system });
+    messages.push({ role: 'user', content: $('play-prompt').value });
+    const common = { messages, max_tokens: Number($('play-max-tokens').value) || 128,
+      temperature: Number($('play-temperature').value) || 0 };
+    let running = 2;
+    const stops = [];
+    const finished = () => { if (--running === 0) { $('play-send').disabled = false; $('play-stop').hidden = true; } };
+    $('play-send').disabled = true;
+    $('play-stop').hidden = false;
+    for (const side of ['a', 'b']) {
+      const model = $('play-model-' + side).value;
+      const out = $('play-out-' + side), stats = $('play-stats-' + side);
+      $('play-title-' + side).textContent = model;
+      out.textContent = '';
+      stats.textContent = 'waiting for the engine…';
+      stops.push(streamCompletion({ ...common, model }, (text) => { out.textContent += text; }, (r) => {
+        const tokens = r.usage ? r.usage.completion_tokens : null;
+        const parts = [];
+        if (tokens !== null) parts.push(tokens + ' tokens');
+        if (r.finish) parts.push('finish: ' + r.finish);
+        if (r.ttft !== null) parts.push('first token ' + r.ttft.toFixed(2) + ' s');
+        if (tokens && r.seconds > 0) parts.push((tokens / r.seconds).toFixed(1) + ' tokens/s');
+        stats.textContent = parts.join(' · ');
+        finished();
+      }, (message) => { stats.textContent = ''; out.textContent = ''; $('play-error').textContent = model + ': ' + message;
+        finished(); }));
+    }
+    const stopAllStreams = () => { for (const stop of stops) stop(); $('play-send').disabled = false;
+      $('play-stop').hidden = true; };
+    $('play-stop').onclick = stopAllStreams;
+    cleanup.push(stopAllStreams);
+  });
 
   route();
 })();

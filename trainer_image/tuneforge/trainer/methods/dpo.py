@@ -11,16 +11,9 @@ from tuneforge.trainer.context import (
     training_args_kwargs,
 )
 from tuneforge.trainer.data import ensure_chat_template
-from tuneforge.trainer.errors import BadInput
 from tuneforge.trainer.methods import preference
 from tuneforge.trainer.methods.sft import model_dtype
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
-
-LOSS_TYPES = {
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
-}  # fmt: skip
-
 
 
 def build(ctx: RunContext) -> BuiltTrainer:
@@ -28,9 +21,6 @@ def build(ctx: RunContext) -> BuiltTrainer:
     from trl import DPOConfig, DPOTrainer
 
     hp = ctx.hp
-    loss_type = hp.loss_type or "sigmoid"
-    if loss_type not in LOSS_TYPES:
-        raise BadInput(f"unknown DPO loss_type {loss_type!r}; expected one of {', '.join(sorted(LOSS_TYPES))}")
     tokenizer = load_tokenizer(ctx.model_dir)
     ensure_chat_template(tokenizer)
     train, valid = preference.datasets(ctx, tokenizer)
@@ -39,8 +29,8 @@ def build(ctx: RunContext) -> BuiltTrainer:
     n_params = count_params(model)
     args = DPOConfig(
         **training_args_kwargs(ctx, rows=len(train), has_eval=valid is not None),
-        beta=hp.beta if hp.beta is not None else 0.1,
-        loss_type=[loss_type],
+        beta=hp.beta,
+        loss_type=[hp.loss_type],
         max_length=hp.max_length,
         pad_to_multiple_of=None,
     )

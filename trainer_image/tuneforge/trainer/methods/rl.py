@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneforge.contracts.graders import RewardModelGrader, reference_fields
 from tuneforge.trainer.context import (
     BuiltTrainer,
     RunContext,
@@ -20,7 +21,7 @@ from tuneforge.trainer.context import (
 from tuneforge.trainer.data import ensure_chat_template
 from tuneforge.trainer.device import has_module
 from tuneforge.trainer.errors import BadInput
-from tuneforge.trainer.graders import load_reward_model, make_reward, reference_fields
+from tuneforge.trainer.graders import load_reward_model, make_reward
 from tuneforge.trainer.methods.sft import model_dtype
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
 
@@ -67,7 +68,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
 
     reward_funcs: list[Any]
     reward_tokenizers: list[Any] | None = None
-    if grader.type == "reward_model":
+    if isinstance(grader, RewardModelGrader):
         rm, rm_tokenizer = load_reward_model(grader, ctx.store, ctx.workdir, model_dtype(ctx))
         reward_funcs, reward_tokenizers = [rm], [rm_tokenizer]
     else:

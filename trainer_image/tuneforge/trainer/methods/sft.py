@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from tuneforge.trainer.context import (
@@ -17,6 +16,7 @@ from tuneforge.trainer.context import (
 from tuneforge.trainer.data import Tokenized, tokenize_sft
 from tuneforge.trainer.errors import BadInput
 from tuneforge.trainer.models import load_causal_lm, load_tokenizer
+from tuneforge.trainer.settings import trainer_settings
 
 
 def _report_tokenized(ctx: RunContext, tok: Tokenized, role: str) -> None:
@@ -35,15 +35,6 @@ def model_dtype(ctx: RunContext) -> Any:
     return torch.float32
 
 
-def _env_flag(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return None
-
-
 def use_padding_free(ctx: RunContext) -> bool:
     """Padding-free batches: one flat sequence with position ids, no pad tokens, no cross-example attention
     (transformers derives a per-example block mask from the position ids; TRL disables the KV cache).
@@ -52,7 +43,7 @@ def use_padding_free(ctx: RunContext) -> bool:
     batch makes masked SDPA quadratic in the whole batch length (measured slower, see bench/README.md).
     ``packing=true`` implies it. ``TUNEFORGE_PADDING_FREE=0/1`` overrides (benchmarks).
     """
-    forced = _env_flag("TUNEFORGE_PADDING_FREE")
+    forced = trainer_settings().padding_free
     if forced is not None:
         return forced or bool(ctx.hp.packing)
     return bool(ctx.hp.packing) or ctx.device.cuda
@@ -64,7 +55,7 @@ def use_group_by_length(ctx: RunContext, padding_free: bool) -> bool:
     Off by default: HF's length-grouped sampler draws from the global RNG, so a resumed run does not replay
     the interrupted run's batch order (the resume test catches it), and its measured CPU gain was within noise.
     """
-    forced = _env_flag("TUNEFORGE_GROUP_BY_LENGTH")
+    forced = trainer_settings().group_by_length
     return bool(forced) and not padding_free
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from tuneforge.contracts.progress import ProgressBatch
 from tuneforge.service.api.deps import SessionDep, bearer_token
-from tuneforge.service.core.errors import NotFound, Unauthorized
+from tuneforge.service.core.errors import NotFound, Unauthenticated
 from tuneforge.service.core.security import secrets_match
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.domain.job_requests import fine_tuned_model_name
@@ -22,6 +22,6 @@ def report_progress(job_id: str, batch: ProgressBatch, request: Request, session
     if job is None:
         raise NotFound("fine-tuning job", job_id)
     if not job.token_hash or not secrets_match(token, job.token_hash):
-        raise Unauthorized("Invalid job token.")
+        raise Unauthenticated("Invalid job token.")
     applied = apply_events(session, job, batch.events, fine_tuned_model_name(job))
     return {"accepted": applied}

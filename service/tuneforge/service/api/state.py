@@ -1,0 +1,29 @@
+"""Everything a running service holds, created once at start-up (:mod:`.bootstrap`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.service.core.config import ServiceSettings
+from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.exports import Exporter
+from tuneforge.service.domain.serving import ServingBackend
+from tuneforge.service.observability.metrics import ServiceMetrics
+from tuneforge.storage import ObjectStore
+
+
+@dataclass
+class AppState:
+    settings: ServiceSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+    #: HMAC key of signed download links (the setting, or one generated once per home)
+    link_secret: str
+    metrics: ServiceMetrics
+    serving: ServingBackend
+    exporter: Exporter
+    executor: Executor | None = None

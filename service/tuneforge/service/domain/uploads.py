@@ -1,0 +1,253 @@
+"""The upload pipeline: one ``multipart/form-data`` body in, one stored training file (its row) out.
+
+The body is parsed as it arrives by streaming-form-data. The bytes of its ``file`` part go, chunk by chunk,
+to two threads at once: the line-by-line validator and the object store's streaming write (through
+:class:`~tuneforge.service.domain.streaming_upload.Pipe`). When the body has ended, the write is completed
+only if the validator accepted every line (and the form is otherwise right); in every other case it is
+aborted, so nothing of a failed upload is ever visible in the store, and nothing is written to the
+database. The file is never held whole in memory or spooled to disk.
+
+Errors are the service's API errors: 400 for a malformed form, a bad ``purpose`` or invalid lines (each
+with its line number in ``details``), 413 past the size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterable, Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.parser import ParseFailedException
+from streaming_form_data.targets import BaseTarget, ValueTarget
+from streaming_form_data.validators import MaxSizeValidator, ValidationError
+
+from tuneforge.contracts.datasets import ValidationReport
+from tuneforge.contracts.store_layout import file_key
+from tuneforge.service.core.config import ServiceSettings
+from tuneforge.service.core.errors import InvalidRequest, TooLarge
+from tuneforge.service.core.ids import new_id
+from tuneforge.service.db.models import File, now
+from tuneforge.service.db.repo import TenantRepo
+from tuneforge.service.domain.streaming_upload import (
+    Pipe,
+    UploadAborted,
+    Worker,
+    end_of_lines,
+    end_of_lines_nowait,
+    iter_lines,
+    line_queue,
+)
+from tuneforge.service.domain.upload_validation import token_counter, validate_upload
+from tuneforge.storage import ObjectStore
+
+PURPOSES = ("fine-tune",)
+#: the longest value accepted in a small form field (``purpose``)
+MAX_FIELD_BYTES = 4096
+#: the ``filename`` column's width
+MAX_FILENAME_CHARS = 512
+DEFAULT_FILENAME = "upload.jsonl"
+
+
+
+
+class _FilePart(BaseTarget):
+    """The ``file`` part: counts its bytes against the limit and keeps them until the pipeline takes them."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.seen = False
+        self.finished = False
+        self._pending: list[bytes] = []
+
+    def on_start(self) -> None:
+        if self.seen:
+            raise InvalidRequest("The request has more than one 'file' part; send one file per upload.", param="file")
+        self.seen = True
+        if len(self.multipart_filename or "") > MAX_FILENAME_CHARS:
+            raise InvalidRequest(f"The filename is longer than {MAX_FILENAME_CHARS} characters.", param="file")
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise TooLarge(f"File is larger than the limit of {self.max_bytes} bytes.", param="file",
+                           code="file_too_large")
+        self._pending.append(chunk)
+
+    def on_finish(self) -> None:
+        self.finished = True
+
+    def take(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+
+class _Field(ValueTarget):
+    """A small form field; ``seen`` tells an empty value from a missing field."""
+
+    def __init__(self) -> None:
+        super().__init__(validator=MaxSizeValidator(MAX_FIELD_BYTES))
+        self.seen = False
+
+    def on_start(self) -> None:
+        self.seen = True
+
+
+class _Spool:
+    """One file's bytes, validated line by line and written to the store, each in its own thread."""
+
+    def __init__(self, store: ObjectStore, key: str, validate: Callable[..., ValidationReport]) -> None:
+        self.pipe = Pipe()
+        self.lines = line_queue()
+        self.committed = False
+
+        def check() -> ValidationReport:
+            stream = iter_lines(self.lines)
+            report = validate(stream)
+            for _ in stream:  # the validator may stop early (error cap): keep draining to the end
+                pass
+            return report
+
+        def write() -> int:
+            try:
+                return store.put_stream(key, self.pipe, None)  # type: ignore[arg-type]
+            except BaseException:
+                self.pipe.abort()  # unblock the request's writes; the error is raised from writer.error
+                raise
+
+        self.validator = Worker(check, "upload-validate")
+        self.writer = Worker(write, "upload-store")
+        self.validator.start()
+        self.writer.start()
+
+    async def feed(self, data: bytes) -> None:
+        await asyncio.to_thread(self._feed, data)
+
+    def _feed(self, data: bytes) -> None:  # blocks while the consumers are behind: back-pressure on the body
+        self.lines.put(data)
+        self.pipe.write(data)
+
+    async def report(self) -> ValidationReport:
+        """Ends the data; the validator's verdict (the write waits for :meth:`commit` or :meth:`abort`)."""
+        await asyncio.to_thread(self._end)
+        await asyncio.to_thread(self.validator.join)
+        if self.validator.error is not None:
+            raise self.validator.error
+        if self.writer.error is not None and not isinstance(self.writer.error, UploadAborted):
+            raise self.writer.error
+        result: ValidationReport = self.validator.result
+        return result
+
+    def _end(self) -> None:
+        end_of_lines(self.lines)
+        self.pipe.end()
+
+    async def commit(self) -> None:
+        self.pipe.commit()
+        self.committed = True
+        await asyncio.to_thread(self.writer.join)
+        if self.writer.error is not None:
+            raise self.writer.error
+
+    async def abort(self) -> None:
+        self.pipe.abort()
+        end_of_lines_nowait(self.lines)
+        await asyncio.to_thread(self.writer.join, 30)
+
+
+def _invalid_file(filename: str, report: ValidationReport) -> InvalidRequest:
+    shown = "; ".join(str(e) for e in report.errors[:5])
+    more = len(report.errors) - 5
+    plus = "+" if report.truncated else ""
+    suffix = f"; and {more}{plus} more" if more > 0 else ""
+    return InvalidRequest(
+        f"Invalid file '{filename}': {len(report.errors)}{plus} problem(s): {shown}{suffix}",
+        param="file",
+        code="invalid_file_format",
+        details=[{"line": e.line, "field": e.field, "message": e.message} for e in report.errors],
+    )
+
+
+def _parse(parser: StreamingFormDataParser, chunk: bytes) -> None:
+    try:
+        parser.data_received(chunk)
+    except ValidationError:
+        raise InvalidRequest(f"Form field 'purpose' is longer than {MAX_FIELD_BYTES} bytes.", param="purpose") from None
+    except ParseFailedException as exc:
+        raise InvalidRequest(f"Malformed multipart/form-data body ({exc}).", param="file") from None
+
+
+async def receive_upload(
+    content_type: str,
+    body: AsyncIterable[bytes],
+    *,
+    tenant_id: str,
+    sessions: sessionmaker[Session],
+    store: ObjectStore,
+    settings: ServiceSettings,
+) -> File:
+    """Parse, validate and store one upload; returns the new file's row (written in a short session of its
+    own once the object is stored, so no database connection is held while the body streams in)."""
+    try:
+        parser = StreamingFormDataParser({"Content-Type": content_type})
+    except ParseFailedException:
+        raise InvalidRequest("Expected multipart/form-data with a 'file' part and 'purpose'.", param="file") from None
+    limits = settings.limits
+    file_part = _FilePart(limits.max_upload_bytes)
+    purpose_field = _Field()
+    parser.register("file", file_part)
+    parser.register("purpose", purpose_field)
+    counter = token_counter(settings.executor.model_cache, settings.default_base_model)
+
+    def validate(lines: Any) -> ValidationReport:
+        return validate_upload(lines, max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
+                               count_tokens=counter)
+
+    file_id = new_id("file")
+    key = file_key(file_id)
+    digest = hashlib.sha256()
+    spool = _Spool(store, key, validate)
+    try:
+        async for chunk in body:
+            _parse(parser, chunk)
+            data = file_part.take()
+            if data:
+                digest.update(data)
+                await spool.feed(data)
+        report = await spool.report()
+        if not file_part.seen:
+            raise InvalidRequest("The request has no 'file' part.", param="file")
+        if not file_part.finished:
+            raise InvalidRequest("The request body ended inside the 'file' part (incomplete multipart body).",
+                           param="file")
+        purpose = purpose_field.value.decode("utf-8", "replace") if purpose_field.seen else "fine-tune"
+        if purpose not in PURPOSES:
+            raise InvalidRequest(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.",
+                                 param="purpose")
+        filename = file_part.multipart_filename or DEFAULT_FILENAME
+        if not report.ok:
+            raise _invalid_file(filename, report)
+        await spool.commit()
+    finally:
+        if not spool.committed:
+            await spool.abort()
+    row = File(
+        id=file_id, filename=filename, purpose=purpose, bytes=file_part.size, sha256=digest.hexdigest(), key=key,
+        format=report.format, rows=report.rows, tokens=report.tokens, created_at=now(),
+    )
+    try:
+        await asyncio.to_thread(_save, sessions, tenant_id, row)
+    except Exception:
+        store.delete(key)  # no orphaned object when the row cannot be written
+        raise
+    return row
+
+
+def _save(sessions: sessionmaker[Session], tenant_id: str, row: File) -> None:
+    with sessions() as session:
+        TenantRepo(session, tenant_id).add_file(row)

@@ -1,0 +1,1 @@
+"""Images: component locks, Dockerfile rules, and images built with buildah and run."""

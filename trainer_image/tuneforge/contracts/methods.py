@@ -1,0 +1,111 @@
+"""``method``: OpenAI's fine-tuning method object, a discriminated union on ``type``.
+
+``{"type": "supervised", "supervised": {"hyperparameters": {...}}}`` and likewise ``dpo``, ``reward_model``
+(tuneforge) and ``reinforcement`` (with ``algorithm`` and ``grader``). The job request, the stored job and the
+JobSpec all carry this same object; in a JobSpec its hyperparameters are resolved (see
+:meth:`_Method.resolved`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneforge.contracts.graders import AnyGrader, Grader
+from tuneforge.contracts.hyperparameters import (
+    DpoHyperparameters,
+    ReinforcementHyperparameters,
+    RewardModelHyperparameters,
+    SupervisedHyperparameters,
+    _Hyperparameters,
+)
+
+MethodType = Literal["supervised", "dpo", "reward_model", "reinforcement"]
+METHOD_TYPES: tuple[MethodType, ...] = ("supervised", "dpo", "reward_model", "reinforcement")
+Algorithm = Literal["grpo", "rloo", "ppo"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SupervisedConfig(_Frozen):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class DpoConfig(_Frozen):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class RewardModelConfig(_Frozen):
+    hyperparameters: RewardModelHyperparameters = Field(default_factory=RewardModelHyperparameters)
+
+
+class ReinforcementConfig(_Frozen):
+    algorithm: Algorithm = Field("grpo", description="grpo and rloo are critic-free; ppo trains a value head")
+    grader: Grader = Field(..., description="How each completion is scored")
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+
+class _Method(_Frozen):
+    """What every method object answers, whatever its type."""
+
+    type: MethodType
+
+    @property
+    def config(self) -> SupervisedConfig | DpoConfig | RewardModelConfig | ReinforcementConfig:
+        config: SupervisedConfig | DpoConfig | RewardModelConfig | ReinforcementConfig = getattr(self, self.type)
+        return config
+
+    @property
+    def hyperparameters(self) -> _Hyperparameters:
+        return self.config.hyperparameters
+
+    @property
+    def algorithm(self) -> Algorithm | None:
+        return None
+
+    @property
+    def grader(self) -> AnyGrader | None:
+        return None
+
+    def with_hyperparameters(self, hp: _Hyperparameters) -> AnyMethod:
+        config = self.config.model_copy(update={"hyperparameters": hp})
+        return self.model_copy(update={self.type: config})  # type: ignore[return-value]
+
+    def resolved(self, *, rows: int, adapter: str) -> AnyMethod:
+        """The same method with every service-decidable ``"auto"`` hyperparameter replaced by a number."""
+        return self.with_hyperparameters(self.hyperparameters.resolved(rows=rows, adapter=adapter))
+
+
+class SupervisedMethod(_Method):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedConfig = Field(default_factory=SupervisedConfig)
+
+
+class DpoMethod(_Method):
+    type: Literal["dpo"] = "dpo"
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
+
+
+class RewardModelMethod(_Method):
+    type: Literal["reward_model"] = "reward_model"
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+
+
+class ReinforcementMethod(_Method):
+    type: Literal["reinforcement"] = "reinforcement"
+    reinforcement: ReinforcementConfig
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.reinforcement.algorithm
+
+    @property
+    def grader(self) -> AnyGrader:
+        return self.reinforcement.grader
+
+
+AnyMethod = SupervisedMethod | DpoMethod | RewardModelMethod | ReinforcementMethod
+Method = Annotated[AnyMethod, Field(discriminator="type")]
