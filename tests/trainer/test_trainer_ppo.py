@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_helpers import Result, parse_events, preference_rows, prompt_rows, run_trainer, start_trainer
+from tests.trainer.trainer_helpers import Result, parse_events, preference_rows, prompt_rows, run_trainer, start_trainer
 
 #: every per-step metric a PPO job reports (besides step/total_steps/epoch/eta)
 PPO_METRICS = (
@@ -46,8 +46,8 @@ def test_ppo_job_reports_every_metric_and_publishes_the_policy(make_job: Any) ->
     job = make_job(
         prompt_rows(4), validation=prompt_rows(2, seed=1), fmt="prompt_only", method=_ppo(MULTI_GRADER),
         hyperparameters={"max_steps": 2, "batch_size": 2, "num_generations": 2, "checkpoint_every_steps": 2,
-                         "learning_rate": 1e-3, "max_length": 48,
-                         "ppo": {"response_length": 6, "num_mini_batches": 2, "ppo_epochs": 2}},
+                         "learning_rate": 1e-3, "max_length": 48, "max_completion_length": 6, "num_mini_batches": 2,
+                         "ppo_epochs": 2},
     )  # fmt: skip
     result = run_trainer(job)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,7 +91,7 @@ def test_ppo_scores_with_the_reward_model_adapter_on_its_own_base(make_job: Any,
     grader = {"type": "reward_model", "model_prefix": "jobs/ftjob-rm/model"}
     job = make_job(prompt_rows(2), validation=prompt_rows(2, seed=3), fmt="prompt_only", job_id="ftjob-ppo-rm",
                    method=_ppo(grader), hyperparameters={"max_steps": 1, "batch_size": 2, "max_length": 48,
-                                                        "ppo": {"response_length": 5}})  # fmt: skip
+                                                        "max_completion_length": 5})  # fmt: skip
     result = run_trainer(job)
     assert result.returncode == 0, result.stderr[-3000:]
     setup = _setup_line(result)
@@ -100,14 +100,15 @@ def test_ppo_scores_with_the_reward_model_adapter_on_its_own_base(make_job: Any,
 
     import torch
 
-    from tuneforge.contracts.jobspec import GraderSpec
+    from tuneforge.contracts.graders import RewardModelGrader
     from tuneforge.storage import open_store
     from tuneforge.trainer.graders import download_reward_model, load_downloaded_reward_model
     from tuneforge.trainer.methods import ppo_models
     from tuneforge.trainer.models import load_causal_lm, load_tokenizer
 
     store = open_store(rm_job.store_dir.as_uri())
-    rm_dir, manifest = download_reward_model(GraderSpec.model_validate(grader), store, job.root / "check")
+    rm_grader = RewardModelGrader(model="rm", model_prefix=grader["model_prefix"])
+    rm_dir, manifest = download_reward_model(rm_grader, store, job.root / "check")
     merged = load_downloaded_reward_model(rm_dir, manifest, store, torch.float32)
     tokenizer = load_tokenizer(rm_dir)
     from peft import LoraConfig
@@ -141,16 +142,18 @@ def test_ppo_scores_with_the_reward_model_adapter_on_its_own_base(make_job: Any,
     "extra,needle",
     [
         ({"adapter": {"type": "full"}}, "trains LoRA adapters"),
-        ({"hyperparameters": {"num_generations": 2, "ppo": {"num_mini_batches": 3}}}, "must divide the rollout"),
-        ({"hyperparameters": {"ppo": {"value_head_init": "reward_model"}}}, "value_head_init 'reward_model'"),
-        ({"hyperparameters": {"max_length": 16, "ppo": {"response_length": 16}}}, "no room for a prompt"),
+        ({"hyperparameters": {"num_generations": 2, "num_mini_batches": 3}}, "must divide the rollout"),
+        ({"hyperparameters": {"value_head_init": "reward_model"}}, "value_head_init 'reward_model'"),
+        ({"hyperparameters": {"max_length": 16, "max_completion_length": 16}}, "room for the prompt"),
+        ({"method": {"type": "reinforcement", "algorithm": "grpo", "grader": DIGITS_GRADER},
+          "hyperparameters": {"num_generations": 2, "cliprange": 0.1}}, "applies only with algorithm 'ppo'"),
     ],
-    ids=["full", "minibatches", "value-init", "length"],
+    ids=["full", "minibatches", "value-init", "length", "ppo-field-with-grpo"],
 )
 def test_ppo_refuses_what_cannot_work(make_job: Any, extra: dict[str, Any], needle: str) -> None:
     hp = {"max_steps": 1, "batch_size": 2, **extra.get("hyperparameters", {})}
-    job = make_job(prompt_rows(2), fmt="prompt_only", method=_ppo(DIGITS_GRADER), hyperparameters=hp,
-                   **{k: v for k, v in extra.items() if k != "hyperparameters"})  # fmt: skip
+    job = make_job(prompt_rows(2), fmt="prompt_only", hyperparameters=hp,
+                   **{"method": _ppo(DIGITS_GRADER), **{k: v for k, v in extra.items() if k != "hyperparameters"}})
     result = run_trainer(job)
     assert result.returncode == 65, result.stderr[-2000:]
     (error,) = result.of("error")
@@ -159,8 +162,8 @@ def test_ppo_refuses_what_cannot_work(make_job: Any, extra: dict[str, Any], need
 
 RESUME_HP = {"max_steps": 6, "batch_size": 2, "num_generations": 2, "checkpoint_every_steps": 2,
              "keep_checkpoints": 1, "learning_rate": 2e-3, "max_length": 40, "warmup_ratio": 0,
-             "ppo": {"response_length": 6, "num_mini_batches": 2, "ppo_epochs": 2, "target_kl": 0.5,
-                     "kl_horizon": 50}}  # fmt: skip
+             "max_completion_length": 6, "num_mini_batches": 2, "ppo_epochs": 2, "target_kl": 0.5,
+             "kl_horizon": 50}  # fmt: skip
 #: per-step figures that must match an uninterrupted run: losses, and what the rollouts produced
 RESUME_KEYS = ("train_loss", "policy_loss", "value_loss", "mean_reward", "kl", "kl_coef")
 RESUME_TOLERANCE = 1e-4
@@ -237,8 +240,8 @@ def test_ppo_learns_a_toy_task_and_holds_kl_near_its_target(make_job: Any, sharp
     target = 3.0
     hp = {"max_steps": 40, "batch_size": 4, "num_generations": 4, "learning_rate": 1e-2, "max_length": 40,
           "warmup_ratio": 0, "lr_scheduler": "constant",
-          "ppo": {"response_length": 8, "num_mini_batches": 2, "target_kl": target, "init_kl_coef": 0.05,
-                  "kl_horizon": 32, "missing_eos_penalty": None, "temperature": 1.0}}  # fmt: skip
+          "max_completion_length": 8, "num_mini_batches": 2, "target_kl": target, "kl_coef": 0.05,
+          "kl_horizon": 32, "missing_eos_penalty": 0.0, "temperature": 1.0}  # fmt: skip
     job = make_job(prompt_rows(32), fmt="prompt_only", method=_ppo(DIGITS_GRADER), hyperparameters=hp,
                    base_model=str(sharper_tiny_model))  # fmt: skip
     result = run_trainer(job, timeout=1800)
@@ -256,7 +259,7 @@ def test_ppo_learns_a_toy_task_and_holds_kl_near_its_target(make_job: Any, sharp
 def test_two_cpu_workers_run_ppo_with_gloo(make_job: Any) -> None:
     job = make_job(prompt_rows(8), fmt="prompt_only", method=_ppo(DIGITS_GRADER), resources={"gpus": 2},
                    hyperparameters={"max_steps": 2, "batch_size": 2, "max_length": 40, "checkpoint_every_steps": 2,
-                                    "ppo": {"response_length": 5}})  # fmt: skip
+                                    "max_completion_length": 5})  # fmt: skip
     result = run_trainer(job, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "launching 2 workers" in result.stderr

@@ -6,12 +6,10 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
 
-from tuneforge.contracts.jobspec import Hyperparameters
-from tuneforge.contracts.ppo import PPOHyperparameters
+from tuneforge.contracts.hyperparameters import ReinforcementHyperparameters
 from tuneforge.trainer.methods import ppo_core as core
-from tuneforge.trainer.methods.ppo import resolve_hyperparameters
+from tuneforge.trainer.methods.ppo import PPOConfig, ppo_config
 
 
 def t(rows: list) -> torch.Tensor:  # type: ignore[type-arg]
@@ -177,32 +175,19 @@ def test_reward_normaliser_is_fitted_once_on_the_initial_policy() -> None:
     assert (off.gain, off.bias) == (1.0, 0.0)
 
 
-def test_hyperparameter_contract_bounds() -> None:
-    defaults = PPOHyperparameters()
-    assert (defaults.gamma, defaults.lam, defaults.cliprange, defaults.vf_coef, defaults.ppo_epochs) == (
-        1.0, 0.95, 0.2, 0.1, 4)  # fmt: skip
-    for bad in ({"cliprange": 0.0}, {"lam": 1.5}, {"ppo_epochs": 0}, {"response_length": 0},
-                {"temperature": 0.0}, {"value_head_init": "random"}, {"whatever": 1},
-                {"init_kl_coef": 0.0, "target_kl": 6.0}):  # fmt: skip
-        with pytest.raises(ValidationError):
-            PPOHyperparameters.model_validate(bad)
-    assert PPOHyperparameters(init_kl_coef=0.0, target_kl=None).init_kl_coef == 0.0
-    with pytest.raises(ValidationError):
-        defaults.gamma = 0.5  # type: ignore[misc]
+def _hp(**extra: object) -> ReinforcementHyperparameters:
+    return ReinforcementHyperparameters.model_validate({"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-5,
+                                                        **extra})  # fmt: skip
 
 
-def _hp(**extra: object) -> Hyperparameters:
-    return Hyperparameters.model_validate({"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-5, **extra})
-
-
-def test_reinforcement_fields_fill_in_unless_ppo_sets_them() -> None:
-    # the API path: no ppo section, the reinforcement fields fill in (kl_coef 0.0 = not given)
-    api = resolve_hyperparameters(_hp(kl_coef=0.0, max_completion_length=40, temperature=0.9))
-    assert (api.response_length, api.temperature, api.init_kl_coef) == (40, 0.9, 0.15)
-    assert resolve_hyperparameters(_hp(kl_coef=0.05)).init_kl_coef == 0.05
-    # explicit ppo fields win; unset ones still take the reinforcement fields
-    mixed = resolve_hyperparameters(_hp(max_completion_length=40, temperature=0.9,
-                                        ppo={"response_length": 12, "vf_coef": 0.5}))  # fmt: skip
-    assert (mixed.response_length, mixed.temperature, mixed.vf_coef) == (12, 0.9, 0.5)
-    with pytest.raises(ValidationError, match="init_kl_coef"):
-        _hp(ppo={"init_kl_coef": 0.0})
+def test_loop_settings_come_from_the_reinforcement_contract() -> None:
+    # nothing set: the contract's PPO defaults, and the algorithm-dependent autos resolved for ppo
+    config = ppo_config(_hp())
+    assert config == PPOConfig(), "the loop's defaults are the contract's"
+    assert (config.init_kl_coef, config.response_length, config.temperature, config.target_kl) == (0.15, 53, 0.7, 6.0)
+    # the shared fields mean the same for ppo: kl_coef is the starting beta, max_completion_length the length
+    config = ppo_config(_hp(kl_coef=0.05, max_completion_length=40, temperature=0.9, vf_coef=0.5))
+    assert (config.init_kl_coef, config.response_length, config.temperature, config.vf_coef) == (0.05, 40, 0.9, 0.5)
+    # 0 switches off what null switched off before: the adaptive controller, the EOS penalty, gradient clipping
+    off = ppo_config(_hp(kl_coef=0.0, target_kl=0.0, missing_eos_penalty=0.0, max_grad_norm=0.0))
+    assert (off.init_kl_coef, off.target_kl, off.missing_eos_penalty, off.max_grad_norm) == (0.0, None, None, None)

@@ -38,7 +38,8 @@ def metrics_key(spec: JobSpec) -> str:
 
 
 def check_spec(spec: JobSpec) -> None:
-    """What the contract cannot check alone: the grader's patterns compile with the ``regex`` module."""
+    """What the contract cannot check alone: the grader's patterns compile with the ``regex`` module; PPO's rules
+    on the resolved values (the adapter type, how an ``auto`` batch divides)."""
     method = spec.method
     if method.type == "reinforcement":
         assert method.grader is not None  # required by the contract

@@ -4,19 +4,21 @@ rule), our own implementation on torch + transformers + PEFT (TRL 1.x has no PPO
 The pieces: :mod:`ppo_core` (the algorithm as tensor functions), :mod:`ppo_models` (policy, critic, reference and
 reward model on one base), :mod:`ppo_rewards` (scoring), :mod:`ppo_trainer` (the loop and its checkpoints).
 
-Hyperparameters: ``hyperparameters.ppo`` (:class:`tuneforge.contracts.ppo.PPOHyperparameters`). Where a field
-is not set there, the reinforcement fields fill in: ``max_completion_length`` -> ``response_length``,
-``temperature``, and ``kl_coef`` (when > 0) -> ``init_kl_coef``. ``batch_size`` counts prompts per step (per rank),
-each sampled ``num_generations`` times (default 1).
+Hyperparameters: the reinforcement method's (:class:`tuneforge.contracts.hyperparameters.
+ReinforcementHyperparameters`), resolved for ``ppo`` in the JobSpec: ``kl_coef`` is the starting beta,
+``max_completion_length`` the response length, ``batch_size`` counts prompts per step (per rank), each sampled
+``num_generations`` times; PPO's own fields (``target_kl``, ``gamma``, ``lam``, ``cliprange``, ...) are set.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from tuneforge.contracts.jobspec import Hyperparameters, JobSpec
-from tuneforge.contracts.ppo import PPOHyperparameters
+from tuneforge.contracts.graders import RewardModelGrader, reference_fields
+from tuneforge.contracts.hyperparameters import ReinforcementHyperparameters
+from tuneforge.contracts.jobspec import JobSpec
 from tuneforge.trainer.context import (
     BuiltTrainer,
     RunContext,
@@ -28,39 +30,68 @@ from tuneforge.trainer.context import (
 )
 from tuneforge.trainer.data import ensure_chat_template
 from tuneforge.trainer.errors import BadInput
-from tuneforge.trainer.graders import make_reward, reference_fields
+from tuneforge.trainer.graders import make_reward
 from tuneforge.trainer.launch import world
 
 
-def resolve_hyperparameters(hp: Hyperparameters) -> PPOHyperparameters:
-    """``hp.ppo`` with the unset fields filled from the reinforcement fields (see the module docstring)."""
-    given = hp.ppo or PPOHyperparameters()
-    explicit = given.model_fields_set if hp.ppo is not None else set()
-    values = given.model_dump()
-    if "response_length" not in explicit and hp.max_completion_length:
-        values["response_length"] = hp.max_completion_length
-    if "temperature" not in explicit and hp.temperature:
-        values["temperature"] = hp.temperature
-    if "init_kl_coef" not in explicit and hp.kl_coef:
-        values["init_kl_coef"] = hp.kl_coef
-    try:
-        return PPOHyperparameters.model_validate(values)
-    except ValueError as exc:
-        raise BadInput(f"ppo hyperparameters: {exc}") from None
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO's hyperparameters as the loop uses them (:func:`ppo_config` reads them from the job; the defaults here
+    are the contract's, for benchmarks and tests that drive the loop directly)."""
+
+    init_kl_coef: float = 0.15
+    target_kl: float | None = 6.0  # None: a fixed beta
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    temperature: float = 0.7
+    response_length: int = 53
+    missing_eos_penalty: float | None = 1.0  # None or 0: none
+    normalize_reward: bool = True
+    whiten_rewards: bool = False
+    whiten_advantages: bool = True
+    value_head_init: str = "auto"
+    max_grad_norm: float | None = 1.0  # None: no clipping
 
 
-def samples_per_prompt(hp: Hyperparameters) -> int:
-    return hp.num_generations or 1
+def ppo_config(hp: Any) -> PPOConfig:
+    """The loop's settings from the job's hyperparameters (resolved for ppo; resolved again here, idempotently,
+    so a hand-written JobSpec with nulls still gets the contract's defaults)."""
+    if not isinstance(hp, ReinforcementHyperparameters):
+        raise BadInput("algorithm 'ppo' needs the reinforcement method's hyperparameters")
+    hp = hp.for_algorithm("ppo")
+    return PPOConfig(
+        init_kl_coef=float(hp.kl_coef), target_kl=float(hp.target_kl or 0.0) or None,
+        kl_horizon=int(hp.kl_horizon or 1),
+        gamma=float(hp.gamma or 0.0), lam=float(hp.lam or 0.0), cliprange=float(hp.cliprange or 0.0),
+        cliprange_value=float(hp.cliprange_value or 0.0), vf_coef=float(hp.vf_coef or 0.0),
+        ppo_epochs=int(hp.ppo_epochs or 1), num_mini_batches=int(hp.num_mini_batches or 1),
+        temperature=float(hp.temperature), response_length=int(hp.max_completion_length),
+        missing_eos_penalty=float(hp.missing_eos_penalty or 0.0) or None,
+        normalize_reward=bool(hp.normalize_reward), whiten_rewards=bool(hp.whiten_rewards),
+        whiten_advantages=bool(hp.whiten_advantages), value_head_init=str(hp.value_head_init),
+        max_grad_norm=float(hp.max_grad_norm or 0.0) or None,
+    )  # fmt: skip
 
 
-def check(spec: JobSpec) -> PPOHyperparameters:
-    """What can be refused before any download: the adapter type and how the batch divides."""
+def samples_per_prompt(hp: Any) -> int:
+    return int(hp.num_generations) if hp.num_generations != "auto" else 1
+
+
+def check(spec: JobSpec) -> PPOConfig:
+    """What can be refused before any download (the contract checks the rest when the JobSpec is read): the
+    adapter type and how the batch divides (again: ``batch_size`` may have been ``auto``)."""
     hp = spec.hyperparameters
-    config = resolve_hyperparameters(hp)
+    config = ppo_config(hp)
     if spec.adapter.type == "full":
         raise BadInput("algorithm 'ppo' trains LoRA adapters (policy and critic share one copy of the base "
                        "weights); use adapter type 'lora' or 'qlora'")  # fmt: skip
-    rollout = hp.batch_size * samples_per_prompt(hp)
+    rollout = int(hp.batch_size) * samples_per_prompt(hp)  # int(): resolved in every JobSpec
     if rollout % config.num_mini_batches:
         raise BadInput(f"ppo: num_mini_batches {config.num_mini_batches} must divide the rollout batch "
                        f"(batch_size {hp.batch_size} x num_generations {samples_per_prompt(hp)} = {rollout})")
@@ -163,7 +194,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
     scorer: Scorer
     rm_shares_base = False
     rm_dir = None
-    if grader.type == "reward_model":
+    if isinstance(grader, RewardModelGrader):
         rm_dir, manifest = download_reward_model(grader, ctx.store, ctx.workdir)
         rm_tokenizer = load_tokenizer(rm_dir)
         ensure_chat_template(rm_tokenizer)

@@ -32,8 +32,8 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from transformers.trainer_utils import TrainOutput
 
-from tuneforge.contracts.ppo import PPOHyperparameters
 from tuneforge.trainer.methods import ppo_core as core
+from tuneforge.trainer.methods.ppo import PPOConfig
 from tuneforge.trainer.methods.ppo_models import CRITIC, POLICY, Batch, SharedBaseModels
 from tuneforge.trainer.methods.ppo_rewards import Messages, Scorer
 
@@ -127,7 +127,7 @@ class PPOTrainer:
         models: SharedBaseModels,
         scorer: Scorer,
         tokenizer: Any,
-        config: PPOHyperparameters,
+        config: PPOConfig,
         settings: Settings,
         args: TrainingArguments,
         train: Prompts,
