@@ -67,19 +67,17 @@ def run_trainer(spec: dict[str, Any], root: Path) -> tuple[float, list[dict[str,
     return time.perf_counter() - started, events
 
 
-def ppo_settings() -> tuple[dict[str, Any], dict[str, Any]]:
+def rl_hyperparameters(algorithm: str) -> dict[str, Any]:
+    """The pipeline's PPO settings; GRPO and RLOO take the shared ones (sampling, KL coefficient, batch), not PPO's
+    own fields, which the contract refuses for them."""
+    from tuneforge.contracts.hyperparameters import PPO_DEFAULTS
+
     hp = dict(example.HYPERPARAMETERS["ppo"])
-    return hp, dict(hp.pop("ppo"))
+    return hp if algorithm == "ppo" else {k: v for k, v in hp.items() if k not in PPO_DEFAULTS}
 
 
 def rl_spec(algorithm: str, ns: argparse.Namespace, store: Path, rows: int) -> dict[str, Any]:
-    common, ppo = ppo_settings()
-    hp: dict[str, Any] = {**common, "max_steps": ns.steps, "checkpoint_every_steps": 0}
-    if algorithm == "ppo":
-        hp["ppo"] = ppo
-    else:  # the same sampling and KL coefficient, through the reinforcement fields GRPO/RLOO read
-        hp.update(max_completion_length=ppo["response_length"], temperature=ppo["temperature"],
-                  kl_coef=ppo["init_kl_coef"])  # fmt: skip
+    hp: dict[str, Any] = {**rl_hyperparameters(algorithm), "max_steps": ns.steps, "checkpoint_every_steps": 0}
     job_id = f"ftjob-cmp-{algorithm}"
     return {
         "job_id": job_id, "tenant_id": "bench",
@@ -92,7 +90,7 @@ def rl_spec(algorithm: str, ns: argparse.Namespace, store: Path, rows: int) -> d
 
 
 def summarise(events: list[dict[str, Any]], wall_s: float | None, ns: argparse.Namespace) -> dict[str, Any]:
-    common, _ = ppo_settings()
+    common = rl_hyperparameters("ppo")
     steps = [e["data"] for e in events if e["kind"] == "metrics" and "mean_reward" in e["data"]]
     (result,) = [e["data"] for e in events if e["kind"] == "result"]
     responses = common["batch_size"] * common["num_generations"]
@@ -127,7 +125,7 @@ def evaluate(ns: argparse.Namespace, store: Path, adapters: dict[str, Path | Non
     from safetensors.torch import load_file
     from transformers import GenerationConfig
 
-    from tuneforge.contracts.jobspec import GraderSpec
+    from tuneforge.contracts.graders import RewardModelGrader
     from tuneforge.storage import open_store
     from tuneforge.trainer.data import ensure_chat_template
     from tuneforge.trainer.graders import download_reward_model
@@ -139,7 +137,7 @@ def evaluate(ns: argparse.Namespace, store: Path, adapters: dict[str, Path | Non
     model_dir = resolve_model(ns.model)
     tokenizer = load_tokenizer(model_dir)
     ensure_chat_template(tokenizer)
-    grader = GraderSpec(type="reward_model", model_prefix=f"jobs/{RM_JOB}/model")
+    grader = RewardModelGrader(model=RM_JOB, model_prefix=f"jobs/{RM_JOB}/model")
     rm_dir, _ = download_reward_model(grader, open_store(store.as_uri()), store.parent / "eval")
     rm_tokenizer = load_tokenizer(rm_dir)
     lm = load_causal_lm(model_dir, torch.float32)
@@ -229,8 +227,8 @@ def main() -> int:
                            env=dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1"))  # fmt: skip
     if not (store / "jobs" / RM_JOB).exists():
         shutil.copytree(reward_source, store / "jobs" / RM_JOB)
-    common, ppo = ppo_settings()
-    ns.temperature, ns.length = ppo["temperature"], ppo["response_length"]
+    common = rl_hyperparameters("ppo")
+    ns.temperature, ns.length = common["temperature"], common["max_completion_length"]
     train = example.hh_first_turns(ns.rows, 300)
     valid = example.hh_first_turns(ns.valid_rows, 2100)
     (store / "files").mkdir(parents=True, exist_ok=True)
@@ -238,7 +236,7 @@ def main() -> int:
     report: dict[str, Any] = {}
     report["settings"] = {
         "model": ns.model, "steps": ns.steps, "rows": ns.rows, "valid_rows": ns.valid_rows, "samples": ns.samples,
-        "seed": ns.seed, "hyperparameters": {**common, "ppo": ppo},
+        "seed": ns.seed, "hyperparameters": common,
     }  # fmt: skip
     algorithms = [a for a in ns.algorithms.split(",") if a]
     for algorithm in algorithms:

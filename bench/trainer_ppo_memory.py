@@ -157,10 +157,10 @@ def worker(ns: argparse.Namespace) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import TrainingArguments
 
-    from tuneforge.contracts.ppo import PPOHyperparameters
     from tuneforge.trainer.data import ensure_chat_template
     from tuneforge.trainer.graders import load_downloaded_reward_model
     from tuneforge.trainer.methods import ppo_models
+    from tuneforge.trainer.methods.ppo import PPOConfig
     from tuneforge.trainer.methods.ppo_rewards import ModelScorer
     from tuneforge.trainer.methods.ppo_trainer import PPOTrainer, Prompts, Settings
     from tuneforge.trainer.models import load_causal_lm, load_tokenizer
@@ -199,7 +199,7 @@ def worker(ns: argparse.Namespace) -> dict[str, Any]:
     messages = hh_prompts(ns.batch_size * ns.steps)
     ids = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False))[-256:]
            for m in messages]  # fmt: skip
-    config = PPOHyperparameters(response_length=ns.response_length, ppo_epochs=ns.ppo_epochs, missing_eos_penalty=None)
+    config = PPOConfig(response_length=ns.response_length, ppo_epochs=ns.ppo_epochs, missing_eos_penalty=None)
     settings = Settings(batch_size=ns.batch_size, samples_per_prompt=ns.samples, gradient_accumulation_steps=1,
                         total_steps=ns.steps, seed=ns.seed, learning_rate=1e-5, weight_decay=0.0,
                         lr_scheduler="constant", warmup_steps=0, eos_token_ids=[tokenizer.eos_token_id],

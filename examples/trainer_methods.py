@@ -154,9 +154,8 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     # No missing-EOS penalty: bench/rl_reward_model.py compares this run with GRPO and RLOO, which get the raw
     # reward-model score, so PPO gets exactly that score too.
     "ppo": {"n_epochs": 1, "batch_size": 2, "learning_rate": 3e-4, "max_length": 512, "num_generations": 4,
-            "warmup_ratio": 0.0,
-            "ppo": {"response_length": 48, "temperature": 0.7, "init_kl_coef": 0.05, "target_kl": 6.0,
-                    "num_mini_batches": 2, "missing_eos_penalty": None}},
+            "warmup_ratio": 0.0, "max_completion_length": 48, "temperature": 0.7, "kl_coef": 0.05,
+            "target_kl": 6.0, "num_mini_batches": 2, "missing_eos_penalty": 0.0},
     "ppo-sft": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 256},
     "ppo-reward": {"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "max_length": 192},
 }  # fmt: skip

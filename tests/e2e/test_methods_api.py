@@ -202,24 +202,29 @@ PPO_METRICS = ("kl", "kl_coef", "policy_loss", "value_loss", "value_explained_va
                "tokens_per_second", "train_loss")  # fmt: skip
 
 
+PPO_HP: dict[str, Any] = {"num_mini_batches": 2, "ppo_epochs": 2, "gamma": 0.99, "value_head_init": "zero"}
+
+
 def test_reward_model_then_ppo_graded_by_it(process_server: ProcessServer, tiny_model_dir: Path,
                                             tmp_path: Path) -> None:  # fmt: skip
-    """The classic RLHF pair through the API: a reward model, then PPO against it (the API's reinforcement
-    hyperparameters only: max_completion_length, temperature, kl_coef, num_generations)."""
+    """The classic RLHF pair through the API: a reward model, then PPO against it, with some of PPO's own
+    hyperparameters next to the shared reinforcement ones."""
     client = process_server.client()
     pairs = _upload(client, _write(tmp_path / "pairs.jsonl", _pairs(8)))
-    rm_job = _create(client, tiny_model_dir, pairs["id"],
+    rm_job = _create(client, TINY, pairs["id"],
                      {"type": "reward_model", "reward_model": {"hyperparameters": HP}})  # fmt: skip
     rm = _run(process_server, client, rm_job)
 
     prompts = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))
     valid = _upload(client, _write(tmp_path / "valid.jsonl", _prompts(2, seed=1)))
     method = {"type": "reinforcement", "reinforcement": {
-        "algorithm": "ppo", "hyperparameters": RL_HP,
+        "algorithm": "ppo", "hyperparameters": {**RL_HP, **PPO_HP},
         "grader": {"type": "reward_model", "model": rm["fine_tuned_model"]}}}  # fmt: skip
-    job = _create(client, tiny_model_dir, prompts["id"], method, valid["id"])
+    job = _create(client, TINY, prompts["id"], method, valid["id"])
     final = _run(process_server, client, job)
     assert final["method"]["reinforcement"]["algorithm"] == "ppo"
+    assert {k: final["hyperparameters"][k] for k in PPO_HP} == PPO_HP
+    assert final["hyperparameters"]["target_kl"] == 6.0, "PPO's defaults are resolved and shown"
     valid_metrics = _check_outputs(client, job, ("valid_mean_reward", "valid_kl"))
     assert valid_metrics[0]["valid_kl"] == 0.0, "step 0 is the base model"
     train = [m for m in _metrics(client, job["id"]) if "policy_loss" in m]
@@ -230,19 +235,3 @@ def test_reward_model_then_ppo_graded_by_it(process_server: ProcessServer, tiny_
     messages = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
                                                  params={"order": "asc", "limit": 100}).json()["data"]]
     assert any("reward model adapter on the shared base" in m for m in messages), messages
-
-
-def test_ppo_refuses_a_full_adapter_at_once(process_server: ProcessServer, tiny_model_dir: Path,
-                                            tmp_path: Path) -> None:  # fmt: skip
-    client = process_server.client()
-    train = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))
-    method = {"type": "reinforcement", "reinforcement": {
-        "algorithm": "ppo", "hyperparameters": RL_HP,
-        "grader": {"type": "string_check", "reference": "{{item.answer}}", "operation": "eq"}}}  # fmt: skip
-    body = {"model": TINY, "training_file": train["id"], "method": method, "adapter": {"type": "full"}}
-    resp = client.post("/v1/fine_tuning/jobs", json=body)
-    assert resp.status_code == 200, resp.text
-    final = wait_for_status(client, resp.json()["id"], TERMINAL, timeout=120)
-    assert final["status"] == "failed", final
-    assert "LoRA" in final["error"]["message"] and final["error"]["code"] == "invalid_input", final["error"]
-    assert final["trained_tokens"] in (None, 0)

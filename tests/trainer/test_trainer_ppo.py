@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.trainer.trainer_helpers import Result, parse_events, preference_rows, prompt_rows, run_trainer, start_trainer
 
 #: every per-step metric a PPO job reports (besides step/total_steps/epoch/eta)
