@@ -198,16 +198,42 @@ def test_reinforcement_with_graders(process_server: ProcessServer, tiny_model_di
         assert all("valid_reward_correct" in m for m in valid_metrics), valid_metrics
 
 
-def test_ppo_fails_at_once_with_a_clear_message(process_server: ProcessServer, tiny_model_dir: Path,
-                                                tmp_path: Path) -> None:  # fmt: skip
+#: what a PPO job reports on every step, in its events (and, for the first five, in the job's progress / /metrics)
+PPO_METRICS = ("kl", "kl_coef", "policy_loss", "value_loss", "value_explained_variance", "mean_reward",
+               "mean_reward_normalized", "policy_clipfrac", "value_clipfrac", "entropy", "completions_mean_length",
+               "tokens_per_second", "train_loss")  # fmt: skip
+
+
+PPO_HP: dict[str, Any] = {"num_mini_batches": 2, "ppo_epochs": 2, "gamma": 0.99, "value_head_init": "zero"}
+
+
+def test_reward_model_then_ppo_graded_by_it(process_server: ProcessServer, tiny_model_dir: Path,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """The classic RLHF pair through the API: a reward model, then PPO against it, with some of PPO's own
+    hyperparameters next to the shared reinforcement ones."""
     client = process_server.client()
-    train = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))
+    pairs = _upload(client, _write(tmp_path / "pairs.jsonl", _pairs(8)))
+    rm_job = _create(client, TINY, pairs["id"],
+                     {"type": "reward_model", "reward_model": {"hyperparameters": HP}})  # fmt: skip
+    rm = _run(process_server, client, rm_job)
+
+    prompts = _upload(client, _write(tmp_path / "prompts.jsonl", _prompts(4)))
+    valid = _upload(client, _write(tmp_path / "valid.jsonl", _prompts(2, seed=1)))
     method = {"type": "reinforcement", "reinforcement": {
-        "algorithm": "ppo", "hyperparameters": RL_HP,
-        "grader": {"type": "string_check", "reference": "{{item.answer}}", "operation": "eq"}}}  # fmt: skip
-    job = _create(client, TINY, train["id"], method)
-    final = wait_for_status(client, job["id"], TERMINAL, timeout=120)
-    assert final["status"] == "failed", final
-    assert "ppo" in final["error"]["message"] and "grpo" in final["error"]["message"], final["error"]
-    assert final["error"]["code"] == "invalid_input", final["error"]
-    assert final["trained_tokens"] in (None, 0)
+        "algorithm": "ppo", "hyperparameters": {**RL_HP, **PPO_HP},
+        "grader": {"type": "reward_model", "model": rm["fine_tuned_model"]}}}  # fmt: skip
+    job = _create(client, TINY, prompts["id"], method, valid["id"])
+    final = _run(process_server, client, job)
+    assert final["method"]["reinforcement"]["algorithm"] == "ppo"
+    assert {k: final["hyperparameters"][k] for k in PPO_HP} == PPO_HP
+    assert final["hyperparameters"]["target_kl"] == 6.0, "PPO's defaults are resolved and shown"
+    valid_metrics = _check_outputs(client, job, ("valid_mean_reward", "valid_kl"))
+    assert valid_metrics[0]["valid_kl"] == 0.0, "step 0 is the base model"
+    train = [m for m in _metrics(client, job["id"]) if "policy_loss" in m]
+    assert [m["step"] for m in train] == [1, 2], train
+    for m in train:
+        assert all(k in m for k in PPO_METRICS), m
+    assert all(k in final["progress"] for k in ("kl", "kl_coef", "policy_loss", "value_loss")), final["progress"]
+    messages = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                                                 params={"order": "asc", "limit": 100}).json()["data"]]
+    assert any("reward model adapter on the shared base" in m for m in messages), messages

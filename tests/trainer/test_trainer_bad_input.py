@@ -48,17 +48,6 @@ def test_invalid_line_in_data(make_job) -> None:
     assert "line 3" in _error(result)
 
 
-def test_ppo_is_refused_with_reason(make_job) -> None:
-    job = make_job(
-        [{"prompt": "2+2?", "answer": "4"}],
-        fmt="prompt_only",
-        method={"type": "reinforcement", "algorithm": "ppo", "grader": {"type": "string_check"}},
-    )
-    result = run_trainer(job)
-    assert result.returncode == 65
-    assert "PPOTrainer" in _error(result)
-
-
 def test_invalid_spec(tmp_path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"job_id": "x"}))

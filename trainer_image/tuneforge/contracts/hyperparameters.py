@@ -154,20 +154,121 @@ class RewardModelHyperparameters(_Hyperparameters):
         return 1 if rows >= 64 else min(3, super().auto_epochs(rows, steps_per_epoch))
 
 
+#: reinforcement algorithms (``method.reinforcement.algorithm``)
+Algorithm = Literal["grpo", "rloo", "ppo"]
+#: where PPO's critic starts: the reward model's weights, zero, or auto (the reward model when it shares the base)
+ValueHeadInit = Literal["auto", "reward_model", "zero"]
+
+#: reinforcement fields whose auto value depends on the algorithm: (grpo and rloo, ppo). PPO's come from OpenAI's
+#: lm-human-preferences (Ziegler et al. 2019) as "The N implementation details of RLHF with PPO" (Huang et al.
+#: 2023) documents it; GRPO's and RLOO's from TRL.
+RL_AUTO: dict[str, tuple[Any, Any]] = {
+    "kl_coef": (0.0, 0.15),
+    "num_generations": (4, 1),
+    "max_completion_length": (256, 53),
+    "temperature": (1.0, 0.7),
+}
+#: PPO's own fields (null: not set) and the value they take with ``algorithm: ppo``; set with grpo or rloo, a job
+#: is refused
+PPO_DEFAULTS: dict[str, Any] = {
+    "target_kl": 6.0, "kl_horizon": 10_000, "gamma": 1.0, "lam": 0.95, "cliprange": 0.2, "cliprange_value": 0.2,
+    "vf_coef": 0.1, "ppo_epochs": 4, "num_mini_batches": 1, "missing_eos_penalty": 1.0, "normalize_reward": True,
+    "whiten_rewards": False, "whiten_advantages": True, "value_head_init": "auto", "max_grad_norm": 1.0,
+}  # fmt: skip
+
+
+def _ppo(default: Any, description: str) -> Any:
+    return Field(None, description=f"PPO only (algorithm 'ppo'; refused with grpo and rloo). {description}. "
+                 f"Default {str(default).lower() if isinstance(default, bool) else default}")
+
+
 class ReinforcementHyperparameters(_Hyperparameters):
-    """``method.type: reinforcement`` (GRPO, RLOO or PPO on prompt-only data, rewarded by the grader)."""
+    """``method.type: reinforcement`` (GRPO, RLOO or PPO on prompt-only data, rewarded by the grader).
+
+    The shared fields' ``auto`` depends on the algorithm (:data:`RL_AUTO`); PPO's own fields are null unless
+    set, and the algorithm's check (:meth:`check_algorithm`) refuses them with grpo and rloo."""
 
     base_learning_rate: ClassVar[float | None] = 1e-6
 
-    kl_coef: float = Field(0.0, ge=0, le=100, description="Weight of the KL penalty toward the starting model "
-                           "(TRL's beta)")
-    num_generations: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (their rewards are "
-                                 "compared with each other)")
-    max_completion_length: int = Field(256, ge=1, le=32768, description="Longest completion in tokens")
-    temperature: float = Field(1.0, ge=0.01, le=5, description="Sampling temperature of the completions")
+    kl_coef: Annotated[float, Field(ge=0, le=100)] | Auto = Field(
+        AUTO, description="Weight of the KL penalty toward the starting model (TRL's beta; PPO's starting beta). "
+        "auto: 0.0 for grpo and rloo, 0.15 for ppo")
+    num_generations: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
+        AUTO, description="Completions sampled per prompt (grpo and rloo compare their rewards, so at least 2). "
+        "auto: 4 for grpo and rloo, 1 for ppo")
+    max_completion_length: Annotated[int, Field(ge=1, le=32768)] | Auto = Field(
+        AUTO, description="Longest completion in tokens. auto: 256 for grpo and rloo, 53 for ppo")
+    temperature: Annotated[float, Field(ge=0.01, le=5)] | Auto = Field(
+        AUTO, description="Sampling temperature of the completions. auto: 1.0 for grpo and rloo, 0.7 for ppo")
+
+    # -- PPO (a tuneforge extension: OpenAI offers no PPO) --
+    target_kl: Annotated[float, Field(ge=0, le=1000)] | None = _ppo(
+        6.0, "KL to the starting model per completion (nats, summed over its tokens) that an adaptive controller "
+        "steers kl_coef toward; 0 keeps kl_coef fixed")
+    kl_horizon: Annotated[int, Field(ge=1, le=10_000_000)] | None = _ppo(
+        10_000, "Horizon of the adaptive KL controller in completions: kl_coef moves by at most 20% per horizon")
+    gamma: Annotated[float, Field(ge=0, le=1)] | None = _ppo(1.0, "Discount factor of the per-token returns")
+    lam: Annotated[float, Field(ge=0, le=1)] | None = _ppo(0.95, "GAE lambda (bias/variance trade-off of the "
+                                                           "advantages)")
+    cliprange: Annotated[float, Field(gt=0, le=1)] | None = _ppo(0.2, "Clip epsilon of the policy ratio")
+    cliprange_value: Annotated[float, Field(gt=0, le=100)] | None = _ppo(
+        0.2, "How far a new value prediction may move from the rollout's value")
+    vf_coef: Annotated[float, Field(ge=0, le=100)] | None = _ppo(0.1, "Weight of the value loss next to the "
+                                                                 "policy loss")
+    ppo_epochs: Annotated[int, Field(ge=1, le=64)] | None = _ppo(4, "Passes over each rollout batch")
+    num_mini_batches: Annotated[int, Field(ge=1, le=1024)] | None = _ppo(
+        1, "Minibatches (optimizer steps) per pass; must divide batch_size x num_generations")
+    missing_eos_penalty: Annotated[float, Field(ge=0, le=100)] | None = _ppo(
+        1.0, "Subtracted from the (normalised) score of a completion that does not end within "
+        "max_completion_length; 0: no penalty")
+    normalize_reward: bool | None = _ppo(True, "Scale scores to mean 0, std 1 over the first rollout batch (the "
+                                         "starting policy), then keep that scale")
+    whiten_rewards: bool | None = _ppo(False, "Scale the per-token rewards of each batch to unit variance")
+    whiten_advantages: bool | None = _ppo(True, "Shift and scale the advantages of each batch to mean 0, std 1")
+    value_head_init: ValueHeadInit | None = _ppo(
+        "auto", "Where the critic starts: reward_model (its adapter and score head), zero, or auto (the reward "
+        "model when it is a LoRA adapter on the same base; decided by the trainer)")
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] | None = _ppo(
+        1.0, "Clip the gradient norm of each optimizer step; 0: no clipping")
 
     def auto_epochs(self, rows: int, steps_per_epoch: int) -> int:
         return 1 if rows >= 64 else min(3, super().auto_epochs(rows, steps_per_epoch))
+
+    def for_algorithm(self, algorithm: Algorithm) -> ReinforcementHyperparameters:
+        """A copy with the algorithm-dependent ``auto`` values and (for ppo) PPO's defaults filled in."""
+        ppo = algorithm == "ppo"
+        update: dict[str, Any] = {name: values[ppo] for name, values in RL_AUTO.items()
+                                  if getattr(self, name) == AUTO}  # fmt: skip
+        if ppo:
+            update.update({name: value for name, value in PPO_DEFAULTS.items() if getattr(self, name) is None})
+        return self.model_copy(update=update)
+
+    def check_algorithm(self, algorithm: Algorithm) -> list[tuple[str, str]]:
+        """``(field, problem)`` for every field that does not fit the algorithm (the method model raises them)."""
+        problems: list[tuple[str, str]] = []
+        if algorithm != "ppo":
+            misplaced = f"a PPO hyperparameter: it applies only with algorithm 'ppo', not '{algorithm}'"
+            problems += [(name, misplaced) for name in PPO_DEFAULTS if getattr(self, name) is not None]
+            if self.num_generations != AUTO and self.num_generations < 2:
+                problems.append(("num_generations", f"{algorithm} compares the completions of one prompt, so it "
+                                 f"needs at least 2, got {self.num_generations}"))  # fmt: skip
+            return problems
+        hp = self.for_algorithm(algorithm)
+        if hp.target_kl and hp.kl_coef == 0:
+            problems.append(("kl_coef", "an adaptive KL controller (target_kl > 0) scales kl_coef, so kl_coef must "
+                             "be above 0 (or set target_kl to 0 for a fixed kl_coef of 0)"))  # fmt: skip
+        if hp.batch_size != AUTO and (hp.batch_size * int(hp.num_generations)) % int(hp.num_mini_batches or 1):
+            problems.append(("num_mini_batches", f"must divide the rollout batch, batch_size x num_generations = "
+                             f"{hp.batch_size} x {hp.num_generations}, got {hp.num_mini_batches}"))  # fmt: skip
+        elif hp.batch_size != AUTO:
+            minibatch = hp.batch_size * int(hp.num_generations) // int(hp.num_mini_batches or 1)
+            if minibatch % hp.gradient_accumulation_steps:
+                problems.append(("gradient_accumulation_steps", f"must divide a PPO minibatch of {minibatch} "
+                                 f"completions, got {hp.gradient_accumulation_steps}"))  # fmt: skip
+        if hp.max_length - int(hp.max_completion_length) < 1:
+            problems.append(("max_completion_length", f"must be below max_length ({hp.max_length}) to leave room "
+                             f"for the prompt, got {hp.max_completion_length}"))  # fmt: skip
+        return problems
 
 
 AnyHyperparameters = (

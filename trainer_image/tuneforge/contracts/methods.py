@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tuneforge.contracts.graders import AnyGrader, Grader
 from tuneforge.contracts.hyperparameters import (
+    Algorithm,
     DpoHyperparameters,
     ReinforcementHyperparameters,
     RewardModelHyperparameters,
@@ -23,7 +25,6 @@ from tuneforge.contracts.hyperparameters import (
 
 MethodType = Literal["supervised", "dpo", "reward_model", "reinforcement"]
 METHOD_TYPES: tuple[MethodType, ...] = ("supervised", "dpo", "reward_model", "reinforcement")
-Algorithm = Literal["grpo", "rloo", "ppo"]
 
 
 class _Frozen(BaseModel):
@@ -46,6 +47,17 @@ class ReinforcementConfig(_Frozen):
     algorithm: Algorithm = Field("grpo", description="grpo and rloo are critic-free; ppo trains a value head")
     grader: Grader = Field(..., description="How each completion is scored")
     hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+    @model_validator(mode="after")
+    def _fits_the_algorithm(self) -> ReinforcementConfig:
+        # raised as the hyperparameter's own error, so a 400 names 'method.reinforcement.hyperparameters.<field>'
+        problems = self.hyperparameters.check_algorithm(self.algorithm)
+        if problems:
+            raise ValidationError.from_exception_data("ReinforcementConfig", [
+                InitErrorDetails(type=PydanticCustomError("algorithm_mismatch", problem), loc=("hyperparameters", name),
+                                 input=getattr(self.hyperparameters, name))
+                for name, problem in problems])  # fmt: skip
+        return self
 
 
 class _Method(_Frozen):
@@ -105,6 +117,12 @@ class ReinforcementMethod(_Method):
     @property
     def grader(self) -> AnyGrader:
         return self.reinforcement.grader
+
+    def resolved(self, *, rows: int, adapter: str) -> AnyMethod:
+        """As for every method, then the ``auto`` values that depend on the algorithm (and PPO's defaults)."""
+        hp = self.reinforcement.hyperparameters.resolved(rows=rows, adapter=adapter)
+        assert isinstance(hp, ReinforcementHyperparameters)
+        return self.with_hyperparameters(hp.for_algorithm(self.algorithm))
 
 
 AnyMethod = SupervisedMethod | DpoMethod | RewardModelMethod | ReinforcementMethod

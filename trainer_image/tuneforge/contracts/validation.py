@@ -64,7 +64,8 @@ def describe(errors: Sequence[Any], body: Any, rename: Callable[[str], str] = st
         param = rename(public_path(error.get("loc", ()), body))
         if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
             param = f"{param}.type" if param else "type"
-        if error.get("type") == "literal_error" and "'auto'" in str(error.get("msg", "")):
+        # the "auto" branch of a number-or-"auto" field (a Literal that merely includes "auto" is its own field)
+        if error.get("type") == "literal_error" and str(error.get("msg", "")) == "Input should be 'auto'":
             also_auto.add(param)
             continue
         out.setdefault(param, {"param": param, "message": _message(error, param)})

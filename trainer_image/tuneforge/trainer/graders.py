@@ -204,10 +204,8 @@ def check_grader(spec: AnyGrader) -> None:
     make_reward(spec)
 
 
-def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path, dtype: Any) -> tuple[Any, Any]:
-    """A published ``reward_model`` job's model (adapter merged) and its tokenizer."""
-    from tuneforge.trainer.models import load_sequence_classifier, load_tokenizer, resolve_model
-
+def download_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path) -> tuple[Path, dict[str, Any]]:
+    """A published ``reward_model`` job's files in a local directory, and its manifest."""
     prefix = (spec.model_prefix or "").strip("/")
     if not prefix:
         raise BadInput("a reward_model grader needs 'model_prefix' (a succeeded reward_model job's model)")
@@ -220,6 +218,21 @@ def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path
     local = workdir / "reward-model"
     for entry in manifest["files"]:
         store.download_file(f"{prefix}/{entry['name']}", local / entry["name"])
+    return local, manifest
+
+
+def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path, dtype: Any) -> tuple[Any, Any]:
+    """A published ``reward_model`` job's model (adapter merged) and its tokenizer."""
+    from tuneforge.trainer.models import load_tokenizer
+
+    local, manifest = download_reward_model(spec, store, workdir)
+    return load_downloaded_reward_model(local, manifest, store, dtype), load_tokenizer(local)
+
+
+def load_downloaded_reward_model(local: Path, manifest: dict[str, Any], store: ObjectStore, dtype: Any) -> Any:
+    """The sequence classifier in ``local`` (from :func:`download_reward_model`), its LoRA adapter merged."""
+    from tuneforge.trainer.models import load_sequence_classifier, load_tokenizer, resolve_model
+
     tokenizer = load_tokenizer(local)
     if (local / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -229,4 +242,4 @@ def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path
     else:
         model = load_sequence_classifier(local, dtype, tokenizer.pad_token_id)
     model.eval()
-    return model, tokenizer
+    return model

@@ -40,6 +40,11 @@ PROGRESS_GAUGES = (
     ("eta_seconds", "tuneforge_trainer_eta_seconds", "Estimated seconds until training ends"),
     ("trained_tokens", "tuneforge_trainer_trained_tokens", "Tokens trained on so far"),
     ("mfu", "tuneforge_trainer_mfu", "Model FLOPs utilisation, 0..1"),
+    ("mean_reward", "tuneforge_trainer_mean_reward", "Mean reward (reinforcement jobs)"),
+    ("kl", "tuneforge_trainer_kl", "KL divergence to the reference model per response (PPO)"),
+    ("kl_coef", "tuneforge_trainer_kl_coef", "KL penalty coefficient beta (PPO)"),
+    ("policy_loss", "tuneforge_trainer_policy_loss", "Clipped policy loss (PPO)"),
+    ("value_loss", "tuneforge_trainer_value_loss", "Clipped value loss of the critic (PPO)"),
 )
 #: per-GPU gauges: (name, help, value of device i from torch.cuda)
 CUDA_GAUGES: tuple[tuple[str, str, Callable[[Any, int], float]], ...] = (

@@ -40,16 +40,16 @@ def metrics_key(spec: JobSpec) -> str:
 
 
 def check_spec(spec: JobSpec) -> None:
-    """What the contract cannot check alone: the grader's patterns compile with the ``regex`` module."""
+    """What the contract cannot check alone: the grader's patterns compile with the ``regex`` module; PPO's rules
+    on the resolved values (the adapter type, how an ``auto`` batch divides)."""
     method = spec.method
     if method.type == "reinforcement":
-        if method.algorithm == "ppo":
-            raise BadInput(
-                "algorithm 'ppo' is not available: TRL 1.16 ships no PPOTrainer (neither in trl nor in "
-                "trl.experimental). Use 'grpo' or 'rloo', its critic-free successors"
-            )
         assert method.grader is not None  # required by the contract
         check_grader(method.grader)
+        if method.algorithm == "ppo":
+            from tuneforge.trainer.methods.ppo import check as check_ppo
+
+            check_ppo(spec)
 
 
 def _workdir(spec: JobSpec) -> Path:

@@ -84,6 +84,23 @@ def _resolve_reward_models(repo: TenantRepo, grader: AnyGrader, param: str) -> A
     return grader.model_copy(update={"model_prefix": job_model_prefix(job.id)})
 
 
+def _check_adapter(method: AnyMethod, adapter: AdapterSpec) -> None:
+    if method.algorithm == "ppo" and adapter.type == "full":
+        raise InvalidRequest("algorithm 'ppo' trains LoRA adapters (the policy and the critic share one copy of the "
+                             "base weights): use adapter type 'lora' or 'qlora'", param="adapter.type")
+
+
+def _check_resolved(method: AnyMethod) -> None:
+    """The rules that need resolved values (PPO's minibatches must divide an ``auto`` batch size), once more on
+    the method as the JobSpec holds it, so the trainer is never handed a job it would refuse."""
+    raw = method.model_dump()
+    try:
+        _METHOD.validate_python(raw)
+    except ValidationError as exc:
+        details = describe(exc.errors(), raw, rename=lambda path: f"method.{path}")
+        raise InvalidRequest(details[0]["message"], param=details[0]["param"], details=list(details)) from None
+
+
 def _dataset(file: File) -> DatasetRef:
     return DatasetRef(file_id=file.id, key=file.key, format=file.format or "", rows=file.rows)
 
@@ -167,6 +184,7 @@ def describe_request(repo: TenantRepo, store: ObjectStore, settings: ServiceSett
 
     seed = req.seed if req.seed is not None else 42
     adapter = _continued_adapter(start, req.adapter, method.type) or AdapterSpec()
+    _check_adapter(method, adapter)
     resources = req.resources or ResourceSpec()
     spec = JobSpec(
         job_id=job_id,
@@ -185,6 +203,7 @@ def describe_request(repo: TenantRepo, store: ObjectStore, settings: ServiceSett
         # the executor mints a fresh per-attempt token when it starts the trainer
         progress=ProgressChannel(url=settings.server.base_url, token=""),
     )
+    _check_resolved(spec.method)
     return spec, training, validation
 
 

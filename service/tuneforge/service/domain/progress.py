@@ -19,6 +19,8 @@ PROGRESS_KEYS = (
     "step", "total_steps", "epoch", "train_loss", "valid_loss", "learning_rate", "tokens_per_second",
     "eta_seconds", "trained_tokens", "gpu_memory_bytes", "mfu", "valid_mean_token_accuracy",
     "valid_preference_accuracy", "valid_mean_reward", "mean_reward",
+    # PPO (reinforcement, algorithm ppo)
+    "kl", "kl_coef", "policy_loss", "value_loss", "value_explained_variance",
 )
 
 

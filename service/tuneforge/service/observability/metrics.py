@@ -54,6 +54,11 @@ JOB_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("gpu_memory_bytes", "gpu_memory_bytes", "Peak accelerator memory of the trainer (CUDA only)"),
     ("mfu", "mfu", "Model FLOPs utilisation, 0..1 (CUDA only)"),
     ("mean_reward", "mean_reward", "Mean reward (reinforcement jobs)"),
+    ("kl", "kl", "KL divergence to the reference model per response (PPO)"),
+    ("kl_coef", "kl_coef", "KL penalty coefficient beta (PPO)"),
+    ("policy_loss", "policy_loss", "Clipped policy loss (PPO)"),
+    ("value_loss", "value_loss", "Clipped value loss of the critic (PPO)"),
+    ("value_explained_variance", "value_explained_variance", "Variance of the returns the critic explains (PPO)"),
 )
 
 #: request latency buckets (seconds): API calls are fast; uploads and downloads are not

@@ -1,8 +1,8 @@
-"""``reinforcement``: GRPO or RLOO (TRL) on prompt-only data, rewarded by the job's grader.
+"""``reinforcement``: GRPO or RLOO (TRL) on prompt-only data, rewarded by the job's grader; PPO (our own, TRL 1.x
+has none) is built by :mod:`tuneforge.trainer.methods.ppo`.
 
 ``batch_size`` counts prompts per optimizer step; each prompt gets ``num_generations`` completions.
-``kl_coef`` is TRL's ``beta``. PPO is not offered: TRL 1.16 ships no PPOTrainer (checked in the runner).
-On CUDA with vLLM installed, generation runs in vLLM (colocated).
+``kl_coef`` is TRL's ``beta``. On CUDA with vLLM installed, generation runs in vLLM (colocated).
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ def build(ctx: RunContext) -> BuiltTrainer:
     if grader is None:  # pragma: no cover - checked by the runner
         raise BadInput("a reinforcement job needs a grader")
     algorithm = spec.method.algorithm or "grpo"
+    if algorithm == "ppo":
+        from tuneforge.trainer.methods import ppo
+
+        return ppo.build(ctx)
     num_generations = hp.num_generations or 4
     if num_generations < 2:
         raise BadInput("num_generations must be at least 2 (advantages compare completions of one prompt)")
@@ -104,7 +108,7 @@ def build(ctx: RunContext) -> BuiltTrainer:
 
         trainer_cls = RLOOTrainer
         args = RLOOConfig(**common, **rl_kwargs)
-    else:  # pragma: no cover - ppo refused by the runner
+    else:  # pragma: no cover - the JobSpec allows only grpo, rloo and ppo
         raise BadInput(f"unsupported reinforcement algorithm {algorithm!r}")
     trainer = trainer_cls(
         model=model,
