@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tuneforge.contracts.graders import AnyGrader, Grader
+from tuneforge.contracts.graders import AnyGrader, Grader, judges_in
 from tuneforge.contracts.hyperparameters import (
     DpoHyperparameters,
     ReinforcementHyperparameters,
@@ -46,6 +46,16 @@ class ReinforcementConfig(_Frozen):
     algorithm: Algorithm = Field("grpo", description="grpo and rloo are critic-free; ppo trains a value head")
     grader: Grader = Field(..., description="How each completion is scored")
     hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+    @field_validator("grader")
+    @classmethod
+    def _no_judges(cls, grader: AnyGrader) -> AnyGrader:
+        # training runs apart from the serving engines a judge model needs
+        if judges_in(grader):
+            raise ValueError(f"{judges_in(grader)[0].type} graders call a served model: they work in evals and "
+                             "/v1/fine_tuning/alpha/graders/run, not in reinforcement jobs (use a reward_model "
+                             "grader to train against a model's score)")
+        return grader
 
 
 class _Method(_Frozen):
