@@ -331,7 +331,8 @@ AnyGrader = (StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrade
 #: an eval's testing criterion and what ``/fine_tuning/alpha/graders/run`` takes
 EvalGrader = Annotated[StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrader | ScoreModelGrader
                        | LabelModelGrader, Field(discriminator="type"), BeforeValidator(_no_python)]
-AnyEvalGrader = StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrader | ScoreModelGrader | LabelModelGrader
+AnyEvalGrader = (StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrader | ScoreModelGrader
+                 | LabelModelGrader)
 
 
 def judges_in(grader: Any) -> list[JudgeGrader]:

@@ -7,9 +7,9 @@ provides (the service passes one over its serving backend); without one it canno
 """
 
 from tuneforge.graders.grading import Grade, compile_grader, grade
-from tuneforge.graders.judges import Judge, JudgeError, JudgeReply
+from tuneforge.graders.judges import Judge, JudgeError, JudgeReply, JudgeUnavailable
 from tuneforge.graders.matching import GraderError, normalise
 from tuneforge.graders.similarity import meteor_available, similarity
 
-__all__ = ["Grade", "GraderError", "Judge", "JudgeError", "JudgeReply", "compile_grader", "grade",
+__all__ = ["Grade", "GraderError", "Judge", "JudgeError", "JudgeReply", "JudgeUnavailable", "compile_grader", "grade",
            "meteor_available", "normalise", "similarity"]

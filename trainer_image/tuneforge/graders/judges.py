@@ -24,7 +24,11 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 class JudgeError(Exception):
-    """The judge failed (its model could not answer) or replied with something that is not a grade."""
+    """The judge replied with something that is not a grade."""
+
+
+class JudgeUnavailable(JudgeError):
+    """The judge's model could not answer (engine down, request refused)."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
 from tuneforge.service.api.routes import (
     artifacts,
+    evals,
     events_stream,
     files,
+    graders,
     health,
     internal,
     jobs,
@@ -38,9 +40,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         if start_executor and state.executor:
             state.executor.start()
         await state.serving.start()
+        if state.evals is not None:
+            await state.evals.start()
         try:
             yield
         finally:
+            if state.evals is not None:
+                await state.evals.aclose()
             await state.serving.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
@@ -54,7 +60,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     )
     app.state.tuneforge = state
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, serving, internal, observability, ui):
+    for module in (health, files, jobs, events_stream, artifacts, models, serving, graders, evals, internal,
+                   observability, ui):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

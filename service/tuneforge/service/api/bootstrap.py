@@ -33,6 +33,9 @@ def build_state(settings: ServiceSettings) -> AppState:
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
                      metrics=metrics, serving=build_serving(settings, store, metrics))
     state.executor = build_executor(state)
+    from tuneforge.service.executors.eval_runs import EvalRunner
+
+    state.evals = EvalRunner(settings, sessions, store, state.serving)
     return state
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.serving import ServingBackend
+from tuneforge.service.executors.eval_runs import EvalRunner
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
 
@@ -25,3 +26,5 @@ class AppState:
     metrics: ServiceMetrics
     serving: ServingBackend
     executor: Executor | None = None
+    #: eval runs in the background (bootstrap sets it)
+    evals: EvalRunner | None = None
