@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -156,7 +155,8 @@ def test_bad_runs_are_refused_at_creation(server: ThreadServer) -> None:
     created = _eval(client)
     completions = {"type": "completions", "model": "SmolLM2-135M-Instruct",
                    "source": {"type": "file_content", "content": [{"item": {"question": "q", "answer": "a"}}]},
-                   "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]}}
+                   "input_messages": {"type": "template",
+                                      "template": [{"role": "user", "content": "{{item.question}}"}]}}
     cases: list[tuple[dict[str, Any], int, str, str]] = [
         ({**completions, "model": "no-such-model"}, 404, "data_source.model", "no-such-model"),
         ({**completions, "input_messages": {"type": "template", "template": [

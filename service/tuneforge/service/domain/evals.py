@@ -164,6 +164,8 @@ class SamplingParams(_Request):
     seed: int | None = None
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     max_completions_tokens: int | None = Field(None, ge=1, le=8192)
+    #: vLLM's extension (tuneforge's engine has it too): generate through end-of-turn tokens, for benchmarks
+    ignore_eos: bool | None = None
 
 
 class ContentRow(_Request):

@@ -270,7 +270,7 @@ class EvalRunner:
         except (TemplateError, ValueError) as exc:
             return self._sample_error(body, "invalid_item", str(exc))
         if params is not None:
-            for key in ("temperature", "top_p", "seed"):
+            for key in ("temperature", "top_p", "seed", "ignore_eos"):
                 if getattr(params, key) is not None:
                     body[key] = getattr(params, key)
             tokens = params.max_completion_tokens or params.max_completions_tokens
