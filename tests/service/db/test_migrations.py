@@ -26,7 +26,9 @@ from tuneforge.service.db import migrate
 from tuneforge.service.db.models import Base, Job, JobEvent
 from tuneforge.service.db.session import init_db, make_engine
 
-HEAD = "0002"
+#: the newest revision (helpers add revisions in parallel: tests follow the chain rather than name its end)
+HEAD = migrate.head_revision()
+NEXT = f"{int(HEAD) + 1:04d}"
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +197,12 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
     """The whole upgrade is one transaction, SQLite's batch table copy included."""
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_fails.py").write_text(textwrap.dedent("""\
+    (scripts / "versions" / f"{NEXT}_fails.py").write_text(textwrap.dedent(f"""\
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0003"
-        down_revision = "0002"
+        revision = "{NEXT}"
+        down_revision = "{HEAD}"
         branch_labels = None
         depends_on = None
 
@@ -209,14 +211,14 @@ def test_a_failing_revision_leaves_the_database_as_it_was(db_url: str, engine: E
             with op.batch_alter_table("files") as batch:  # SQLite: a table copy, then the old one dropped
                 batch.alter_column("rows", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
             op.execute("DELETE FROM job_events")
-            raise RuntimeError("boom in 0003")
+            raise RuntimeError("boom in {NEXT}")
 
 
         def downgrade():
             pass
         """))
     contents = create_round_one_database(db_url)
-    with pytest.raises(RuntimeError, match="boom in 0003"):
+    with pytest.raises(RuntimeError, match=f"boom in {NEXT}"):
         migrate.upgrade(engine, script_location=scripts)
     state = migrate.current_state(engine)
     assert (state.kind, state.current) == ("unversioned", None)  # not even the stamp of 0001 stayed
@@ -261,9 +263,9 @@ def test_new_revision_drafts_nothing_when_models_match_head(tmp_path: Path) -> N
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("no changes", script_location=scripts)
-    assert path.name == "0003_no_changes.py"
+    assert path.name == f"{NEXT}_no_changes.py"
     body = path.read_text()
-    assert 'down_revision = "0002"' in body or "down_revision = '0002'" in body
+    assert f'down_revision = "{HEAD}"' in body or f"down_revision = '{HEAD}'" in body
     upgrade_body = body.split("def upgrade() -> None:")[1].split("def downgrade")[0]
     assert upgrade_body.split() == ["#", "###", "commands", "auto", "generated", "by", "Alembic", "-", "please",
                                     "adjust!", "###", "pass", "#", "###", "end", "Alembic", "commands", "###"]

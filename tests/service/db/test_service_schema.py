@@ -20,6 +20,10 @@ from tests.support.live_server import ROOT, ProcessServer, ThreadServer, make_se
 from tests.support.postgres import PostgresServer, find_pg_bin
 from tests.support.waiting import free_port
 from tuneforge.service.cli.main import app
+from tuneforge.service.db.migrate import head_revision
+
+#: the newest revision (helpers add revisions in parallel: tests follow the chain)
+HEAD = head_revision()
 
 
 @pytest.fixture(scope="module")
@@ -97,23 +101,23 @@ def test_auto_upgrade_off_refuses_to_start_until_db_upgrade(tmp_path: Path) -> N
     refused = _serve(env)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Not starting: The database (sqlite:///" in refused.stderr
-    assert "is unversioned" in refused.stderr and "needs revision 0002" in refused.stderr
+    assert "is unversioned" in refused.stderr and f"needs revision {HEAD}" in refused.stderr
     assert "run `tuneforge db upgrade`" in refused.stderr
     assert "Traceback" not in refused.stderr
 
     current = _tuneforge(env, "db", "current", "--check")
     assert current.exit_code == 1
-    assert "current:  unversioned" in current.stdout and "head:     0002" in current.stdout
+    assert "current:  unversioned" in current.stdout and f"head:     {HEAD}" in current.stdout
     assert "behind: run `tuneforge db upgrade`" in current.stdout
 
     upgraded = _tuneforge(env, "db", "upgrade")
     assert upgraded.exit_code == 0, upgraded.stderr
-    assert "Upgraded: unversioned" in upgraded.stdout and "-> at revision 0002 (head)" in upgraded.stdout
+    assert "Upgraded: unversioned" in upgraded.stdout and f"-> at revision {HEAD} (head)" in upgraded.stdout
     again = _tuneforge(env, "db", "upgrade")
-    assert "Already at revision 0002 (head); nothing to do." in again.stdout
+    assert f"Already at revision {HEAD} (head); nothing to do." in again.stdout
 
     current = _tuneforge(env, "db", "current", "--check")
-    assert current.exit_code == 0 and "current:  at revision 0002 (head)" in current.stdout
+    assert current.exit_code == 0 and f"current:  at revision {HEAD} (head)" in current.stdout
 
     srv = ProcessServer(home, env={k: env[k] for k in ("TUNEFORGE_DATABASE_URL", "TUNEFORGE_DB_AUTO_UPGRADE")})
     srv.start()
