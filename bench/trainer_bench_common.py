@@ -75,9 +75,10 @@ def parse_args(
     return cfg, ns
 
 
-def load_gsm8k_chat(n: int) -> list[dict[str, Any]]:
+def load_gsm8k_chat(n: int, data_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The first ``n`` GSM8K train rows as chat rows (question → user, answer → assistant)."""
     rows = []
-    with open(DATA / "gsm8k" / "train.jsonl") as fh:
+    with open((data_dir or DATA) / "gsm8k" / "train.jsonl") as fh:
         for line in fh:
             item = json.loads(line)
             rows.append(
@@ -93,12 +94,12 @@ def load_gsm8k_chat(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def load_hh_pairs(n: int, offset: int = 0) -> list[dict[str, Any]]:
+def load_hh_pairs(n: int, offset: int = 0, data_dir: Path | None = None) -> list[dict[str, Any]]:
     """HH-RLHF harmless-base dialogues as preference rows (shared prompt, last assistant turns differ)."""
     from tuneforge.contracts.datasets import InvalidLine, hh_rlhf_to_preference
 
     rows = []
-    with gzip.open(DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
+    with gzip.open((data_dir or DATA) / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
         for i, line in enumerate(fh):
             if i < offset:
                 continue
@@ -160,33 +161,68 @@ def run_ours(
     extra_hp: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    store = tmp / "store"
+    spec = bench_job_spec(
+        store=tmp / "store",
+        rows=rows,
+        method=method,
+        fmt=fmt,
+        model_path=cfg.model_path,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        adapter={"type": "lora", "r": cfg.lora_r, "alpha": 2 * cfg.lora_r, "dropout": 0.05},
+        seed=cfg.seed,
+        extra_hp=extra_hp,
+    )
+    spec_path = tmp / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return run_child([sys.executable, "-m", "tuneforge.trainer", "--spec", str(spec_path)], env=env)
+
+
+def bench_job_spec(
+    *,
+    store: Path,
+    rows: list[dict[str, Any]],
+    method: dict[str, Any],
+    fmt: str,
+    model_path: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    max_length: int,
+    adapter: dict[str, Any],
+    seed: int,
+    extra_hp: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JobSpec (as JSON data) of one benchmark run, with its training file written into a local store.
+
+    The only place the benchmarks build a JobSpec (bench/trainer_*.py and bench/gpu/): adapt it here when the
+    contract changes. No warm-up, no intermediate checkpoints: the runs measure training steps.
+    """
     (store / "files").mkdir(parents=True, exist_ok=True)
     (store / "files" / "file-bench").write_text("".join(json.dumps(r) + "\n" for r in rows))
     hp = {
-        "n_epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate,
-        "max_length": cfg.max_length,
+        "n_epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
         "warmup_ratio": 0.0,
         "checkpoint_every_steps": 0,
         **(extra_hp or {}),
     }
-    spec = {
+    return {
         "job_id": "ftjob-bench",
         "tenant_id": "bench",
         "method": method,
-        "base_model": cfg.model_path,
+        "base_model": model_path,
         "training_file": {"file_id": "file-bench", "key": "files/file-bench", "format": fmt, "rows": len(rows)},
         "hyperparameters": hp,
-        "adapter": {"type": "lora", "r": cfg.lora_r, "alpha": 2 * cfg.lora_r, "dropout": 0.05},
+        "adapter": adapter,
         "storage_url": store.as_uri(),
         "output_prefix": "jobs/ftjob-bench",
-        "seed": cfg.seed,
+        "seed": seed,
     }
-    spec_path = tmp / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    return run_child([sys.executable, "-m", "tuneforge.trainer", "--spec", str(spec_path)], env=env)
 
 
 def _tps(side: dict[str, Any]) -> float:

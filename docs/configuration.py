@@ -13,6 +13,7 @@ from tuneforge.contracts.settings import markdown_table
 from tuneforge.operator.config import OperatorSettings
 from tuneforge.service.cli.settings import ClientSettings
 from tuneforge.service.core.config import ServiceSettings
+from tuneforge.storage.s3 import S3EnvSettings
 from tuneforge.trainer.settings import TrainerSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -22,6 +23,7 @@ SECTIONS = (
     ("The command line", ClientSettings),
     ("The operator (`python -m tuneforge.operator`)", OperatorSettings),
     ("The trainer (set by the executors; rarely by hand)", TrainerSettings),
+    ("S3 transfers (every process that opens an `s3://` store)", S3EnvSettings),
 )
 
 

@@ -1,7 +1,7 @@
 """The end-to-end job with every byte in S3 (a moto server over HTTP): the deployment's configuration, by env.
 
 The service process and the trainer subprocess it starts both get ``TUNEFORGE_STORAGE_URL=s3://...`` and
-``AWS_ENDPOINT_URL``; the base model is read from the bucket's model cache (``models/{name}/``); the tuned model
+``AWS_ENDPOINT_URL``; the base model is read from the bucket's model registry (``models/{name}/``); the tuned model
 is downloaded through presigned URLs, straight from the bucket; deleting the job removes its objects.
 """
 
@@ -24,7 +24,7 @@ from tests.support.s3_server import MotoServer
 pytestmark = pytest.mark.slow
 
 BUCKET = "tuneforge-e2e"
-BASE_MODEL = "tuneforge-test/tiny-llama"  # a hub-style id, found in the bucket's model cache
+BASE_MODEL = "tiny-llama-s3"  # registered in the bucket, as `tuneforge models register` does
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,10 @@ def s3_server(tmp_path: Path, s3_env: dict[str, str], bucket: Any) -> Iterator[P
 
 def test_job_end_to_end_on_s3(s3_server: ProcessServer, bucket: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
     from tests.support.download import download_all
-    from tuneforge.trainer.models import publish_model_dir
+    from tests.support.models import register_model
 
-    # the base model goes into the bucket's model cache, as `tuneforge models push` puts it there
-    publish_model_dir(bucket, tiny_model_dir, BASE_MODEL)
+    # the base model goes into the bucket's model registry, as `tuneforge models register` puts it there
+    register_model(bucket, tiny_model_dir, BASE_MODEL)
 
     client = s3_server.client()
     data = write_chat_file(tmp_path / "train.jsonl")
@@ -77,7 +77,9 @@ def test_job_end_to_end_on_s3(s3_server: ProcessServer, bucket: Any, tiny_model_
     job = client.post("/v1/fine_tuning/jobs", json={
         "model": BASE_MODEL, "training_file": file["id"], "suffix": "s3", "seed": 3,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
-    }).json()
+    })
+    assert job.status_code == 200, job.text
+    job = job.json()
     final = wait_for_status(client, job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
     assert final["status"] == "succeeded", (final, s3_server.log_tail())
 

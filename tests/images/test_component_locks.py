@@ -42,10 +42,9 @@ MARKER_ENV = {
     "platform_machine": "x86_64",
 }
 FORBIDDEN = {
+    # starlette and uvicorn are allowed: the trainer image also runs the CPU inference engine's HTTP server
     "trainer": {
         "fastapi",
-        "starlette",
-        "uvicorn",
         "sqlalchemy",
         "kopf",
         "kubernetes",

@@ -17,7 +17,8 @@ from tests.support.buildah import DOCKERFILES, REPO, _instructions, copied_sourc
 OCI_LABELS = ("title", "description", "version", "revision", "created", "licenses", "source", "base.name")
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|cuda-nvcc|python3-dev)\b")
 #: the tuneforge portions (top-level subpackages) each image must carry: its own, and what they import
-OWN_PORTION = {"trainer": "trainer", "service": "service", "operator": "operator"}
+#: the portions an image runs itself (the trainer image also runs the CPU inference engine, ``python -m tuneforge.engine``)
+OWN_PORTION = {"trainer": ("trainer", "engine"), "service": ("service",), "operator": ("operator",)}
 
 
 def _hadolint() -> str:
@@ -163,8 +164,8 @@ def test_copies_exactly_the_source_its_component_imports(name: str) -> None:
     sources = [s for s in copied_sources(DOCKERFILES[name]) if not s.startswith(".ci/")]
     modules = _copied_modules(sources)
     packages = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}
-    own = f"tuneforge.{OWN_PORTION[name]}"
-    todo = [m for m in modules if m == own or m.startswith(own + ".")]
+    owns = [f"tuneforge.{portion}" for portion in OWN_PORTION[name]]
+    todo = [m for m in modules if any(m == own or m.startswith(own + ".") for own in owns)]
     reached: set[str] = set()
     missing = set()
     while todo:  # the modules reachable from the component's own code

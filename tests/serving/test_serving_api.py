@@ -18,13 +18,13 @@ import httpx
 import openai
 import pytest
 
-from tests.service.helpers import add_tenant, chat_file, create_job, update_job, upload
+from tests.service.helpers import add_tenant
+from tests.serving.published import succeeded_job
 from tests.support.engine_models import make_lora, make_peaked_model
 from tests.support.live_server import ThreadServer, make_settings
 from tests.support.models import register_model
 from tests.support.waiting import free_port, wait_for
-from tuneforge.contracts.store_layout import job_model_prefix
-from tuneforge.service.db.models import Checkpoint, now
+from tuneforge.service.db.models import Checkpoint
 from tuneforge.storage.manifest import publish_dir
 
 pytestmark = pytest.mark.timeout(1800)
@@ -42,18 +42,6 @@ class Served:
                              max_retries=0, timeout=900)
 
 
-def _succeeded_job(server: ThreadServer, client: httpx.Client, adapter: Path, method: str = "supervised") -> str:
-    """A job as training leaves it: its model published under jobs/{id}/model, status succeeded."""
-    job = create_job(client, upload(client, chat_file(4))["id"], model=BASE) if method == "supervised" else None
-    if job is None:  # a reward model needs a preference file; only its method matters here
-        job = create_job(client, upload(client, chat_file(4))["id"], model=BASE)
-        update_job(server, job["id"], method={"type": "reward_model", "reward_model": {}})
-    publish_dir(server.state.store, adapter, job_model_prefix(job["id"]), base_model=BASE)
-    name = f"ft:{BASE}:default:{method}:{job['id'][6:18]}"
-    update_job(server, job["id"], status="succeeded", fine_tuned_model=name, finished_at=now())
-    return name
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = Path(os.environ.get("TUNEFORGE_TEST_MODEL_DIR") or tmp_path_factory.mktemp("serving-models"))
@@ -64,9 +52,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         register_model(server, model, BASE)
         with server.client() as client:
-            tuned = _succeeded_job(server, client, adapter)
-            reward = _succeeded_job(server, client, adapter, method="reward_model")
-            job_id = client.get("/v1/fine_tuning/jobs").json()["data"][-1]["id"]
+            job_id, tuned = succeeded_job(server, client, adapter, BASE)
+            _, reward = succeeded_job(server, client, adapter, BASE, method="reward_model")
         # a checkpoint of the tuned job: the same adapter saved at step 3, next to optimizer state
         prefix = f"jobs/{job_id}/checkpoints/step-3"
         publish_dir(server.state.store, adapter, prefix)

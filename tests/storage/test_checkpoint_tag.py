@@ -39,12 +39,35 @@ def test_no_tag_by_default(moto_server: MotoServer):
     assert _tags(store, "jobs/ftjob-2/checkpoints/step-1/a.bin") == {}
 
 
-def test_tag_from_environment():
-    assert S3Settings.from_env({"TUNEFORGE_S3_CHECKPOINT_TAG": f" {TAG} "}).checkpoint_tag == TAG
-    assert S3Settings.from_env({}).checkpoint_tag is None
+def test_tag_from_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNEFORGE_S3_CHECKPOINT_TAG", f" {TAG} ")
+    assert S3Settings.from_env().checkpoint_tag == TAG
+    monkeypatch.delenv("TUNEFORGE_S3_CHECKPOINT_TAG")
+    assert S3Settings.from_env().checkpoint_tag is None
 
 
 @pytest.mark.parametrize("bad", ["checkpoint", "a=b&c=d", "kind=check point", "=x"])
-def test_bad_tag_is_refused_with_the_variable_name(bad: str):
+def test_bad_tag_is_refused_with_the_variable_name(bad: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNEFORGE_S3_CHECKPOINT_TAG", bad)
     with pytest.raises(ValueError, match="TUNEFORGE_S3_CHECKPOINT_TAG must be one tag as key=value"):
-        S3Settings.from_env({"TUNEFORGE_S3_CHECKPOINT_TAG": bad})
+        S3Settings.from_env()
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("TUNEFORGE_S3_PART_SIZE_MB", "lots", "TUNEFORGE_S3_PART_SIZE_MB='lots'"),
+    ("TUNEFORGE_S3_PART_SIZE_MB", "2", "TUNEFORGE_S3_PART_SIZE_MB='2'"),
+    ("TUNEFORGE_S3_CHECKSUM", "md5", "TUNEFORGE_S3_CHECKSUM='md5'"),
+])
+def test_bad_tuning_variables_are_refused_by_name(name: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as exc:
+        S3Settings.from_env()
+    assert says in str(exc.value)
+
+
+def test_tuning_variables_are_read_in_mib(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNEFORGE_S3_PART_SIZE_MB", "8")
+    monkeypatch.setenv("TUNEFORGE_S3_CHECKSUM", " Composite ")
+    settings = S3Settings.from_env(max_inflight=3)
+    assert (settings.part_size, settings.checksum, settings.max_inflight) == (8 * MiB, "composite", 3)
+    assert settings.multipart_threshold == S3Settings().multipart_threshold

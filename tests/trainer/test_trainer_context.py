@@ -16,6 +16,7 @@ from tuneforge.trainer.context import (
     use_gradient_checkpointing,
 )
 from tuneforge.trainer.device import DeviceInfo
+from tuneforge.trainer.settings import trainer_settings
 
 CPU = DeviceInfo("cpu", "cpu", bf16=False, fp16=False, peak_flops=None)
 CUDA = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", bf16=True, fp16=False, peak_flops=989e12)
@@ -80,3 +81,48 @@ def test_training_arguments_get_the_resolved_value(tmp_path: Path, monkeypatch: 
     kwargs = training_args_kwargs(_ctx(tmp_path, device, value), rows=8, has_eval=False)
     assert kwargs["gradient_checkpointing"] is expected
     assert ("gradient_checkpointing_kwargs" in kwargs) is expected
+
+
+def test_liger_when_installed_on_cuda_unless_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liger is used on CUDA whenever the package is importable; TUNEFORGE_LIGER=0 turns it off (benchmarks)."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TUNEFORGE_LIGER", "TUNEFORGE_TORCH_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    trainer_settings.cache_clear()
+    site = tmp_path / "site"
+    (site / "liger_kernel").mkdir(parents=True)
+    (site / "liger_kernel" / "__init__.py").write_text("")  # an installed (empty) liger_kernel package
+    monkeypatch.syspath_prepend(str(site))
+    ctx = _ctx(tmp_path, CUDA, None)
+    assert training_args_kwargs(ctx, rows=8, has_eval=False).get("use_liger_kernel") is True
+    assert ctx.notes["liger"] is True
+    monkeypatch.setenv("TUNEFORGE_LIGER", "0")
+    trainer_settings.cache_clear()
+    ctx = _ctx(tmp_path, CUDA, None)
+    assert "use_liger_kernel" not in training_args_kwargs(ctx, rows=8, has_eval=False)
+    assert ctx.notes["liger"] is False
+    monkeypatch.delenv("TUNEFORGE_LIGER")
+    trainer_settings.cache_clear()
+    cpu = _ctx(tmp_path, CPU, None)  # never on the CPU (Triton kernels), and not mentioned there
+    assert "use_liger_kernel" not in training_args_kwargs(cpu, rows=8, has_eval=False) and "liger" not in cpu.notes
+
+
+@pytest.mark.parametrize("value,expected", [(None, False), ("1", True), ("yes", True), ("0", False)])
+def test_torch_compile_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                       expected: bool) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TUNEFORGE_TORCH_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    if value is not None:
+        monkeypatch.setenv("TUNEFORGE_TORCH_COMPILE", value)
+    trainer_settings.cache_clear()
+    kwargs = training_args_kwargs(_ctx(tmp_path, CPU, None), rows=8, has_eval=False)
+    assert kwargs.get("torch_compile", False) is expected
+    trainer_settings.cache_clear()
+
+
+def test_a_flag_that_is_not_a_boolean_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEFORGE_TORCH_COMPILE", "bogus")
+    trainer_settings.cache_clear()
+    with pytest.raises(ValueError, match="torch_compile"):
+        trainer_settings()
+    monkeypatch.delenv("TUNEFORGE_TORCH_COMPILE")
+    trainer_settings.cache_clear()

@@ -94,6 +94,19 @@ class ArtifactObject(BaseModel):
     expires_at: int
 
 
+class ExportObject(BaseModel):
+    """An export of a tuned model (an extension): merged full weights or a GGUF file, with download links."""
+
+    id: str
+    object: Literal["model.export"] = "model.export"
+    model: str
+    format: Literal["safetensors", "gguf"]
+    status: Literal["not_started", "running", "succeeded", "failed"]
+    finished_at: int | None = None
+    error: dict[str, str] | None = None
+    files: list[ArtifactObject] = Field(default_factory=list)
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -54,6 +54,10 @@ class EngineUnavailable(Exception):
     """The engine process is gone or does not answer."""
 
 
+class EngineUnreachable(EngineUnavailable):
+    """No connection could be made: nothing was sent, so the request may be tried again (on a fresh engine)."""
+
+
 @dataclass
 class Reply:
     status: int
@@ -107,7 +111,9 @@ class EngineClient:
     async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> httpx.Response:
         try:
             return await self.http.post(f"{self.base_url}{path}", json=body, timeout=timeout)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except httpx.ConnectError as exc:
+            raise EngineUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def load_adapter(self, name: str, path: str, timeout: float = 120) -> bool:
@@ -147,7 +153,9 @@ class EngineClient:
                                           timeout=httpx.Timeout(None, connect=10))
         try:
             response = await self.http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except httpx.ConnectError as exc:
+            raise EngineUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raw = await response.aread()

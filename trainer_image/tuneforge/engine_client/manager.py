@@ -35,12 +35,15 @@ from tuneforge.engine_client.client import (
     EngineHTTPError,
     EngineStream,
     EngineUnavailable,
+    EngineUnreachable,
     Reply,
     error_body,
 )
 from tuneforge.engine_client.process import EngineProcess, EngineSpec, EngineStartError
 
 log = logging.getLogger("tuneforge.engine_client")
+#: how long a refused request waits for its engine to finish exiting before it goes to a fresh one
+RESTART_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,44 +166,64 @@ class EngineManager:
         return Reply(503, error_body(f"the engine for {base} is unavailable ({exc}; exit code {code}); the next "
                                      "request starts it again", code="engine_unavailable"))
 
+    async def _dead_or_unreachable(self, running: RunningEngine | None) -> bool:
+        """After a refused connection: True once the engine has exited (a killed engine takes a moment to), so
+        the request, of which nothing was sent, can go to a fresh one."""
+        if running is None:
+            return False
+        deadline = time.monotonic() + RESTART_WAIT_SECONDS
+        while running.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not running.alive()
+
     async def request(self, base: str, path: str, body: dict[str, Any], adapter: Adapter | None = None,
                       timeout: float | None = None) -> Reply:
         """A non-streaming answer: status and OpenAI-shaped body (the answer, or an error envelope)."""
-        running: RunningEngine | None = None
-        try:
-            running, body = await self._prepare(base, body, adapter)
-            running.active += 1
+        for attempt in (1, 2):
+            running: RunningEngine | None = None
             try:
-                return await running.client.request(path, {**body, "stream": False}, timeout)
-            finally:
-                running.active -= 1
-                running.last_used = time.monotonic()
-        except EngineHTTPError as exc:
-            return Reply(exc.status, exc.body)
-        except EngineStartError as exc:
-            return Reply(503, error_body(str(exc), code="engine_start_failed"))
-        except EngineUnavailable as exc:
-            return self._unavailable(base, running, exc)
+                running, sent = await self._prepare(base, body, adapter)
+                running.active += 1
+                try:
+                    return await running.client.request(path, {**sent, "stream": False}, timeout)
+                finally:
+                    running.active -= 1
+                    running.last_used = time.monotonic()
+            except EngineHTTPError as exc:
+                return Reply(exc.status, exc.body)
+            except EngineStartError as exc:
+                return Reply(503, error_body(str(exc), code="engine_start_failed"))
+            except EngineUnreachable as exc:
+                if attempt == 2 or not await self._dead_or_unreachable(running):
+                    return self._unavailable(base, running, exc)
+            except EngineUnavailable as exc:
+                return self._unavailable(base, running, exc)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns
 
     async def stream(self, base: str, path: str, body: dict[str, Any],
                      adapter: Adapter | None = None) -> EngineStream | Reply:
         """A streaming answer, or (before any chunk) a :class:`Reply` with the error status and envelope."""
-        running: RunningEngine | None = None
-        try:
-            running, body = await self._prepare(base, body, adapter)
-            engine = running
+        for attempt in (1, 2):
+            running: RunningEngine | None = None
+            try:
+                running, sent = await self._prepare(base, body, adapter)
+                engine = running
 
-            def cut(exc: Exception) -> None:
-                self._emit("stream_cut", base, pid=engine.process.pid, error=str(exc))
+                def cut(exc: Exception, engine: RunningEngine = engine) -> None:
+                    self._emit("stream_cut", base, pid=engine.process.pid, error=str(exc))
 
-            stream = await running.client.stream(path, body, on_cut=cut)
-        except EngineHTTPError as exc:
-            return Reply(exc.status, exc.body)
-        except EngineStartError as exc:
-            return Reply(503, error_body(str(exc), code="engine_start_failed"))
-        except EngineUnavailable as exc:
-            return self._unavailable(base, running, exc)
-        return _Tracked(stream, running)
+                stream = await running.client.stream(path, sent, on_cut=cut)
+                return _Tracked(stream, running)
+            except EngineHTTPError as exc:
+                return Reply(exc.status, exc.body)
+            except EngineStartError as exc:
+                return Reply(503, error_body(str(exc), code="engine_start_failed"))
+            except EngineUnreachable as exc:
+                if attempt == 2 or not await self._dead_or_unreachable(running):
+                    return self._unavailable(base, running, exc)
+            except EngineUnavailable as exc:
+                return self._unavailable(base, running, exc)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns
 
 
 class _Tracked(EngineStream):

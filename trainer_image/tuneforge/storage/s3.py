@@ -11,9 +11,10 @@ Uploads
     bytes goes up as a single ``PutObject``; a larger one as a multipart upload of ``part_size`` parts sent
     by a shared pool of ``max_inflight`` threads. Every request carries a CRC32 of its bytes (the server
     rejects a damaged part), and a multipart upload is completed with a ``FULL_OBJECT`` CRC32 of the whole
-    object, computed while reading, which the server checks against the parts. boto3's transfer manager
-    cannot do the latter while streaming (it wants the whole-object checksum before it starts), hence this
-    engine; its knobs are those of a ``TransferConfig`` (threshold, chunk size, concurrency, memory).
+    object, combined from the parts' CRC32s (each computed once, by the thread that sends the part), which the
+    server checks against the parts. boto3's transfer manager cannot do the latter while streaming (it wants
+    the whole-object checksum before it starts), hence this engine; its knobs are those of a
+    ``TransferConfig`` (threshold, chunk size, concurrency, memory).
 
 Atomic visibility
     An object appears under its key only when its ``PutObject`` or ``CompleteMultipartUpload`` succeeds. Any
@@ -51,11 +52,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, Literal, TypeVar, cast
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
 
+from tuneforge.contracts.settings import EnvSettings, describe_settings_error
 from tuneforge.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, ObjectStore, StoreError, check_key
 from tuneforge.storage.crc32 import crc32_combine
 
@@ -72,14 +76,44 @@ MAX_PARTS = 10_000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
-def _env_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
+class S3EnvSettings(EnvSettings):
+    """The object store's tuning from ``TUNEFORGE_S3_*`` variables (every process that opens an S3 store);
+    sizes in MiB here, bytes in :class:`S3Settings`. Unset fields keep S3Settings' measured defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_S3_")
+
+    multipart_threshold_mb: int | None = Field(None, ge=5, le=5 * 1024, description="S3: objects up to this size "
+                                               "go up in one PUT", json_schema_extra={"default_text": "64"})
+    part_size_mb: int | None = Field(None, ge=5, le=5 * 1024, description="S3: part size of larger uploads",
+                                     json_schema_extra={"default_text": "16"})
+    memory_mb: int | None = Field(None, ge=5, description="S3: upload bytes held in memory at once",
+                                  json_schema_extra={"default_text": "512"})
+    max_inflight: int | None = Field(None, ge=1, description="S3: part uploads in flight at once",
+                                     json_schema_extra={"default_text": "16"})
+    file_concurrency: int | None = Field(None, ge=1, description="S3: files transferred at once",
+                                         json_schema_extra={"default_text": "16"})
+    checksum: Literal["full", "composite", "off"] | None = Field(
+        None, description="S3: full (CRC32 of every request and whole object), composite (servers without "
+        "full-object checksums) or off", json_schema_extra={"default_text": "full"})
+    addressing_style: Literal["path", "virtual", "auto"] | None = Field(
+        None, description="S3: addressing style (unset: path-style with an endpoint URL, else boto3's default)")
+    presign_expiry_seconds: int | None = Field(None, ge=1, le=MAX_PRESIGN_SECONDS,
+                                               description="S3: default lifetime of presigned URLs",
+                                               json_schema_extra={"default_text": "300"})
+    public_endpoint_url: str | None = Field(None, description="S3: the endpoint presigned URLs name, when clients "
+                                            "reach the server by another address")
+    checkpoint_tag: str | None = Field(None, description="S3: one key=value object tag put on checkpoints, for a "
+                                       "bucket lifecycle rule (unset: none)")
+
+    @field_validator("checksum", "addressing_style", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("public_endpoint_url", "checkpoint_tag", mode="before")
+    @classmethod
+    def _stripped(cls, value: object) -> object:
+        return value.strip() or None if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -139,22 +173,21 @@ class S3Settings:
                              f"'_.:/-'), not {self.checkpoint_tag!r}")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> S3Settings:
-        e = dict(os.environ if env is None else env)
-        default = cls()
-        values: dict[str, Any] = {
-            "multipart_threshold": _env_int(e, "TUNEFORGE_S3_MULTIPART_THRESHOLD_MB",
-                                            default.multipart_threshold // MiB) * MiB,
-            "part_size": _env_int(e, "TUNEFORGE_S3_PART_SIZE_MB", default.part_size // MiB) * MiB,
-            "memory_budget": _env_int(e, "TUNEFORGE_S3_MEMORY_MB", default.memory_budget // MiB) * MiB,
-            "max_inflight": _env_int(e, "TUNEFORGE_S3_MAX_INFLIGHT", default.max_inflight),
-            "file_concurrency": _env_int(e, "TUNEFORGE_S3_FILE_CONCURRENCY", default.file_concurrency),
-            "checksum": e.get("TUNEFORGE_S3_CHECKSUM", "").strip().lower() or default.checksum,
-            "addressing_style": e.get("TUNEFORGE_S3_ADDRESSING_STYLE", "").strip().lower() or None,
-            "presign_expiry": _env_int(e, "TUNEFORGE_S3_PRESIGN_EXPIRY_SECONDS", default.presign_expiry),
-            "public_endpoint_url": e.get("TUNEFORGE_S3_PUBLIC_ENDPOINT_URL", "").strip() or None,
-            "checkpoint_tag": e.get("TUNEFORGE_S3_CHECKPOINT_TAG", "").strip() or None,
-        }
+    def from_env(cls, **overrides: Any) -> S3Settings:
+        """Defaults, then ``TUNEFORGE_S3_*`` variables, then ``overrides``; a bad variable is a ValueError
+        that names it."""
+        try:
+            env = S3EnvSettings()
+        except ValidationError as exc:
+            raise ValueError(describe_settings_error(exc, S3EnvSettings)) from None
+        mib = {"multipart_threshold": env.multipart_threshold_mb, "part_size": env.part_size_mb,
+               "memory_budget": env.memory_mb}
+        values: dict[str, Any] = {name: size * MiB for name, size in mib.items() if size is not None}
+        values |= {name: value for name, value in (
+            ("max_inflight", env.max_inflight), ("file_concurrency", env.file_concurrency),
+            ("checksum", env.checksum), ("addressing_style", env.addressing_style),
+            ("presign_expiry", env.presign_expiry_seconds), ("public_endpoint_url", env.public_endpoint_url),
+            ("checkpoint_tag", env.checkpoint_tag)) if value is not None}
         values.update(overrides)
         return cls(**values)
 
@@ -278,7 +311,9 @@ class _ByteBudget:
 class _Multipart:
     key: str
     upload_id: str
-    futures: list[Future[dict[str, Any]]] = field(default_factory=list)
+    #: one per part, in part order: (the part for CompleteMultipartUpload, its CRC32, its length)
+    futures: list[Future[tuple[dict[str, Any], int, int]]] = field(default_factory=list)
+    #: the whole object's CRC32 (combined from the parts' once they are all sent) and size
     crc: int = 0
     size: int = 0
 
@@ -517,7 +552,10 @@ class S3Store(ObjectStore):
         if size <= self.settings.multipart_threshold:
             return None
         crc = head.get("ChecksumCRC32")
-        whole = bool(crc) and "-" not in crc and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        # a whole-object CRC32: FULL_OBJECT said, or no type said of an object that was not uploaded in parts
+        # (moto's HEAD names neither the type nor the part count of a COMPOSITE checksum)
+        kind = head.get("ChecksumType") or ("COMPOSITE" if "-" in str(head.get("ETag", "")) else "FULL_OBJECT")
+        whole = bool(crc) and "-" not in crc and kind == "FULL_OBJECT"
         if self.settings.checksum != "off" and not whole:
             return None
         return _RangePlan(size=size, etag=str(head.get("ETag", "")), crc32=crc if whole else None)
@@ -707,9 +745,10 @@ class S3Store(ObjectStore):
         return min(max(size, MIN_PART_SIZE), MAX_PART_SIZE)
 
     def _checksum_args(self, data: bytes) -> tuple[dict[str, str], int]:
-        crc = zlib.crc32(data)
+        """The request's checksum arguments and the CRC32 of ``data`` (0, not computed, when checksums are off)."""
         if self.settings.checksum == "off":
-            return {}, crc
+            return {}, 0
+        crc = zlib.crc32(data)
         return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _b64_crc32(crc)}, crc
 
     def _tagging(self, key: str) -> dict[str, str]:
@@ -769,10 +808,12 @@ class S3Store(ObjectStore):
             raise self._error("CREATE MULTIPART", key, exc) from exc
         mpu = _Multipart(key=full, upload_id=upload_id)
         try:
-            data, eof, part_number = holder.pop(), False, 1
+            # each part is read with one read() into the bytes that are sent (no copy), and its CRC32 computed
+            # once, by the thread that sends it; the whole object's CRC32 is combined from the parts' at the end
+            data, part_number, requested = holder.pop(), 1, held
             while True:
-                mpu.crc = zlib.crc32(data, mpu.crc)
-                mpu.size += len(data)
+                length = len(data)
+                mpu.size += length
                 fut = self._parts.submit(self._upload_part, mpu, part_number, data)
                 fut.add_done_callback(functools.partial(self._release_after, held))
                 held = 0  # handed to the part upload
@@ -781,19 +822,26 @@ class S3Store(ObjectStore):
                 failed = next((f for f in mpu.futures if f.done() and f.exception() is not None), None)
                 if failed is not None:
                     failed.result()  # raises: stop reading, abort
-                if eof:
+                if length < requested:
+                    break  # a short read is the end of the stream
+                size = self._part_size(size_hint, part_number + 1)
+                self._budget.acquire(size)
+                held = requested = size
+                data = _read_exact(read, size, head=carry)  # carry (one byte) only before the second part
+                carry = b""
+                if not data:
+                    self._budget.release(held)
+                    held = 0
                     break
                 part_number += 1
                 if part_number > MAX_PARTS:
                     raise StoreError(f"PUT {self._where(key)}: more than {MAX_PARTS} parts; "
                                      "raise TUNEFORGE_S3_PART_SIZE_MB or pass the object's size")
-                size = self._part_size(size_hint, part_number)
-                self._budget.acquire(size)
-                held = size
-                data = _read_exact(read, size, head=carry)  # carry is never empty here
-                carry = read(1) if len(data) == size else b""
-                eof = not carry
-            parts = [f.result() for f in mpu.futures]
+            parts = []
+            for fut in mpu.futures:
+                part, crc, length = fut.result()
+                parts.append(part)
+                mpu.crc = crc32_combine(mpu.crc, crc, length)
             self._complete(key, mpu, parts)
         except BaseException as exc:
             if held:
@@ -810,14 +858,14 @@ class S3Store(ObjectStore):
     def _release_after(self, n: int, _future: Future[Any]) -> None:
         self._budget.release(n)
 
-    def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> dict[str, Any]:
-        args, _ = self._checksum_args(data)
+    def _upload_part(self, mpu: _Multipart, part_number: int, data: bytes) -> tuple[dict[str, Any], int, int]:
+        args, crc = self._checksum_args(data)
         response = self._client.upload_part(Bucket=self.bucket, Key=mpu.key, UploadId=mpu.upload_id,
                                             PartNumber=part_number, Body=data, **args)
         part: dict[str, Any] = {"PartNumber": part_number, "ETag": response["ETag"]}
         if "ChecksumCRC32" in args:
             part["ChecksumCRC32"] = response.get("ChecksumCRC32") or args["ChecksumCRC32"]
-        return part
+        return part, crc, len(data)
 
     def _complete(self, key: str, mpu: _Multipart, parts: builtins.list[dict[str, Any]]) -> None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": mpu.key, "UploadId": mpu.upload_id,

@@ -15,6 +15,7 @@ from tuneforge.trainer.errors import BadInput
 from tuneforge.trainer.launch import distributed_training_args
 from tuneforge.trainer.preempt import PreemptFlag
 from tuneforge.trainer.progress import ProgressReporter
+from tuneforge.trainer.settings import trainer_settings
 
 #: save/eval interval meaning "only at the end" (the final step always saves and evaluates)
 AT_END_ONLY = 10**9
@@ -125,8 +126,16 @@ def training_args_kwargs(ctx: RunContext, *, rows: int, has_eval: bool) -> dict[
     }
     if checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    if ctx.device.cuda and has_module("liger_kernel"):
+    # Liger's Triton kernels (fused RMSNorm/RoPE/SwiGLU, linear+cross-entropy) whenever they are installed on CUDA;
+    # TUNEFORGE_LIGER=0 turns them off and TUNEFORGE_TORCH_COMPILE=1 compiles the model (benchmarks measure each)
+    liger = ctx.device.cuda and has_module("liger_kernel") and trainer_settings().liger is not False
+    if liger:
         kwargs["use_liger_kernel"] = True
+    if trainer_settings().torch_compile:
+        kwargs["torch_compile"] = True
+        ctx.notes["torch_compile"] = True
+    if ctx.device.cuda:
+        ctx.notes["liger"] = liger
     kwargs.update(distributed_training_args(cuda=ctx.device.cuda))
     return kwargs
 

@@ -32,6 +32,11 @@ class TrainerSettings(EnvSettings):
     trainer_metrics_addr: str = Field("127.0.0.1", description="address of the metrics endpoint")
     exit_code_file: str = Field("", description="where rank 0 of a multi-GPU launch leaves its exit code "
                                 "for the launcher (set by the trainer itself)")
+    liger: bool | None = Field(None, description="Liger's fused kernels on CUDA: unset uses them when installed, "
+                               "false turns them off (benchmarks measure each option)")
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (benchmarks)")
+    gguf_converter: str = Field("", description="Directory of llama.cpp's convert_hf_to_gguf.py, for GGUF exports "
+                                "(infra/engines/gguf/install.sh prints it; empty: GGUF export unavailable)")
     hf_hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE"),
                                  description="Never download from the Hugging Face Hub (HF's own variable)")
 

@@ -48,6 +48,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             if state.evals is not None:
                 await state.evals.aclose()
             await state.serving.aclose()
+            await state.exporter.aclose()
             if start_executor and state.executor:
                 state.executor.stop()
             state.engine.dispose()

@@ -16,6 +16,7 @@ from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.db.session import init_db, make_engine, make_session_factory
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.serving import ServingBackend
+from tuneforge.service.executors.exports_local import LocalExporter
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore, open_store
 
@@ -31,7 +32,8 @@ def build_state(settings: ServiceSettings) -> AppState:
     metrics = ServiceMetrics(sessions)
     state = AppState(settings=settings, engine=engine, sessions=sessions, store=store,
                      link_secret=settings.secret_key or _home_secret(settings.home / "link_secret"),
-                     metrics=metrics, serving=build_serving(settings, store, metrics))
+                     metrics=metrics, serving=build_serving(settings, store, metrics),
+                     exporter=LocalExporter(settings, store))
     state.executor = build_executor(state)
     from tuneforge.service.executors.eval_runs import EvalRunner
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
+from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.executors.eval_runs import EvalRunner
 from tuneforge.service.observability.metrics import ServiceMetrics
@@ -25,6 +26,7 @@ class AppState:
     link_secret: str
     metrics: ServiceMetrics
     serving: ServingBackend
+    exporter: Exporter
     executor: Executor | None = None
     #: eval runs in the background (bootstrap sets it)
     evals: EvalRunner | None = None

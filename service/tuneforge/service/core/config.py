@@ -75,6 +75,8 @@ class ExecutorSettings(EnvSettings):
     poll_interval_seconds: float = Field(0.5, gt=0, le=60, description="Executor control-loop period")
     model_cache: Path = Field(DEFAULT_CACHE / "models", description="Converted base models (local trainers)",
                               json_schema_extra={"default_text": "~/.cache/tuneforge/models"})
+    gguf_converter: str = Field("", description="Exports: directory of llama.cpp's GGUF converter "
+                                "(infra/engines/gguf/install.sh prints it; empty: GGUF exports fail with that reason)")
     kube_namespace: str = Field("default", description="Kubernetes: namespace of the FineTuneJobs")
     kube_image: str = Field("tuneforge/trainer:latest", description="Kubernetes: trainer image")
     kubeconfig: str = Field("", validation_alias=AliasChoices("TUNEFORGE_KUBECONFIG", "KUBECONFIG"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import IO
 from urllib.parse import quote
 
@@ -26,11 +27,14 @@ def download_path(job_id: str, name: str) -> str:
     return f"/v1/fine_tuning/jobs/{job_id}/artifacts/{quote(name)}"
 
 
-def list_artifacts(store: ObjectStore, job: Job, *, base_url: str, link_secret: str,
-                   expiry_seconds: int) -> list[ArtifactObject]:
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"Job {job.id} has no artifacts: its status is {job.status}.", code="artifacts_not_ready")
-    prefix = job_model_prefix(job.id)
+def export_download_path(job_id: str, fmt: str, name: str) -> str:
+    return f"/v1/fine_tuning/jobs/{job_id}/exports/{fmt}/{quote(name)}"
+
+
+def signed_files(store: ObjectStore, prefix: str, *, link_path: Callable[[str], str], base_url: str,
+                 link_secret: str, expiry_seconds: int) -> list[ArtifactObject]:
+    """The files of a published prefix (its manifest's, and the manifest itself), each with a time-limited link:
+    presigned in S3, else the service's own route signed with the link secret."""
     manifest_bytes = store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
     manifest = json.loads(manifest_bytes)
     expires_at = int(time.time()) + expiry_seconds
@@ -41,24 +45,40 @@ def list_artifacts(store: ObjectStore, job: Job, *, base_url: str, link_secret: 
     for entry in entries:
         url = store.presigned_url(f"{prefix}/{entry['name']}", expiry_seconds)
         if url is None:
-            path = download_path(job.id, entry["name"])
+            path = link_path(entry["name"])
             url = f"{base_url}{path}?expires={expires_at}&signature={sign_link(link_secret, path, expires_at)}"
         out.append(ArtifactObject(name=entry["name"], bytes=entry["bytes"], sha256=entry["sha256"], url=url,
                                   expires_at=expires_at))
     return out
 
 
-def open_artifact(store: ObjectStore, repo: SystemRepo, link_secret: str, job_id: str, name: str,
-                  expires: int, signature: str) -> tuple[IO[bytes], int]:
-    """The artifact a signed link names, as (stream, size); the signature is the credential."""
-    if not check_link(link_secret, download_path(job_id, name), expires, signature):
-        raise Forbidden("This download link is invalid or has expired; list the artifacts again for a new one.",
+def list_artifacts(store: ObjectStore, job: Job, *, base_url: str, link_secret: str,
+                   expiry_seconds: int) -> list[ArtifactObject]:
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"Job {job.id} has no artifacts: its status is {job.status}.", code="artifacts_not_ready")
+    return signed_files(store, job_model_prefix(job.id), link_path=lambda name: download_path(job.id, name),
+                        base_url=base_url, link_secret=link_secret, expiry_seconds=expiry_seconds)
+
+
+def open_signed(store: ObjectStore, link_secret: str, path: str, key: str, expires: int,
+                signature: str) -> tuple[IO[bytes], int]:
+    """The object a signed link names, as (stream, size); the signature is the credential."""
+    if not check_link(link_secret, path, expires, signature):
+        raise Forbidden("This download link is invalid or has expired; list the files again for a new one.",
                         code="invalid_link")
-    job = repo.job(job_id)
-    if job is None:
-        raise NotFound("fine-tuning job", job_id)
-    key = f"{job_model_prefix(job.id)}/{name}"
     try:
         return store.open(key), store.stat(key).size
     except (ObjectNotFound, ValueError):
-        raise NotFound("artifact", name) from None
+        raise NotFound("file", key.rsplit("/", 1)[-1]) from None
+
+
+def open_artifact(store: ObjectStore, repo: SystemRepo, link_secret: str, job_id: str, name: str,
+                  expires: int, signature: str) -> tuple[IO[bytes], int]:
+    """The tuned model's file a signed link names, as (stream, size)."""
+    path = download_path(job_id, name)
+    if not check_link(link_secret, path, expires, signature):
+        raise Forbidden("This download link is invalid or has expired; list the artifacts again for a new one.",
+                        code="invalid_link")
+    if repo.job(job_id) is None:
+        raise NotFound("fine-tuning job", job_id)
+    return open_signed(store, link_secret, path, f"{job_model_prefix(job_id)}/{name}", expires, signature)

@@ -9,7 +9,8 @@ from fastapi.responses import StreamingResponse
 
 from tuneforge.service.api.deps import SessionDep, StateDep
 from tuneforge.service.db.repo import SystemRepo
-from tuneforge.service.domain.artifacts import open_artifact
+from tuneforge.service.domain.artifacts import export_download_path, open_artifact, open_signed
+from tuneforge.service.domain.exports import export_prefix
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -26,6 +27,22 @@ def download_artifact(
 ) -> StreamingResponse:
     stream, size = open_artifact(state.store, SystemRepo(session), state.link_secret, job_id, name, expires,
                                  signature)
+
+    def chunks() -> Iterator[bytes]:
+        with stream:
+            while chunk := stream.read(1 << 20):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
+
+
+@router.get("/{job_id}/exports/{fmt}/{name:path}", summary="Download one file of an export through a signed link",
+            response_class=StreamingResponse)
+def download_export(job_id: str, fmt: str, name: str, state: StateDep, expires: int = Query(...),
+                    signature: str = Query(..., max_length=128)) -> StreamingResponse:
+    path = export_download_path(job_id, fmt, name)
+    stream, size = open_signed(state.store, state.link_secret, path, f"{export_prefix(job_id, fmt)}/{name}", expires,
+                               signature)
 
     def chunks() -> Iterator[bytes]:
         with stream:
