@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -98,6 +99,11 @@ def test_a_jsonl_run_through_the_openai_client(server: ThreadServer) -> None:
     failing = client.evals.runs.output_items.list(run.id, eval_id=created.id, status="fail")
     assert sorted(i.datasource_item_id for i in failing) == [1, 2]
     assert [r.id for r in client.evals.runs.list(created.id)] == [run.id]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tuneforge_eval_runs{status="completed"}' in metrics
+    graded = 'tuneforge_eval_items_graded_total{status="pass"}'
+    passed = next(line for line in metrics.splitlines() if line.startswith(graded))
+    assert float(passed.split()[-1]) >= 3
 
 
 def test_a_run_from_an_uploaded_file_and_its_line_numbers(server: ThreadServer) -> None:

@@ -37,7 +37,7 @@ def build_state(settings: ServiceSettings) -> AppState:
     state.executor = build_executor(state)
     from tuneforge.service.executors.eval_runs import EvalRunner
 
-    state.evals = EvalRunner(settings, sessions, store, state.serving)
+    state.evals = EvalRunner(settings, sessions, store, state.serving, on_item=metrics.evals.item)
     return state
 
 

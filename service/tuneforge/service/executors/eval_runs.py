@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,10 +115,15 @@ class _Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+#: told of every stored item: its status and the types of the graders that could not grade it (metrics)
+ItemHook = Callable[[str, list[str]], None]
+
+
 class EvalRunner:
     def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore,
-                 serving: ServingBackend) -> None:
+                 serving: ServingBackend, on_item: ItemHook | None = None) -> None:
         self.settings, self.sessions, self.store, self.serving = settings, sessions, store, serving
+        self.on_item = on_item
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._limit: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -362,4 +367,7 @@ class EvalRunner:
             sample={**sample, "_usage_by_model": usage}, created_at=int(time.time()))
         with job.lock:
             job.tally.add(status, results, usage)
-            return bool(self._system(SystemRepo.add_output_item, item, job.tally.values()))
+            stored = bool(self._system(SystemRepo.add_output_item, item, job.tally.values()))
+        if stored and self.on_item is not None:
+            self.on_item(status, [r["type"] for r in results if "error" in r])
+        return stored
