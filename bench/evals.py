@@ -42,7 +42,10 @@ from tests.support.waiting import free_port  # noqa: E402
 from tuneforge.contracts.settings import explicit  # noqa: E402
 from tuneforge.service.core.config import ServiceSettings  # noqa: E402
 
-GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+#: the shared data sets sit next to the clone (a worktree under wt/ looks one level further up)
+GSM8K = next((p for p in (REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl",
+                          REPO.parent.parent / "shared" / "data" / "gsm8k" / "test.jsonl") if p.is_file()),
+             REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl")
 QUESTIONS = ["Explain how rainbows form.", "Why is the sky blue?", "Describe the water cycle.",
              "How do airplanes fly?", "What is photosynthesis?", "Name three fruits."]
 
