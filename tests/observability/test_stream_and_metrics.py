@@ -8,13 +8,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import EventSource
 
-from tests.support.live_server import ThreadServer
+from tests.support.live_server import ThreadServer, make_settings
+from tests.support.waiting import free_port
 from tuneforge.service.core.security import hash_secret
 from tuneforge.service.db.repo import SystemRepo
 
@@ -224,13 +226,17 @@ def test_metrics_follow_the_job_and_drop_its_series_when_it_ends(
     assert "tuneforge_http_request_duration_seconds_bucket" in text
 
 
-def test_metrics_token_is_optional(api_server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TUNEFORGE_METRICS_TOKEN", "scrape-secret")
-    assert httpx.get(f"{api_server.url}/metrics").status_code == 401
-    assert httpx.get(f"{api_server.url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert "tuneforge_jobs" in _metrics(api_server, Authorization="Bearer scrape-secret")
-    monkeypatch.delenv("TUNEFORGE_METRICS_TOKEN")
-    assert "tuneforge_jobs" in _metrics(api_server)
+def test_metrics_token_is_optional(api_server: ThreadServer, tmp_path: Path) -> None:
+    assert "tuneforge_jobs" in _metrics(api_server)  # no token configured: open
+    settings = make_settings(tmp_path / "home", free_port())
+    settings = settings.model_copy(update={"auth": settings.auth.model_copy(update={"metrics_token": "scrape-secret"})})
+    server = ThreadServer(settings, start_executor=False).start()
+    try:
+        assert httpx.get(f"{server.url}/metrics").status_code == 401
+        assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert "tuneforge_jobs" in _metrics(server, Authorization="Bearer scrape-secret")
+    finally:
+        server.stop()
 
 
 def test_ui_is_served_without_a_key_but_holds_no_data(api_server: ThreadServer) -> None:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -97,9 +98,8 @@ class _Reader:
             return status, events, len(rows) == BATCH
 
 
-async def _events(reader: _Reader, gauge: Any = None) -> AsyncIterator[ServerSentEvent]:
-    if gauge is not None:
-        gauge.inc()
+async def _events(reader: _Reader, gauge: Gauge) -> AsyncIterator[ServerSentEvent]:
+    gauge.inc()
     try:
         yield ServerSentEvent(retry=RETRY_MS, sep=SEP)
         seen_version = -1
@@ -120,8 +120,7 @@ async def _events(reader: _Reader, gauge: Any = None) -> AsyncIterator[ServerSen
                     return
             await asyncio.sleep(WAKE_SECONDS)
     finally:
-        if gauge is not None:
-            gauge.dec()
+        gauge.dec()
 
 
 def _keep_alive() -> ServerSentEvent:
@@ -133,9 +132,8 @@ def open_stream(request: Request, state: AppState, repo: TenantRepo, job_id: str
     """The job's event stream; a missing or foreign job is a 404 before the stream starts."""
     job = repo.get_job(job_id)
     reader = _Reader(state, repo.tenant_id, job.id, after_id)
-    gauge = getattr(getattr(request.app.state, "metrics", None), "streams", None)
     return EventSourceResponse(
-        _events(reader, gauge), ping=heartbeat, ping_message_factory=_keep_alive, sep=SEP,
+        _events(reader, state.metrics.streams), ping=heartbeat, ping_message_factory=_keep_alive, sep=SEP,
         headers={"Cache-Control": "no-cache"},
     )
 
