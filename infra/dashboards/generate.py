@@ -210,6 +210,18 @@ def fleet() -> dict[str, Any]:
         target("max by (tenant) (tuneforge_tenant_job_seconds_total) / 3600", "{{tenant}} training h", ref="B"),
         target("max by (tenant) (tuneforge_tenant_jobs_total)", "{{tenant}} jobs", ref="C"),
     ], min_zero=True), 8, 8)
+    lay.row("Evals")
+    lay.add(timeseries("Eval runs by status", [
+        target("sum by (status) (tuneforge_eval_runs)", "{{status}}"),
+    ], min_zero=True), 8, 8)
+    lay.add(timeseries("Eval items graded per second, by outcome", [
+        target("sum by (status) (rate(tuneforge_eval_items_graded_total[$__rate_interval]))", "{{status}}"),
+    ], unit="ops", stack=True, min_zero=True), 8, 8)
+    lay.add(timeseries("Grader errors per second, by grader type", [
+        target("sum by (grader) (rate(tuneforge_eval_grader_errors_total[$__rate_interval])) or vector(0)",
+               "{{grader}}"),
+    ], unit="ops", min_zero=True, description="A judge's reply that is not a grade, or an item lacking a field "
+       "a template names: the item is errored, the run goes on"), 8, 8)
     links = [{"title": "Job", "type": "dashboards", "tags": ["tuneforge"], "asDropdown": True,
               "includeVars": False, "keepTime": True}]
     return dashboard("tuneforge-fleet", "tuneforge / Fleet overview",

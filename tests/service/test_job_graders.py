@@ -39,7 +39,8 @@ def test_multi_grader_is_accepted_and_stored(client: httpx.Client, prompts_id: s
     shown = job["method"]["reinforcement"]["grader"]
     assert shown["type"] == "multi"
     assert shown["calculate_output"] == "0.2 * format + 0.8 * correct"
-    assert shown["graders"]["format"] == {"type": "regex", "pattern": FORMAT["pattern"], "reference": None}
+    assert shown["graders"]["format"] == {"type": "regex", "pattern": FORMAT["pattern"], "reference": None,
+                                          "input": "{{sample.output_text}}"}
     assert shown["graders"]["correct"]["reference"] == "{{item.answer}}"
     assert shown["graders"]["correct"]["reference_pattern"] == r"####\s*(.+)"
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["method"] == job["method"]
@@ -95,14 +96,17 @@ def _with_sub(name: str, sub: Any) -> dict[str, Any]:
         (_with_sub("correct", {**CORRECT, "operation": "eq"}), f"{G}.graders.correct.operation",
          "Unknown parameter"),  # a regex grader has no operation
         (_with_sub("correct", {"type": "string_check", "operation": "startswith"}), f"{G}.graders.correct.operation",
-         "'eq' or 'contains'"),
+         "'like', 'ilike' or 'contains'"),
         (_with_sub("correct", {"type": "reward_model", "model": "ft:x"}), f"{G}.graders.correct.type",
          "is not one of 'string_check', 'regex'"),
         (_with_sub("correct", MULTI), f"{G}.graders.correct.type", "is not one of 'string_check', 'regex'"),
-        (_with_sub("correct", {"type": "python", "source": "def grade(): ..."}), f"{G}.graders.correct.type",
-         "'python' is not one of"),
+        (_with_sub("correct", {"type": "python", "source": "def grade(): ..."}), f"{G}.graders.correct",
+         "no sandbox"),
         (_with_sub("correct", "regex"), f"{G}.graders.correct", "valid dictionary"),
-        ({"type": "python"}, f"{G}.type", "'python' is not one of"),
+        ({"type": "python"}, G, "no sandbox"),
+        ({"type": "score_model", "model": "m", "input": [{"role": "user", "content": "{{sample.output_text}}"}]}, G,
+         "not in reinforcement jobs"),
+        ({"type": "string_check", "input": "{{sample.output}}"}, f"{G}.input", "unknown template reference"),
         ({"pattern": "x"}, f"{G}.type", "Missing required parameter"),
         ({"type": "reward_model", "model": "ft:x", "model_prefix": "jobs/ftjob-other/model"}, f"{G}.model_prefix",
          "set by the service"),

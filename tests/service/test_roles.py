@@ -76,13 +76,29 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("GET", "/v1/serving/engines"): P.READ,
     ("POST", "/v1/models/{model_id}/export"): P.WRITE,
     ("GET", "/v1/models/{model_id}/export"): P.READ,
+    # evals: reading them is read; creating, running, cancelling and deleting is write; graders cost compute (judges)
+    ("POST", "/v1/evals"): P.WRITE,
+    ("GET", "/v1/evals"): P.READ,
+    ("GET", "/v1/evals/{eval_id}"): P.READ,
+    ("POST", "/v1/evals/{eval_id}"): P.WRITE,
+    ("DELETE", "/v1/evals/{eval_id}"): P.WRITE,
+    ("POST", "/v1/evals/{eval_id}/runs"): P.WRITE,
+    ("GET", "/v1/evals/{eval_id}/runs"): P.READ,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}"): P.READ,
+    ("DELETE", "/v1/evals/{eval_id}/runs/{run_id}"): P.WRITE,
+    ("POST", "/v1/evals/{eval_id}/runs/{run_id}/cancel"): P.WRITE,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items"): P.READ,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}"): P.READ,
+    ("POST", "/v1/fine_tuning/alpha/graders/run"): P.WRITE,
+    ("POST", "/v1/fine_tuning/alpha/graders/validate"): P.WRITE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/exports/{fmt}/{name}"): PUBLIC,
 }
 #: ids that exist nowhere: an authorized request ends in a 404 (or a 400 for a bad body), changing nothing
 MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-000000000000000000000000",
            "model_id": "ft:nothing:here", "key_id": "key_000000000000000000000000", "org_id": "no-such-org",
            "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000",
-           "fmt": "gguf"}
+           "fmt": "gguf", "eval_id": "eval_000000000000000000000000", "run_id": "evalrun_000000000000000000000000",
+           "output_item_id": "outputitem_000000000000000000000000"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}

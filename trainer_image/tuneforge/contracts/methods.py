@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tuneforge.contracts.graders import AnyGrader, Grader
+from tuneforge.contracts.graders import AnyGrader, Grader, judges_in
 from tuneforge.contracts.hyperparameters import (
     Algorithm,
     DpoHyperparameters,
@@ -58,6 +58,16 @@ class ReinforcementConfig(_Frozen):
                                  input=getattr(self.hyperparameters, name))
                 for name, problem in problems])  # fmt: skip
         return self
+
+    @field_validator("grader")
+    @classmethod
+    def _no_judges(cls, grader: AnyGrader) -> AnyGrader:
+        # training runs apart from the serving engines a judge model needs
+        if judges_in(grader):
+            raise ValueError(f"{judges_in(grader)[0].type} graders call a served model: they work in evals and "
+                             "/v1/fine_tuning/alpha/graders/run, not in reinforcement jobs (use a reward_model "
+                             "grader to train against a model's score)")
+        return grader
 
 
 class _Method(_Frozen):

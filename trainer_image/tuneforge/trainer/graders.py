@@ -1,93 +1,40 @@
 """Reward functions for ``reinforcement`` jobs, built from the job's grader (:mod:`tuneforge.contracts.graders`;
-never user code).
+never user code), scored by :mod:`tuneforge.graders` (the same implementation evals use).
 
-- ``string_check``: the completion (or, with ``pattern``, the last regex match in it) compared with the row's
-  reference field: ``eq`` after normalisation, or ``contains``;
-- ``regex``: ``pattern`` is searched in the completion, the last match (group 1 if present) must equal the
-  reference; with ``reference_field=None`` there is no reference: 1.0 when ``pattern`` is found at all
-  (a format check), else 0.0;
+- ``string_check``, ``regex``, ``text_similarity``: one reward function whose score is the grader's;
 - ``reward_model``: a ``reward_model`` job's output (sequence classifier) scores prompt + completion;
-- ``multi``: string_check / regex sub-graders combined by the ``calculate_output`` formula into ONE reward
-  function, so GRPO/RLOO advantages use the combined score; each sub-grader's batch mean is reported through
-  TRL's ``log_metric`` as ``reward_<name>`` (``valid_reward_<name>`` on the validation set).
+- ``multi``: sub-graders combined by the ``calculate_output`` formula into ONE reward function, so GRPO/RLOO
+  advantages use the combined score; each sub-grader's batch mean is reported through TRL's ``log_metric`` as
+  ``reward_<name>`` (``valid_reward_<name>`` on the validation set).
 
-The reference may itself be extracted with ``reference_pattern`` (GSM8K: ``####\\s*(.+)``). User patterns are
-run with the ``regex`` module under a time limit, on completions capped in length, so a pathological pattern
-costs a zero reward, not a hung job.
+Judge graders (``score_model``, ``label_model``) need the serving engines; the contract refuses them for
+reinforcement jobs. Each row of the batch is the grader's ``item`` (the data columns TRL passes), the
+completion its ``sample.output_text``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneforge.contracts.grader_formula import FormulaError, parse_formula
+from tuneforge.contracts.grader_templates import TemplateError
 from tuneforge.contracts.graders import (
     AnyGrader,
     MultiGrader,
     RegexGrader,
     RewardModelGrader,
     StringCheckGrader,
+    TextSimilarityGrader,
 )
+from tuneforge.graders import GraderError, compile_grader
+from tuneforge.graders import normalise as normalise
+from tuneforge.graders.grading import Graded
 from tuneforge.storage import MANIFEST_NAME, ObjectNotFound, ObjectStore
 from tuneforge.trainer.errors import BadInput
 
-MAX_PATTERN = 500
-MAX_TEXT = 20_000
-REGEX_TIMEOUT_S = 0.05
-_NUMBER_JUNK = re.compile(r"[,$\s]")
-
 RewardFunc = Callable[..., list[float]]
-
-
-def _compile(pattern: str, what: str) -> Any:
-    if len(pattern) > MAX_PATTERN:
-        raise BadInput(f"grader {what} is longer than {MAX_PATTERN} characters")
-    try:
-        import regex
-
-        return regex.compile(pattern)
-    except ImportError:  # pragma: no cover - transformers depends on regex
-        return re.compile(pattern)
-    except Exception as exc:
-        raise BadInput(f"grader {what} is not a valid regular expression: {exc}") from exc
-
-
-def _timeout(compiled: Any) -> dict[str, float]:
-    return {"timeout": REGEX_TIMEOUT_S} if compiled.__class__.__module__.startswith("regex") else {}
-
-
-def _found(compiled: Any, text: str) -> bool:
-    try:
-        return compiled.search(text[:MAX_TEXT], **_timeout(compiled)) is not None
-    except TimeoutError:
-        return False
-
-
-def _last_match(compiled: Any, text: str) -> str | None:
-    kwargs = _timeout(compiled)
-    try:
-        matches = list(compiled.finditer(text[:MAX_TEXT], **kwargs))
-    except TimeoutError:
-        return None
-    if not matches:
-        return None
-    last = matches[-1]
-    return last.group(1) if last.groups() else last.group(0)
-
-
-def normalise(text: str) -> str:
-    """Case-, space- and number-format-insensitive form (``1,000.`` == ``1000``)."""
-    value = text.strip().lower().rstrip(".")
-    squashed = _NUMBER_JUNK.sub("", value)
-    try:
-        number = float(squashed)
-    except ValueError:
-        return " ".join(value.split())
-    return str(int(number)) if number.is_integer() else str(number)
 
 
 def completion_text(completion: Any) -> str:
@@ -99,56 +46,35 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _reference(row_value: Any, ref_pattern: Any) -> str | None:
-    if row_value is None:
-        return None
-    text = row_value if isinstance(row_value, str) else json.dumps(row_value)
-    if ref_pattern is not None:
-        return _last_match(ref_pattern, text)
-    return text
+def _compiled(spec: AnyGrader) -> Graded:
+    try:
+        return compile_grader(spec)
+    except GraderError as exc:
+        raise BadInput(str(exc)) from None
 
 
-def make_match_reward(spec: StringCheckGrader | RegexGrader) -> RewardFunc:
-    """``string_check`` or ``regex`` grader as a TRL reward function (1.0 match, 0.0 otherwise).
-
-    The contract has validated the grader (patterns compile, a reference-free grader is a regex); here the
-    patterns are compiled with the ``regex`` module, which can time out."""
-    pattern = _compile(spec.pattern, "pattern") if spec.pattern else None
-    field = spec.reference_field
-    if field is None:
-        assert pattern is not None  # a reference-free grader is a regex grader (contract)
-        return _make_search_reward(pattern)
-    ref_pattern = _compile(spec.reference_pattern, "reference_pattern") if spec.reference_pattern else None
-    contains = isinstance(spec, StringCheckGrader) and spec.operation == "contains"
-
-    def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
-        refs = columns.get(field)
-        if refs is None:
-            raise BadInput(f"the grader's reference_field {field!r} is missing from the data")
-        scores = []
-        for completion, raw_ref in zip(completions, refs, strict=True):
-            reference = _reference(raw_ref, ref_pattern)
-            text = completion_text(completion)
-            answer = _last_match(pattern, text) if pattern is not None else text
-            if reference is None or answer is None:
-                scores.append(0.0)
-            elif contains:
-                scores.append(1.0 if normalise(reference) in normalise(answer) else 0.0)
-            else:
-                scores.append(1.0 if normalise(answer) == normalise(reference) else 0.0)
-        return scores
-
-    reward.__name__ = f"{spec.type}_{field}"
-    return reward
+def _rows(count: int, columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch's data rows from TRL's column lists (other keyword arguments are TRL's own)."""
+    lists = {k: v for k, v in columns.items() if isinstance(v, list) and len(v) == count}
+    return [{k: v[i] for k, v in lists.items()} for i in range(count)]
 
 
-def _make_search_reward(pattern: Any) -> RewardFunc:
-    """Reference-free ``regex``: 1.0 when the pattern is found anywhere in the completion."""
+def _scores(graded: Graded, completions: list[Any], columns: dict[str, Any]) -> list[Any]:
+    try:
+        return [graded(item, {"output_text": completion_text(c)})
+                for item, c in zip(_rows(len(completions), columns), completions, strict=True)]
+    except TemplateError as exc:
+        raise BadInput(f"the grader cannot read the data: {exc}") from None
+
+
+def make_match_reward(spec: StringCheckGrader | RegexGrader | TextSimilarityGrader) -> RewardFunc:
+    """A single grader as a TRL reward function (string_check / regex: 1.0 match, 0.0 otherwise)."""
+    graded = _compiled(spec)
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
-        return [1.0 if _found(pattern, completion_text(c)) else 0.0 for c in completions]
+        return [g.score for g in _scores(graded, completions, columns)]
 
-    reward.__name__ = "regex_search"
+    reward.__name__ = f"{spec.type}_{getattr(spec, 'reference_field', None) or 'search'}"
     return reward
 
 
@@ -160,27 +86,17 @@ def make_multi_reward(spec: MultiGrader) -> RewardFunc:
     ``reward_<name>`` and ``valid_reward_<name>``. A completion whose formula fails (division by zero, math
     domain error) scores 0.0.
     """
-    subs: dict[str, RewardFunc] = {}
-    for name, sub in spec.graders.items():
-        try:
-            subs[name] = make_match_reward(sub)
-        except BadInput as exc:
-            raise BadInput(f"multi grader: sub-grader {name!r}: {exc}") from None
-    try:
-        formula = parse_formula(spec.calculate_output, subs)
-    except FormulaError as exc:
-        raise BadInput(f"multi grader: {exc}") from None
+    graded = _compiled(spec)
 
     def reward(
         prompts: list[Any], completions: list[Any], log_metric: Callable[[str, float], None] | None = None,
         **columns: Any,
     ) -> list[float]:
-        scores = {name: func(prompts, completions, **columns) for name, func in subs.items()}
-        if log_metric is not None and completions:
-            for name, values in scores.items():
-                log_metric(f"reward_{name}", sum(values) / len(values))
-        return [formula.evaluate({name: values[i] for name, values in scores.items()})
-                for i in range(len(completions))]
+        grades = _scores(graded, completions, columns)
+        if log_metric is not None and grades:
+            for name in spec.graders:
+                log_metric(f"reward_{name}", sum(g.sub_scores[name] for g in grades) / len(grades))
+        return [g.score for g in grades]
 
     reward.__name__ = "multi"
     return reward
@@ -190,9 +106,9 @@ def make_reward(spec: AnyGrader) -> RewardFunc:
     """The reward function of a rule-based grader (everything but ``reward_model``); raises :class:`BadInput`."""
     if isinstance(spec, MultiGrader):
         return make_multi_reward(spec)
-    if isinstance(spec, RewardModelGrader):
-        raise BadInput("a reward_model grader is a model, not a rule")  # pragma: no cover - callers check
-    return make_match_reward(spec)
+    if isinstance(spec, StringCheckGrader | RegexGrader | TextSimilarityGrader):
+        return make_match_reward(spec)
+    raise BadInput(f"a {spec.type} grader cannot score completions in training")
 
 
 def check_grader(spec: AnyGrader) -> None:

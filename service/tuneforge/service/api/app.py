@@ -16,8 +16,10 @@ from tuneforge.service.api.errors import install_error_handlers
 from tuneforge.service.api.routes import (
     artifacts,
     budget,
+    evals,
     events_stream,
     files,
+    graders,
     health,
     internal,
     jobs,
@@ -58,9 +60,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             state.executor.start()
         await state.serving.start()
         background.start()
+        if state.evals is not None:
+            await state.evals.start()
         try:
             yield
         finally:
+            if state.evals is not None:
+                await state.evals.aclose()
             background.stop()
             await state.serving.aclose()
             await state.exporter.aclose()
@@ -80,8 +86,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.state.background = background
     app.state.event_listener = listener
     install_error_handlers(app)
-    for module in (health, files, jobs, events_stream, artifacts, models, serving, organizations, internal,
-                   observability, ui, webhooks, budget):
+    for module in (health, files, jobs, events_stream, artifacts, models, serving, graders, evals, organizations,
+                   internal, observability, ui, webhooks, budget):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

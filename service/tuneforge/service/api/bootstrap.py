@@ -39,6 +39,9 @@ def build_state(settings: ServiceSettings) -> AppState:
                      metrics_token=settings.auth.metrics_token or _home_secret(settings.home / "metrics_token"))
     state.executor = build_executor(state)
     state.rate_limiter = RequestRateLimiter(settings.limits.rate_limit_storage)
+    from tuneforge.service.executors.eval_runs import EvalRunner
+
+    state.evals = EvalRunner(settings, sessions, store, state.serving, on_item=metrics.evals.item)
     return state
 
 

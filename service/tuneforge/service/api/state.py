@@ -12,6 +12,7 @@ from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
+from tuneforge.service.executors.eval_runs import EvalRunner
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
 
@@ -31,3 +32,5 @@ class AppState:
     metrics_token: str = ""
     executor: Executor | None = None
     rate_limiter: RequestRateLimiter | None = None
+    #: eval runs in the background (bootstrap sets it)
+    evals: EvalRunner | None = None

@@ -146,12 +146,15 @@ class ServingSettings(EnvSettings):
                            "recently used ones are evicted)")
     max_batch: int = Field(16, ge=1, le=1024, description="Serving: sequences an engine generates together")
     max_request_bytes: int = Field(4 << 20, ge=1024, description="Serving: largest completion request body")
+    eval_concurrency: int = Field(4, ge=1, le=256, description="Evals: completion requests eval runs send the "
+                                  "engines at once (generation and judges, all runs together)")
 
 
 class LimitSettings(EnvSettings):
     max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest training file")
     max_example_tokens: int = Field(8192, ge=1, description="Upload validation: longest example in tokens")
     max_reported_errors: int = Field(50, ge=1, le=10_000, description="Upload validation: problems listed")
+    max_eval_items: int = Field(10_000, ge=1, description="Evals: most data items one eval run may have")
     max_active_jobs_per_tenant: int = Field(20, ge=1, validation_alias="TUNEFORGE_MAX_ACTIVE_JOBS",
                                             description="Jobs validating, queued or running per organization")
     max_queued_jobs_per_tenant: int = Field(0, ge=0, validation_alias="TUNEFORGE_MAX_QUEUED_JOBS",

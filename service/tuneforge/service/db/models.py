@@ -235,3 +235,61 @@ class WebhookDelivery(Base):
 
     __table_args__ = (UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
                       Index("ix_webhook_deliveries_endpoint_seq", "endpoint_id", "seq"))
+
+
+class Eval(Base):
+    """An eval (OpenAI's Evals API): the shape of its data items and the testing criteria (graders)."""
+
+    __tablename__ = "evals"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    eval_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class EvalRun(Base):
+    """One run of an eval on a data source; its counts grow as items are graded."""
+
+    __tablename__ = "eval_runs"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    #: the model that generated the samples ("" for a jsonl data source with answers in the rows)
+    model: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    run_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    total_items: Mapped[int] = mapped_column(Integer, default=0)
+    #: passed / failed / errored counts, per criterion pass/fail counts, per model token usage
+    result_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    per_testing_criteria_results: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    per_model_usage: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class EvalOutputItem(Base):
+    """One data item of a run: its sample (the model's answer) and each criterion's result."""
+
+    __tablename__ = "eval_output_items"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    eval_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    datasource_item_id: Mapped[int] = mapped_column(Integer)
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    results: Mapped[list[Any]] = mapped_column(JSON)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_item"),
+                      Index("ix_eval_output_items_run_seq", "run_id", "seq"))

@@ -24,6 +24,9 @@ from tuneforge.service.db.models import (
     AuditLog,
     Budget,
     Checkpoint,
+    Eval,
+    EvalOutputItem,
+    EvalRun,
     File,
     Job,
     JobEvent,
@@ -34,7 +37,7 @@ from tuneforge.service.db.models import (
     now,
 )
 
-T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery)
+T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem)
 
 
 def _page(
@@ -60,6 +63,11 @@ def usage_jobs_of(session: Session, tenant_id: str) -> list[Job]:
     """The organization's jobs that have spent or are spending GPU time."""
     return list(session.scalars(select(Job).where(
         Job.tenant_id == tenant_id, (Job.gpu_seconds > 0) | Job.running_since.is_not(None))))
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (a CursorResult's; typed as a plain Result by SQLAlchemy's stubs)."""
+    return int(result.rowcount)
 
 
 class TenantRepo:
@@ -255,6 +263,83 @@ class TenantRepo:
                                              WebhookDelivery.tenant_id == self.tenant_id)
         return _page(self.session, stmt, WebhookDelivery, after, limit, newest_first=True)
 
+    # -- evals --
+    def add_eval(self, row: Eval) -> Eval:
+        row.tenant_id = self.tenant_id
+        self.session.add(row)
+        self.session.commit()
+        return row
+
+    def get_eval(self, eval_id: str) -> Eval:
+        row = self.session.scalar(select(Eval).where(Eval.id == eval_id, Eval.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("eval", eval_id)
+        return row
+
+    def list_evals(self, after: str | None, limit: int, newest_first: bool) -> tuple[list[Eval], bool]:
+        return _page(self.session, select(Eval).where(Eval.tenant_id == self.tenant_id), Eval, after, limit,
+                     newest_first)
+
+    def delete_eval(self, row: Eval) -> None:
+        """The eval with its runs and their output items, in one transaction."""
+        runs = select(EvalRun.id).where(EvalRun.eval_id == row.id, EvalRun.tenant_id == self.tenant_id)
+        self.session.execute(delete(EvalOutputItem).where(EvalOutputItem.run_id.in_(runs),
+                                                          EvalOutputItem.tenant_id == self.tenant_id))
+        self.session.execute(delete(EvalRun).where(EvalRun.eval_id == row.id, EvalRun.tenant_id == self.tenant_id))
+        self.session.delete(row)
+        self.session.commit()
+
+    def add_eval_run(self, row: EvalRun) -> EvalRun:
+        row.tenant_id = self.tenant_id
+        self.session.add(row)
+        self.session.commit()
+        return row
+
+    def get_eval_run(self, eval_id: str, run_id: str) -> EvalRun:
+        row = self.session.scalar(select(EvalRun).where(
+            EvalRun.id == run_id, EvalRun.eval_id == eval_id, EvalRun.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("eval run", run_id)
+        return row
+
+    def list_eval_runs(self, eval_id: str, after: str | None, limit: int, newest_first: bool,
+                       status: str | None = None) -> tuple[list[EvalRun], bool]:
+        stmt = select(EvalRun).where(EvalRun.eval_id == eval_id, EvalRun.tenant_id == self.tenant_id)
+        if status:
+            stmt = stmt.where(EvalRun.status == status)
+        return _page(self.session, stmt, EvalRun, after, limit, newest_first)
+
+    def cancel_eval_run(self, run: EvalRun, finished_at: int) -> bool:
+        """Marks the run canceled unless it has finished meanwhile (one conditional UPDATE: no race with the
+        runner's own final write); True when it was canceled now."""
+        done = _rowcount(self.session.execute(update(EvalRun).where(
+            EvalRun.id == run.id, EvalRun.tenant_id == self.tenant_id, EvalRun.status.in_(("queued", "in_progress"))
+        ).values(status="canceled", finished_at=finished_at)))
+        self.session.commit()
+        self.session.refresh(run)
+        return bool(done)
+
+    def delete_eval_run(self, run: EvalRun) -> None:
+        self.session.execute(delete(EvalOutputItem).where(EvalOutputItem.run_id == run.id,
+                                                          EvalOutputItem.tenant_id == self.tenant_id))
+        self.session.delete(run)
+        self.session.commit()
+
+    def get_output_item(self, run: EvalRun, item_id: str) -> EvalOutputItem:
+        row = self.session.scalar(select(EvalOutputItem).where(
+            EvalOutputItem.id == item_id, EvalOutputItem.run_id == run.id, EvalOutputItem.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("eval run output item", item_id)
+        return row
+
+    def list_output_items(self, run: EvalRun, after: str | None, limit: int, newest_first: bool,
+                          status: str | None = None) -> tuple[list[EvalOutputItem], bool]:
+        stmt = select(EvalOutputItem).where(EvalOutputItem.run_id == run.id,
+                                            EvalOutputItem.tenant_id == self.tenant_id)
+        if status:
+            stmt = stmt.where(EvalOutputItem.status == status)
+        return _page(self.session, stmt, EvalOutputItem, after, limit, newest_first)
+
 
 class SystemRepo:
     """Cross-tenant access for the control loop; never reachable from a public route."""
@@ -423,6 +508,42 @@ class SystemRepo:
         return list(self.session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
                                          .order_by(JobEvent.seq.desc()).limit(limit)))
 
+    # -- eval runs (the service's background runner) --
+    def eval_run(self, run_id: str) -> tuple[EvalRun, Eval] | None:
+        row = self.session.execute(select(EvalRun, Eval).join(Eval, Eval.id == EvalRun.eval_id)
+                                   .where(EvalRun.id == run_id)).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def unfinished_eval_runs(self) -> list[str]:
+        return list(self.session.scalars(select(EvalRun.id).where(EvalRun.status.in_(("queued", "in_progress")))
+                                         .order_by(EvalRun.seq)))
+
+    def run_items(self, run_id: str) -> list[EvalOutputItem]:
+        return list(self.session.scalars(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)))
+
+    def set_eval_run(self, run_id: str, *, only_if: tuple[str, ...] = ("queued", "in_progress"),
+                     **values: Any) -> bool:
+        """Updates the run while it is in one of ``only_if`` (a canceled run stays canceled); True if it was."""
+        done = _rowcount(self.session.execute(update(EvalRun).where(EvalRun.id == run_id,
+                                                                    EvalRun.status.in_(only_if)).values(**values)))
+        self.session.commit()
+        return bool(done)
+
+    def add_output_item(self, item: EvalOutputItem, run_values: dict[str, Any]) -> bool:
+        """Stores a graded item and the run's new counts together, only while the run is in progress (an item
+        finishing after a cancel is dropped); True if stored."""
+        done = _rowcount(self.session.execute(update(EvalRun).where(
+            EvalRun.id == item.run_id, EvalRun.status == "in_progress").values(**run_values)))
+        if not done:
+            self.session.rollback()
+            return False
+        self.session.add(item)
+        self.session.commit()
+        return True
+
+    def eval_runs_by_status(self) -> list[tuple[str, int]]:
+        rows = self.session.execute(select(EvalRun.status, func.count()).group_by(EvalRun.status))
+        return [(str(status), int(count)) for status, count in rows]
 
 class OrganizationRepo:
     """Organizations, their API keys and audit log, as an admin sees them: an organization admin sees their

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tuneforge.contracts.datasets import ValidationReport, validate_lines
+from tuneforge.contracts.datasets import LineError, ValidationReport, validate_lines
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +39,32 @@ def validate_upload(
     lines: Iterable[bytes], *, max_tokens: int, max_errors: int, count_tokens: Callable[[str], int]
 ) -> ValidationReport:
     return validate_lines(lines, max_errors=max_errors, max_tokens=max_tokens, count_tokens=count_tokens)
+
+
+def validate_eval_lines(lines: Iterable[bytes], *, max_errors: int) -> ValidationReport:
+    """An ``evals`` file: one JSON object per line (OpenAI's ``{"item": {...}}`` or the item itself). Its rows
+    are checked against an eval's item schema when a run names the file."""
+    import json
+
+    report = ValidationReport(format="evals")
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem: str | None = f"not valid UTF-8 (byte {exc.start})"
+        else:
+            if not text.strip():
+                continue
+            try:
+                problem = None if isinstance(json.loads(text), dict) else "a row must be a JSON object"
+            except ValueError as exc:
+                problem = f"not valid JSON: {exc}"
+        if problem is None:
+            report.rows += 1
+        elif len(report.errors) >= max_errors:
+            report.truncated = True
+        else:
+            report.errors.append(LineError(number, problem))
+    if report.rows == 0 and not report.errors:
+        report.errors.append(LineError(0, "the file contains no items"))
+    return report

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import AsyncIterable, Callable
 from typing import Any
 
@@ -41,10 +42,11 @@ from tuneforge.service.domain.streaming_upload import (
     iter_lines,
     line_queue,
 )
-from tuneforge.service.domain.upload_validation import token_counter, validate_upload
+from tuneforge.service.domain.upload_validation import token_counter, validate_eval_lines, validate_upload
 from tuneforge.storage import ObjectStore
 
-PURPOSES = ("fine-tune",)
+#: ``evals``: rows of eval runs (any JSON object per line; checked against the eval's item schema by a run)
+PURPOSES = ("fine-tune", "evals")
 #: the longest value accepted in a small form field (``purpose``)
 MAX_FIELD_BYTES = 4096
 #: the ``filename`` column's width
@@ -209,9 +211,19 @@ async def receive_upload(
     parser.register("purpose", purpose_field)
     counter = token_counter(settings.executor.model_cache, settings.default_base_model)
 
+    #: the kind of validation used: chosen at the first line, when a client has sent 'purpose' (before 'file')
+    chosen: list[str] = []
+
     def validate(lines: Any) -> ValidationReport:
-        return validate_upload(lines, max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
-                               count_tokens=counter)
+        stream = iter(lines)
+        first = next(stream, None)
+        head = [first] if first is not None else []
+        evals = purpose_field.seen and purpose_field.value == b"evals"
+        chosen.append("evals" if evals else "fine-tune")
+        if evals:
+            return validate_eval_lines(itertools.chain(head, stream), max_errors=limits.max_reported_errors)
+        return validate_upload(itertools.chain(head, stream), max_tokens=limits.max_example_tokens,
+                               max_errors=limits.max_reported_errors, count_tokens=counter)
 
     file_id = new_id("file")
     key = file_key(file_id)
@@ -235,6 +247,9 @@ async def receive_upload(
             raise InvalidRequest(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.",
                                  param="purpose")
         filename = file_part.multipart_filename or DEFAULT_FILENAME
+        if chosen and chosen[0] != purpose:
+            raise InvalidRequest("Send the form field 'purpose' before 'file' for an evals file (its lines are "
+                                 "checked as it arrives).", param="purpose")
         if not report.ok:
             raise _invalid_file(filename, report)
         await spool.commit()

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.methods import METHOD_TYPES
@@ -210,6 +211,9 @@ class ServiceMetrics:
         self.streams = Gauge("tuneforge_event_streams_open", "Open server-sent event streams",
                              registry=self.registry)
         self.serving = ServingMetrics(self.registry)
+        self.evals = EvalMetrics(self.registry)
+        if sessions is not None:
+            self.registry.register(EvalRunCollector(sessions))
         self.fleet = FleetCollector(sessions) if sessions is not None else None
 
     def exposition(self, *, private: bool) -> bytes:
@@ -249,3 +253,43 @@ class ServingMetrics:
         self.engines = Gauge("tuneforge_serving_engines", "Engine processes running", registry=registry)
         self.loaded_adapters = Gauge("tuneforge_serving_loaded_adapters", "Adapters loaded in running engines",
                                      ["base_model"], registry=registry)
+
+
+#: an eval run's statuses, each reported (zero included) so dashboards see every series
+EVAL_RUN_STATUSES = ("queued", "in_progress", "completed", "canceled", "failed")
+
+
+class EvalMetrics:
+    """Eval items graded, by outcome, and grader errors, by grader type (counted by the service's runner)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.items = Counter("tuneforge_eval_items_graded", "Eval run items graded, by status (pass, fail, error)",
+                             ["status"], registry=registry)
+        self.grader_errors = Counter("tuneforge_eval_grader_errors", "Testing criteria that could not grade an "
+                                     "item (a judge's reply that is not a grade, a missing item field), by grader "
+                                     "type", ["grader"], registry=registry)
+        for status in ("pass", "fail", "error"):
+            self.items.labels(status)
+
+    def item(self, status: str, errored_graders: list[str]) -> None:
+        self.items.labels(status).inc()
+        for grader in errored_graders:
+            self.grader_errors.labels(grader).inc()
+
+
+class EvalRunCollector(Collector):
+    """Eval runs by status, read from the database on every scrape (one aggregate query)."""
+
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
+        self.sessions = sessions
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            counts = dict.fromkeys(EVAL_RUN_STATUSES, 0) | dict(SystemRepo(session).eval_runs_by_status())
+        runs = GaugeMetricFamily("tuneforge_eval_runs", "Eval runs by status", labels=["status"])
+        for status, n in sorted(counts.items()):
+            runs.add_metric([status], n)
+        yield runs

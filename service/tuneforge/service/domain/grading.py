@@ -1,0 +1,161 @@
+"""Graders in the service: a request's grader checked (400 naming the field), judge models resolved for the
+tenant (404 like any model), and grading with judges that ask the serving backend.
+
+Grading itself is :mod:`tuneforge.graders`, the implementation reinforcement training uses too. It is
+synchronous (metrics libraries, regexes), so the service grades in a worker thread; a judge there hands its
+chat request to the event loop that owns the serving backend and waits for the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from tuneforge.contracts.grader_templates import TemplateError
+from tuneforge.contracts.graders import AnyEvalGrader, EvalGrader, judges_in
+from tuneforge.contracts.validation import describe
+from tuneforge.graders import GraderError, JudgeError, JudgeReply, JudgeUnavailable, compile_grader
+from tuneforge.graders.grading import Grade, Graded
+from tuneforge.service.core.errors import InvalidRequest, ServiceError
+from tuneforge.service.db.repo import TenantRepo
+from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.storage import ObjectStore
+
+EVAL_GRADER: TypeAdapter[AnyEvalGrader] = TypeAdapter(EvalGrader)
+#: longest wait for one judge answer (an engine start included)
+JUDGE_TIMEOUT_S = 900.0
+
+
+def invalid(exc: ValidationError, body: Any, prefix: str = "") -> InvalidRequest:
+    """pydantic's errors on ``body`` as one 400 naming the first field (all of them in ``details``)."""
+    details = describe(exc.errors(), body)
+    if prefix:
+        for detail in details:
+            param = f"{prefix}.{detail['param']}" if detail["param"] else prefix
+            detail["message"] = detail["message"].replace(f"'{detail['param']}'", f"'{param}'", 1)
+            detail["param"] = param
+    return InvalidRequest(details[0]["message"], param=details[0]["param"] or None, details=list(details))
+
+
+def _never_called(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeReply:
+    raise JudgeUnavailable("no judge at validation")  # pragma: no cover - validation builds, never grades
+
+
+def parse_grader(raw: Any, param: str) -> AnyEvalGrader:
+    """The grader as the contract validates it, and as :mod:`tuneforge.graders` can build it here."""
+    try:
+        grader = EVAL_GRADER.validate_python(raw)
+    except ValidationError as exc:
+        raise invalid(exc, raw, param) from None
+    try:
+        compile_grader(grader, _never_called)
+    except GraderError as exc:
+        raise InvalidRequest(f"Invalid value for '{param}': {exc}", param=param) from None
+    return grader
+
+
+def judge_targets(repo: TenantRepo, store: ObjectStore, graders: Mapping[str, Any]) -> dict[str, Target]:
+    """The serving target of every judge model the graders name (by param); unknown or foreign: 404."""
+    targets: dict[str, Target] = {}
+    for param, grader in graders.items():
+        for judge in judges_in(grader):
+            if judge.model in targets:
+                continue
+            try:
+                targets[judge.model] = resolve_target(repo, store, judge.model)
+            except ServiceError as exc:
+                exc.param = f"{param}.model" if judge is grader else f"{param}.graders"
+                raise
+    return targets
+
+
+class ServingJudge:
+    """A :data:`tuneforge.graders.Judge` over the serving backend, called from a worker thread."""
+
+    def __init__(self, serving: ServingBackend, targets: Mapping[str, Target], loop: asyncio.AbstractEventLoop,
+                 limit: asyncio.Semaphore | None = None) -> None:
+        self.serving, self.targets, self.loop, self.limit = serving, targets, loop, limit
+
+    async def _ask(self, target: Target, body: dict[str, Any]) -> Any:
+        if self.limit is None:
+            return await self.serving.request(target, CHAT, body)
+        async with self.limit:
+            return await self.serving.request(target, CHAT, body)
+
+    def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeReply:
+        target = self.targets[model]
+        body = {**params, "model": target.public_id, "messages": messages}
+        future = asyncio.run_coroutine_threadsafe(self._ask(target, body), self.loop)
+        try:
+            reply = future.result(JUDGE_TIMEOUT_S)
+        except ServiceError as exc:
+            raise JudgeUnavailable(f"the judge model '{model}' could not answer: {exc.message}") from None
+        except Exception as exc:
+            future.cancel()
+            raise JudgeUnavailable(f"the judge model '{model}' could not answer: {exc or type(exc).__name__}") from None
+        if reply.status != 200:
+            error = reply.body.get("error") if isinstance(reply.body, dict) else None
+            message = error.get("message") if isinstance(error, dict) else str(reply.body)[:200]
+            raise JudgeUnavailable(f"the judge model '{model}' answered {reply.status}: {message}")
+        try:
+            text = reply.body["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise JudgeUnavailable(f"the judge model '{model}' sent no message") from None
+        usage = reply.body.get("usage") or {}
+        return JudgeReply(str(text), {k: int(v) for k, v in usage.items() if isinstance(v, int)})
+
+
+def _errors(**flags: Any) -> dict[str, Any]:
+    errors: dict[str, Any] = {key: False for key in (
+        "formula_parse_error", "sample_parse_error", "truncated_observation_error", "unresponsive_reward_error",
+        "invalid_variable_error", "other_error", "python_grader_server_error", "python_grader_runtime_error",
+        "model_grader_server_error", "model_grader_refusal_error", "model_grader_parse_error")}
+    errors.update({"python_grader_server_error_type": None, "python_grader_runtime_error_details": None,
+                   "model_grader_server_error_details": None})
+    errors.update(flags)
+    return errors
+
+
+def usage_by_model(grade: Grade | None) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for call in grade.judge_calls if grade is not None else ():
+        seen = out.setdefault(call.model, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                                           "cached_tokens": 0, "invocation_count": 0})
+        seen["invocation_count"] += 1
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            seen[key] += int(call.usage.get(key, 0))
+    return out
+
+
+def run_grader(graded: Graded, grader: AnyEvalGrader, model_sample: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """``POST /v1/fine_tuning/alpha/graders/run``'s answer (OpenAI's shape) for one sample; runs in a thread."""
+    started = time.monotonic()
+    grade: Grade | None = None
+    flags: dict[str, Any] = {}
+    try:
+        grade = graded(item, {"output_text": model_sample})
+    except TemplateError as exc:
+        flags = {"invalid_variable_error": True, "other_error": True, "details": str(exc)}
+    except JudgeUnavailable as exc:
+        flags = {"model_grader_server_error": True, "model_grader_server_error_details": str(exc)}
+    except JudgeError as exc:
+        flags = {"model_grader_parse_error": True, "model_grader_server_error_details": str(exc)}
+    usage = usage_by_model(grade)
+    sub = dict(grade.sub_scores) if grade is not None else {}
+    judges = [call.model for call in grade.judge_calls] if grade is not None else []
+    return {
+        "reward": grade.score if grade is not None else 0.0,
+        "metadata": {
+            "name": grader.name or grader.type, "type": grader.type, "errors": _errors(**flags),
+            "execution_time": round(time.monotonic() - started, 6), "scores": sub,
+            "token_usage": sum(u["total_tokens"] for u in usage.values()) if usage else None,
+            "sampled_model_name": judges[0] if judges else None,
+        },
+        "sub_rewards": sub,
+        "model_grader_token_usage_per_model": {m: {k: v for k, v in u.items() if k != "invocation_count"}
+                                               for m, u in usage.items()},
+    }

@@ -1,0 +1,144 @@
+"""Eval runs that generate through the serving engine (the real engine process): a base and a tuned model
+through the official `openai` client, a judge whose replies are not scores, and a model that dies mid-run.
+
+One server and one engine for the module; few items and few tokens (the engine shares two cores)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.service.helpers import chat_file, create_job, update_job, upload
+from tests.support.engine_models import make_lora, make_peaked_model
+from tests.support.live_server import ThreadServer, make_settings
+from tests.support.models import register_model
+from tests.support.waiting import free_port, wait_for
+from tuneforge.contracts.store_layout import job_model_prefix
+from tuneforge.service.db.models import now
+from tuneforge.storage.manifest import publish_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+BASE = "tiny-peaked"
+SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+          "required": ["question", "answer"]}
+ITEMS = [{"item": {"question": q, "answer": a}} for q, a in
+         (("hello there", "hi"), ("what is two plus two", "4"), ("name a colour", "blue"))]
+TEMPLATE = {"type": "template", "template": [{"role": "system", "content": "Answer briefly."},
+                                             {"role": "user", "content": "{{item.question}}"}]}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, str]]:
+    root = Path(os.environ.get("TUNEFORGE_TEST_MODEL_DIR") or tmp_path_factory.mktemp("eval-models"))
+    model = make_peaked_model(root)
+    adapter = make_lora(model, root, seed=5)
+    server = ThreadServer(make_settings(tmp_path_factory.mktemp("evals-engine") / "home", free_port()),
+                          start_executor=False).start()
+    try:
+        register_model(server, model, BASE)
+        with server.client() as client:
+            job = create_job(client, upload(client, chat_file(4))["id"], model=BASE)
+        publish_dir(server.state.store, adapter, job_model_prefix(job["id"]), base_model=BASE)
+        tuned = f"ft:{BASE}:default:evals:{job['id'][6:18]}"
+        update_job(server, job["id"], status="succeeded", fine_tuned_model=tuned, finished_at=now())
+        yield server, tuned
+    finally:
+        server.stop()
+
+
+def _client(server: ThreadServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=600)
+
+
+def _finished(client: openai.OpenAI, eval_id: str, run_id: str) -> Any:
+    def done() -> Any:
+        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+        return run if run.status in ("completed", "failed", "canceled") else None
+    return wait_for(f"run {run_id}", done, timeout=900, interval=0.2)
+
+
+def _completions(model: str, max_tokens: int = 8, items: list[dict[str, Any]] = ITEMS, **sampling: Any) -> Any:
+    return {"type": "completions", "model": model, "input_messages": TEMPLATE,
+            "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens, **sampling},
+            "source": {"type": "file_content", "content": items}}
+
+
+def test_base_and_tuned_model_runs_through_the_openai_client(served: tuple[ThreadServer, str]) -> None:
+    server, tuned = served
+    client = _client(server)
+    created = client.evals.create(
+        name="tiny", data_source_config={"type": "custom", "item_schema": SCHEMA, "include_sample_schema": True},
+        testing_criteria=[  # type: ignore[list-item]
+            {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "operation": "eq"},
+            {"type": "text_similarity", "name": "fuzzy", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match", "pass_threshold": 0.99}])
+    outputs: dict[str, list[str]] = {}
+    for model in (BASE, tuned):
+        run = client.evals.runs.create(created.id, name=model, data_source=_completions(model))  # type: ignore[arg-type]
+        done = _finished(client, created.id, run.id)
+        assert done.status == "completed", done.error
+        assert done.model == model and done.result_counts.total == 3 and done.result_counts.errored == 0
+        usage = {u.run_model_name: u for u in done.per_model_usage}
+        assert usage[model].invocation_count == 3 and usage[model].completion_tokens > 0
+        # paged two at a time; items are listed in the order they were graded
+        items = sorted(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=2),
+                       key=lambda i: i.datasource_item_id)
+        assert [i.datasource_item_id for i in items] == [0, 1, 2]
+        for item in items:
+            assert item.sample.model == model and item.sample.usage.completion_tokens <= 8
+            assert item.sample.input[-1].content == item.datasource_item["question"]
+            assert [r.name for r in item.results] == ["exact", "fuzzy"]
+        outputs[model] = [i.sample.output[0].content or "" for i in items]
+    assert outputs[BASE] != outputs[tuned]  # the adapter answers
+
+
+def test_a_judge_that_does_not_reply_with_a_score_errs_the_item_not_the_run(
+        served: tuple[ThreadServer, str]) -> None:
+    """The tiny random model as a judge: its replies are not numbers, so each item is `errored` with the reply
+    quoted, the run still completes, and /graders/run reports a parse error."""
+    server, _ = served
+    client = _client(server)
+    judge = {"type": "score_model", "name": "judge", "model": BASE, "range": [0, 10], "pass_threshold": 5,
+             "sampling_params": {"max_completions_tokens": 6, "temperature": 0},
+             "input": [{"role": "user", "content": "Rate the answer {{sample.output_text}} to {{item.question}}"}]}
+    created = client.evals.create(name="judged", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                                  testing_criteria=[judge])  # type: ignore[list-item]
+    run = client.evals.runs.create(created.id, data_source=_completions(BASE, items=ITEMS[:2]))  # type: ignore[arg-type]
+    done = _finished(client, created.id, run.id)
+    assert done.status == "completed", done.error
+    assert done.result_counts.errored == 2
+    usage = {u.run_model_name: u.invocation_count for u in done.per_model_usage}
+    assert usage[BASE] == 2  # the answers; the judge's calls errored before they were counted
+    item = client.evals.runs.output_items.list(run.id, eval_id=created.id).data[0]
+    assert item.status == "error" and "not a score" in item.results[0].error
+    result = client.fine_tuning.alpha.graders.run(grader=judge, model_sample="4",  # type: ignore[arg-type]
+                                                  item={"question": "2+2"})
+    assert result.reward == 0.0 and result.metadata.errors.api_model_grader_parse_error
+
+
+def test_a_model_that_fails_mid_run_fails_the_run_and_keeps_the_graded_items(
+        served: tuple[ThreadServer, str]) -> None:
+    server, _ = served
+    client = _client(server)
+    created = client.evals.create(name="doomed", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                                  testing_criteria=[{"type": "regex", "name": "any", "pattern": ".",  # type: ignore[list-item]
+                                                     "reference": None}])
+    items = ITEMS * 20
+    run = client.evals.runs.create(created.id, data_source=_completions(  # type: ignore[arg-type]
+        BASE, max_tokens=200, items=items, ignore_eos=True))
+    wait_for("a first graded item", lambda: client.evals.runs.retrieve(
+        run.id, eval_id=created.id).result_counts.total >= 1, timeout=600, interval=0.05)
+    pid = next(e["pid"] for e in server.state.serving.engines() if e["base_model"] == BASE)
+    os.kill(pid, signal.SIGKILL)
+    done = _finished(client, created.id, run.id)
+    assert done.status == "failed"
+    assert done.error is not None and f"the model '{BASE}' failed on item" in done.error.message
+    kept = list(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=100))
+    assert 1 <= len(kept) == done.result_counts.total < len(items)
