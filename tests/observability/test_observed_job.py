@@ -116,7 +116,7 @@ def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob) -> None:
             page.on("pageerror", lambda error: errors.append(str(error)))
 
             page.goto(f"{server.url}/ui")
-            page.wait_for_function("!document.getElementById('login').hidden")
+            page.wait_for_function("() => !document.getElementById('login').hidden")
             page.fill("#api-key", server.api_key)
             page.click("#login-form button[type=submit]")
             page.wait_for_selector(f'tr[data-job-id="{job_id}"]')

@@ -225,7 +225,7 @@ def test_playground_streams_two_models_side_by_side(served: Served) -> None:
             page.goto(f"{url}/ui")
             page.fill("#api-key", served.server.api_key)
             page.click("#login-form button[type=submit]")
-            page.wait_for_function("!document.getElementById('jobs-view').hidden")
+            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
             page.evaluate("location.hash = '#/playground'")
             page.wait_for_selector(f'#play-model-b option[value="{served.tuned}"]', state="attached")
             page.select_option("#play-model-a", BASE)
@@ -233,7 +233,7 @@ def test_playground_streams_two_models_side_by_side(served: Served) -> None:
             page.fill("#play-prompt", "hello there")
             page.fill("#play-max-tokens", "24")
             page.click("#play-send")
-            page.wait_for_function("document.getElementById('play-stats-a').textContent.includes('tokens') && "
+            page.wait_for_function("() => document.getElementById('play-stats-a').textContent.includes('tokens') && "
                                    "document.getElementById('play-stats-b').textContent.includes('tokens')")
             left, right = page.inner_text("#play-out-a"), page.inner_text("#play-out-b")
             assert left and right and left != right
