@@ -270,6 +270,10 @@ class EvalMetrics:
                                      "type", ["grader"], registry=registry)
         for status in ("pass", "fail", "error"):
             self.items.labels(status)
+        # every grader type's series exists from the start (at 0), so the dashboard's rate shows a flat line
+        for grader in ("string_check", "regex", "text_similarity", "score_model", "label_model", "multi",
+                       "reward_model"):
+            self.grader_errors.labels(grader)
 
     def item(self, status: str, errored_graders: list[str]) -> None:
         self.items.labels(status).inc()
