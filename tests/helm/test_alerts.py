@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -38,7 +39,9 @@ def test_rules_use_metrics_the_service_exports(rule: dict[str, Any], api_server:
     name there."""
     with api_server.client() as client:
         assert client.get("/v1/models").status_code == 200
-        text = client.get("/metrics").text
+    # the metrics token (not an API key) is what the chart's Prometheus scrapes with
+    text = httpx.get(f"{api_server.url}/metrics",
+                     headers={"Authorization": f"Bearer {api_server.state.metrics_token}"}).text
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     names = _metric_names(rule)
     assert names == {"tuneforge_jobs_finished_total", "tuneforge_queue_oldest_age_seconds",
