@@ -290,6 +290,8 @@ def _jobspec_schema() -> dict[str, Any]:
     for name, field in source["properties"].items():
         if name in _JOBSPEC_TYPED:
             props[name] = _structural(field, source.get("$defs", {}))
+        elif field.get("type") == "array":  # a list of objects (e.g. integrations): its items kept as they are
+            props[name] = {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
         else:
             props[name] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     props["version"] = {"type": "string", "description": "JobSpec schema version, e.g. tuneforge.dev/v2"}
