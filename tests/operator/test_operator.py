@@ -157,7 +157,7 @@ def test_oom_killed_and_deadline_exceeded_are_explained(testbed, custom, core, n
 
 def test_invalid_jobspec_fails_with_the_field(custom, namespace):
     body = finetunejob("ftj-invalid")
-    body["spec"]["jobSpec"]["hyperparameters"] = {"batch_size": 1}  # n_epochs, learning_rate missing
+    body["spec"]["jobSpec"]["method"]["supervised"]["hyperparameters"]["n_epochs"] = 0  # at least 1
     create(custom, namespace, body)
     obj = wait_phase(custom, namespace, "ftj-invalid", "Failed")
     assert obj["status"]["reason"] == "InvalidSpec"
