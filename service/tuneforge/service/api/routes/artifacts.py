@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import IO
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -13,6 +14,17 @@ from tuneforge.service.domain.artifacts import export_download_path, open_artifa
 from tuneforge.service.domain.exports import export_prefix
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def _streamed(stream: IO[bytes], size: int) -> StreamingResponse:
+    """A stored file as the response body, 1 MiB at a time, closed when sent (or when the client leaves)."""
+
+    def chunks() -> Iterator[bytes]:
+        with stream:
+            while chunk := stream.read(1 << 20):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
 @router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact through a signed link",
@@ -27,13 +39,7 @@ def download_artifact(
 ) -> StreamingResponse:
     stream, size = open_artifact(state.store, SystemRepo(session), state.link_secret, job_id, name, expires,
                                  signature)
-
-    def chunks() -> Iterator[bytes]:
-        with stream:
-            while chunk := stream.read(1 << 20):
-                yield chunk
-
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
+    return _streamed(stream, size)
 
 
 @router.get("/{job_id}/exports/{fmt}/{name:path}", summary="Download one file of an export through a signed link",
@@ -43,10 +49,4 @@ def download_export(job_id: str, fmt: str, name: str, state: StateDep, expires: 
     path = export_download_path(job_id, fmt, name)
     stream, size = open_signed(state.store, state.link_secret, path, f"{export_prefix(job_id, fmt)}/{name}", expires,
                                signature)
-
-    def chunks() -> Iterator[bytes]:
-        with stream:
-            while chunk := stream.read(1 << 20):
-                yield chunk
-
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
+    return _streamed(stream, size)
