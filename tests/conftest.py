@@ -18,6 +18,17 @@ from tests.support.waiting import free_port
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_trainer_settings() -> Iterator[None]:
+    """The trainer reads its ``TUNEFORGE_*`` settings once per process (a cache); tests that set those variables
+    must not see the values an earlier test in this process left cached, nor leave theirs behind."""
+    from tuneforge.trainer.settings import trainer_settings
+
+    trainer_settings.cache_clear()
+    yield
+    trainer_settings.cache_clear()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--databases", default=os.environ.get("TUNEFORGE_TEST_DATABASES", ",".join(DATABASES)),

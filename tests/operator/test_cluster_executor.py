@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +22,8 @@ from tests.service.helpers import chat_file, upload
 from tests.support.k8s_testbed import K8sTestbed
 from tests.support.live_server import ThreadServer, wait_for_status
 from tests.support.waiting import wait_for
-from tuneforge.contracts.finetunejob import GROUP, PLURAL, VERSION
+from tuneforge.contracts.finetunejob import GROUP, LABEL_MANAGED_BY, MANAGED_BY_SERVICE, PLURAL, VERSION
+from tuneforge.service.core.config import ExecutorSettings
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_pool")
 
@@ -388,15 +390,64 @@ def test_delete_waits_for_the_pods_of_a_cancelled_job(make_service, core, custom
     wait_for("the FineTuneJob deleted", lambda: cr_gone(custom, namespace, job_id), 30)
 
 
+@pytest.fixture
+def refusing_policy(api_client: k8s.ApiClient, core: k8s.CoreV1Api, namespace: str) -> Iterator[None]:
+    """A ValidatingAdmissionPolicy (a cluster's own rules, beyond the CRD's schema) that refuses, with 422, every
+    object tuneforge manages in ``namespace``; a labelled ConfigMap probes when the policy is in force."""
+    admission = k8s.AdmissionregistrationV1Api(api_client)
+    name = f"refuse-tuneforge-{namespace}"
+    managed = {LABEL_MANAGED_BY: MANAGED_BY_SERVICE}
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {
+                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                     "objectSelector": {"matchLabels": managed},
+                     "resourceRules": [
+                         {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE"],
+                          "resources": [PLURAL]},
+                         {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                          "resources": ["configmaps"]}]},
+                 "validations": [{"expression": "false", "reason": "Invalid",
+                                  "message": "this namespace takes no training jobs (team policy)"}]}},
+        _request_timeout=10)
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]}}, _request_timeout=10)
+
+    def refused() -> bool:
+        probe = {"metadata": {"name": "policy-probe", "labels": managed}}
+        try:
+            core.create_namespaced_config_map(namespace, probe, dry_run="All", _request_timeout=10)
+        except k8s.ApiException as exc:
+            return exc.status == 422
+        return False
+
+    wait_for("the admission policy in force", refused, 30)
+    yield
+    admission.delete_validating_admission_policy_binding(name, _request_timeout=10)
+    admission.delete_validating_admission_policy(name, _request_timeout=10)
+
+
+def test_executor_settings_refuse_attempts_the_cluster_cannot_retry() -> None:
+    # backoffLimit = max_attempts - 1 is at most 20 in the CRD: 22 attempts would leave every job validating_files
+    with pytest.raises(ValueError, match=r"max_attempts is at most 21 with the kubernetes executor.*got 22"):
+        ExecutorSettings(kind="kubernetes", max_attempts=22)
+    assert ExecutorSettings(kind="kubernetes", max_attempts=21).max_attempts == 21
+    assert ExecutorSettings(kind="local", max_attempts=22).max_attempts == 22
+
+
+@pytest.mark.usefixtures("refusing_policy")
 def test_deleting_a_rejected_job_deletes_its_unowned_secret(make_service, core, custom, namespace):
-    # backoffLimit = max_attempts - 1 = 29 is over the CRD's maximum (20): the API server refuses the FineTuneJob
-    # after the service created the token Secret, which so never gets an owner to be garbage-collected with
-    server = make_service(max_attempts=30)
+    # the cluster's admission policy refuses the FineTuneJob after the service created the token Secret, which so
+    # never gets an owner to be garbage-collected with
+    server = make_service()
     client, job = submit(server)
     job_id = job["id"]
     done = wait_for_status(client, job_id, {"failed", "queued", "running"}, timeout=30)
     assert done["status"] == "failed" and done["error"]["code"] == "executor_error", done
     assert "The cluster rejected the job" in done["error"]["message"]
+    assert "this namespace takes no training jobs (team policy)" in done["error"]["message"]
     assert cr_gone(custom, namespace, job_id)
     secret = core.read_namespaced_secret(f"{job_id}-progress-token", namespace, _request_timeout=10)
     assert not secret.metadata.owner_references

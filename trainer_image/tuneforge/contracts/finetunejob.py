@@ -35,6 +35,7 @@ LABEL_FINETUNEJOB = "tuneforge.dev/finetunejob"
 LABEL_JOB_ID = "tuneforge.dev/job-id"
 LABEL_TENANT = "tuneforge.dev/tenant"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MAX_BACKOFF_LIMIT = 20  # the most retries of real failures one FineTuneJob may ask for (a bound in the CRD)
 LABEL_COMPONENT = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: ``app.kubernetes.io/managed-by`` of the FineTuneJobs the service creates, and of their children
@@ -215,8 +216,8 @@ class FineTuneJobSpec(_Camel):
                                                  "(GPUs: see scheduling)")
     scheduling: Scheduling | None = None
     active_deadline_seconds: int | None = Field(None, ge=1, description="wall-clock limit of the whole job")
-    backoff_limit: int | None = Field(None, ge=0, le=20, description="retries of real failures (preemptions are "
-                                      "not counted)")
+    backoff_limit: int | None = Field(None, ge=0, le=MAX_BACKOFF_LIMIT, description="retries of real failures "
+                                      "(preemptions are not counted)")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="keep the finished Job and pods this "
                                                    "long")
     termination_grace_period_seconds: int | None = Field(None, ge=0, description="time to checkpoint after "

@@ -16,7 +16,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, field_validator, mode
 from pydantic_settings import NoDecode
 
 from tuneforge.contracts.catalog import DEFAULT_BASE_MODEL
-from tuneforge.contracts.finetunejob import scale_quantity
+from tuneforge.contracts.finetunejob import MAX_BACKOFF_LIMIT, scale_quantity
 from tuneforge.contracts.settings import EnvSettings
 
 DEFAULT_HOME = Path.home() / ".tuneforge"
@@ -113,6 +113,16 @@ class ExecutorSettings(EnvSettings):
     kube_trainer_env: dict[str, str] = Field(default_factory=dict, description="Kubernetes: extra environment of "
                                              "the trainer container (JSON object)",
                                              json_schema_extra={"default_text": "{}"})
+
+    @model_validator(mode="after")
+    def _attempts_fit_the_cluster(self) -> ExecutorSettings:
+        # the cluster retries real failures itself, max_attempts - 1 times (the FineTuneJob's backoffLimit); a
+        # value the CRD refuses would leave every job stuck in validating_files, so it is refused at start
+        if self.kind == "kubernetes" and self.max_attempts - 1 > MAX_BACKOFF_LIMIT:
+            raise ValueError(f"max_attempts is at most {MAX_BACKOFF_LIMIT + 1} with the kubernetes executor (a "
+                             f"FineTuneJob's backoffLimit, max_attempts - 1, is at most {MAX_BACKOFF_LIMIT}); got "
+                             f"{self.max_attempts}")
+        return self
 
 
     @field_validator("kube_gpu_resources")

@@ -46,6 +46,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.contracts.exit_codes import ExitCode
@@ -326,7 +327,16 @@ class KubernetesExecutor(Executor):
                          error={"code": "invalid_training_file", "param": "training_file",
                                 "message": f"File {missing[0]} was deleted before the job started."})
             return
-        manifest = build_finetunejob(job, self.settings)
+        try:
+            manifest = build_finetunejob(job, self.settings)
+        except ValidationError as exc:
+            # a job the FineTuneJob contract refuses would fail every tick (and hold up the jobs behind it)
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            message = f"The job cannot be submitted to the cluster: {where}: {problem['msg']}"
+            log.error("%s: %s", job.id, message)
+            self._decide(job.id, JobStatus.FAILED, message, error={"code": "executor_error", "message": message})
+            return
         try:
             token = self._ensure_token_secret(job)
             try:
