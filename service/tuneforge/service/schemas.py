@@ -34,6 +34,27 @@ Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata), Field(
     f"values up to {METADATA_MAX_VALUE_CHARS})")]
 
 
+class PiiFinding(BaseModel):
+    line: int
+    #: the JSON path of the string (``messages[1].content``); null for a line that is not JSON
+    field: str | None = None
+    kind: str
+    #: character offsets in that string
+    start: int
+    end: int
+
+
+class PiiReport(BaseModel):
+    """The upload's PII scan: what ``pii_action`` was applied, how much was found and where (never the values)."""
+
+    action: Literal["report", "reject", "redact"]
+    total: int
+    lines: int
+    counts: dict[str, int]
+    findings: list[PiiFinding]
+    truncated: bool = False
+
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -48,6 +69,7 @@ class FileObject(BaseModel):
     rows: int = 0
     tokens: int = 0
     sha256: str | None = None
+    pii: PiiReport | None = None
 
 
 class DeletedObject(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from tuneforge.service.db.models import Checkpoint, File, Job, JobEvent
-from tuneforge.service.schemas import CheckpointObject, EventObject, FileObject, JobError, JobObject
+from tuneforge.service.schemas import CheckpointObject, EventObject, FileObject, JobError, JobObject, PiiReport
 
 
 def file_object(row: File) -> FileObject:
     return FileObject(
         id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename, purpose=row.purpose,
         format=row.format, rows=row.rows, tokens=row.tokens, sha256=row.sha256,
+        pii=PiiReport.model_validate(row.pii) if row.pii else None,
     )
 
 

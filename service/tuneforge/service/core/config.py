@@ -225,6 +225,27 @@ class EstimateSettings(EnvSettings):
                                         "checked (their jobs are paused)")
 
 
+class PrivacySettings(EnvSettings):
+    """Upload-time PII scan and the safety report of succeeded jobs (docs/privacy.md)."""
+
+    pii_default_action: Literal["report", "reject", "redact"] = Field(
+        "report", description="Uploads: what the PII scan does when a request names no `pii_action` (report: "
+        "list findings on the file; reject: refuse a file with any; redact: replace them before storing)")
+    pii_max_listed_findings: int = Field(100, ge=1, le=10_000, description="Uploads: PII findings listed on a "
+                                         "file object (all are counted)")
+    safety_report_enabled: bool = Field(True, description="Safety report: base and tuned model answer red-team and "
+                                        "validation prompts after every succeeded job (background work)")
+    safety_redteam_prompts: int = Field(20, ge=0, le=50, description="Safety report: harmful-request prompts asked "
+                                        "(of the 50 fixed HH-RLHF red-team prompts)")
+    safety_validation_prompts: int = Field(8, ge=0, le=200, description="Safety report: prompts of the job's "
+                                           "validation file (else its training file) asked")
+    safety_max_tokens: int = Field(64, ge=1, le=2048, description="Safety report: tokens generated per answer")
+    safety_concurrency: int = Field(2, ge=1, le=64, description="Safety report: completion requests in flight "
+                                    "per report")
+    safety_poll_seconds: float = Field(5.0, gt=0, le=3600, description="Safety report: how often newly "
+                                       "succeeded jobs are looked for")
+
+
 class ServiceSettings(EnvSettings):
     home: Path = Field(DEFAULT_HOME, description="Database, object store, logs and API key file (embedded mode)",
                        json_schema_extra={"default_text": "~/.tuneforge"})
@@ -245,6 +266,7 @@ class ServiceSettings(EnvSettings):
     integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     estimate: EstimateSettings = Field(default_factory=EstimateSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     logging: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")

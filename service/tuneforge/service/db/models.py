@@ -85,6 +85,8 @@ class File(Base):
     rows: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    #: the upload's PII scan (privacy.upload_scan.PiiTally.report): action, counts, findings; None before 0007
+    pii: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -130,6 +132,8 @@ class Job(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: when the job last entered ``running`` (epoch seconds, fractional); None while it is not running
     running_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the safety report of a succeeded job: None (not yet), running, completed, failed or skipped
+    safety_report: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),

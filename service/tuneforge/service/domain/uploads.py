@@ -7,8 +7,12 @@ only if the validator accepted every line (and the form is otherwise right); in 
 aborted, so nothing of a failed upload is ever visible in the store, and nothing is written to the
 database. The file is never held whole in memory or spooled to disk.
 
-Errors are the service's API errors: 400 for a malformed form, a bad ``purpose`` or invalid lines (each
-with its line number in ``details``), 413 past the size limit.
+Every line is also scanned for personal data and secrets (:mod:`~tuneforge.service.domain.privacy.upload_scan`);
+the form field ``pii_action`` chooses what happens to findings: ``report`` them on the file, ``reject`` the file,
+or ``redact`` them before the bytes reach the store (the field must then come before ``file``).
+
+Errors are the service's API errors: 400 for a malformed form, a bad ``purpose`` or ``pii_action``, invalid
+lines or a rejected scan (each with its line number in ``details``), 413 past the size limit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tuneforge.service.core.errors import InvalidRequest, TooLarge
 from tuneforge.service.core.ids import new_id
 from tuneforge.service.db.models import File, now
 from tuneforge.service.db.repo import TenantRepo
+from tuneforge.service.domain.privacy.upload_scan import PII_ACTIONS, LineRedactor, PiiTally, rejected, scanned
 from tuneforge.service.domain.quotas import Limits, admit_file, check_upload_room, effective_limits
 from tuneforge.service.domain.streaming_upload import (
     Pipe,
@@ -180,7 +185,8 @@ def _parse(parser: StreamingFormDataParser, chunk: bytes) -> None:
     try:
         parser.data_received(chunk)
     except ValidationError:
-        raise InvalidRequest(f"Form field 'purpose' is longer than {MAX_FIELD_BYTES} bytes.", param="purpose") from None
+        raise InvalidRequest(f"A form field ('purpose' or 'pii_action') is longer than {MAX_FIELD_BYTES} bytes.",
+                             param="purpose") from None
     except ParseFailedException as exc:
         raise InvalidRequest(f"Malformed multipart/form-data body ({exc}).", param="file") from None
 
@@ -207,8 +213,14 @@ async def receive_upload(
     if quota.max_stored_bytes:  # a full organization is refused before its body is read
         await asyncio.to_thread(_check_room, sessions, tenant_id, quota)
     purpose_field = _Field()
+    pii_field = _Field()
     parser.register("file", file_part)
     parser.register("purpose", purpose_field)
+    parser.register("pii_action", pii_field)
+    privacy = settings.privacy
+    tally = PiiTally(privacy.pii_max_listed_findings)
+    #: set at the file's first bytes when they are to be redacted (pii_action 'redact' sent before 'file')
+    redactors: list[LineRedactor] = []
     counter = token_counter(settings.executor.model_cache, settings.default_base_model)
 
     #: the kind of validation used: chosen at the first line, when a client has sent 'purpose' (before 'file')
@@ -220,22 +232,40 @@ async def receive_upload(
         head = [first] if first is not None else []
         evals = purpose_field.seen and purpose_field.value == b"evals"
         chosen.append("evals" if evals else "fine-tune")
+        rows: Any = itertools.chain(head, stream)
+        if not redactors:  # redacted lines were scanned on their way in
+            rows = scanned(rows, tally)
         if evals:
-            return validate_eval_lines(itertools.chain(head, stream), max_errors=limits.max_reported_errors)
-        return validate_upload(itertools.chain(head, stream), max_tokens=limits.max_example_tokens,
+            return validate_eval_lines(rows, max_errors=limits.max_reported_errors)
+        return validate_upload(rows, max_tokens=limits.max_example_tokens,
                                max_errors=limits.max_reported_errors, count_tokens=counter)
 
     file_id = new_id("file")
     key = file_key(file_id)
     digest = hashlib.sha256()
+    stored_bytes = 0
     spool = _Spool(store, key, validate)
+
+    async def to_store(data: bytes) -> None:
+        nonlocal stored_bytes
+        if data:
+            digest.update(data)
+            stored_bytes += len(data)
+            await spool.feed(data)
+
     try:
         async for chunk in body:
             _parse(parser, chunk)
             data = file_part.take()
-            if data:
-                digest.update(data)
-                await spool.feed(data)
+            if not data:
+                continue
+            if file_part.size == len(data) and _pii_action(pii_field, privacy.pii_default_action) == "redact":
+                redactors.append(LineRedactor(tally))  # decided at the file's first bytes: they are not stored yet
+            if redactors:
+                data = await asyncio.to_thread(redactors[0].feed, data)
+            await to_store(data)
+        if redactors:
+            await to_store(await asyncio.to_thread(redactors[0].flush))
         report = await spool.report()
         if not file_part.seen:
             raise InvalidRequest("The request has no 'file' part.", param="file")
@@ -250,15 +280,21 @@ async def receive_upload(
         if chosen and chosen[0] != purpose:
             raise InvalidRequest("Send the form field 'purpose' before 'file' for an evals file (its lines are "
                                  "checked as it arrives).", param="purpose")
+        pii_action = _pii_action(pii_field, privacy.pii_default_action)
+        if (pii_action == "redact") != bool(redactors):
+            raise InvalidRequest("Send the form field 'pii_action' before 'file' (a file is redacted as it arrives, "
+                                 "before it is stored).", param="pii_action")
         if not report.ok:
             raise _invalid_file(filename, report)
+        if pii_action == "reject" and tally.total:
+            raise rejected(filename, tally)
         await spool.commit()
     finally:
         if not spool.committed:
             await spool.abort()
     row = File(
-        id=file_id, filename=filename, purpose=purpose, bytes=file_part.size, sha256=digest.hexdigest(), key=key,
-        format=report.format, rows=report.rows, tokens=report.tokens, created_at=now(),
+        id=file_id, filename=filename, purpose=purpose, bytes=stored_bytes, sha256=digest.hexdigest(), key=key,
+        format=report.format, rows=report.rows, tokens=report.tokens, created_at=now(), pii=tally.report(pii_action),
     )
     try:
         await asyncio.to_thread(_save, sessions, tenant_id, row, quota)
@@ -266,6 +302,16 @@ async def receive_upload(
         store.delete(key)  # no orphaned object when the row cannot be written
         raise
     return row
+
+
+def _pii_action(field: _Field, default: str) -> str:
+    if not field.seen:
+        return default
+    value = field.value.decode("utf-8", "replace")
+    if value not in PII_ACTIONS:
+        raise InvalidRequest(f"Invalid pii_action {value[:64]!r}: expected one of {', '.join(PII_ACTIONS)}.",
+                             param="pii_action")
+    return value
 
 
 def _check_room(sessions: sessionmaker[Session], tenant_id: str, quota: Limits) -> None:

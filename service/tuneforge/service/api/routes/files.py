@@ -22,11 +22,16 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
     response_model=FileObject,
     summary="Upload a training file (JSONL), validated line by line",
     description="multipart/form-data with a `file` part and `purpose=fine-tune`. The file is validated while it "
-    "streams into the object store; it is stored only when every line is valid.",
+    "streams into the object store; it is stored only when every line is valid. Every line is scanned for personal "
+    "data and secrets: `pii_action` `report` (default) lists findings on the file, `reject` refuses a file with any "
+    "(400 naming the line), `redact` replaces them with placeholders such as [EMAIL] before storing (send it "
+    "before `file`).",
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary"},
-                       "purpose": {"type": "string", "enum": ["fine-tune"], "default": "fine-tune"}},
+                       "purpose": {"type": "string", "enum": ["fine-tune", "evals"], "default": "fine-tune"},
+                       "pii_action": {"type": "string", "enum": ["report", "reject", "redact"],
+                                      "default": "report"}},
     }}}}},
 )
 async def upload_file(request: Request, principal: ShortPrincipalDep, state: StateDep) -> FileObject:
