@@ -28,8 +28,13 @@ class Detector:
     pattern: re.Pattern[str]
     #: the match's real span, or None to drop it (the default keeps the whole match)
     accept: Callable[[re.Match[str]], tuple[int, int] | None]
+    #: a cheap necessary condition on the text and its number of digits: most strings fail it, and running a
+    #: pattern with look-arounds over every position costs ~0.1 us per character (bench/pii_scanner.py)
+    gate: Callable[[str, int], bool]
 
-    def find(self, text: str) -> Iterator[Span]:
+    def find(self, text: str, digits: int) -> Iterator[Span]:
+        if not self.gate(text, digits):
+            return
         for match in self.pattern.finditer(text):
             span = self.accept(match)
             if span is not None:
@@ -44,6 +49,10 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
 
+def digit_count(text: str) -> int:
+    return sum(map(text.count, "0123456789"))
+
+
 # -- e-mail addresses --
 # a local part, then labels and an alphabetic top-level domain: ``name@1.2.3`` (npm) and ``user@localhost``
 # are not addresses
@@ -54,7 +63,9 @@ EMAIL = re.compile(
 
 
 # -- payment cards --
-CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+# the look-behind comes after the first character: a pattern that starts with a character class lets the regex
+# engine skip to the next candidate character instead of trying every position (about twice as fast)
+CARD = re.compile(r"\d(?<![\w-]\d)(?:[ -]?\d){12,18}(?![\w-])")
 #: issuer prefixes (IIN ranges) of the networks a card number can belong to, with their lengths
 _CARD_NETWORKS: tuple[tuple[re.Pattern[str], tuple[int, ...]], ...] = (
     (re.compile(r"4"), (13, 16, 19)),  # Visa
@@ -137,7 +148,7 @@ def _iban(match: re.Match[str]) -> tuple[int, int] | None:
 # -- national identifiers --
 # US Social Security numbers, written with dashes (or spaces, consistently); nine bare digits are left alone:
 # too many order numbers and ids look the same. Never issued: area 000, 666 and 900-999, group 00, serial 0000.
-US_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
+US_SSN = re.compile(r"\d(?<![\w-]\d)\d{2}(?<!000)(?<!666)(?<!9\d\d)([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
 # UK National Insurance numbers: two letters (not D, F, I, Q, U, V; the second not O; not the prefixes below),
 # six digits, a suffix A-D; spaced in pairs or compact
 UK_NINO = re.compile(r"(?<![A-Za-z0-9])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
@@ -219,6 +230,12 @@ SECRET = re.compile(
 )
 
 
+#: one of these is in every text the secret pattern can match
+SECRET_TRIGGERS = ("sk-", "sk_", "rk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA", "ghp_", "gho_",
+                   "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "glpat-", "PRIVATE KEY", "ccess_key",
+                   "CCESS_KEY", "ccess_Key")
+
+
 def _secret(match: re.Match[str]) -> tuple[int, int] | None:
     body = match.group("sk")
     if body is not None:
@@ -230,15 +247,15 @@ def _secret(match: re.Match[str]) -> tuple[int, int] | None:
 
 #: in order of precedence: where two kinds overlap the earlier one wins (a longer span wins first)
 DETECTORS: tuple[Detector, ...] = (
-    Detector("secret", SECRET, _secret),
-    Detector("email", EMAIL, _whole),
-    Detector("iban", IBAN, _iban),
-    Detector("credit_card", CARD, _card),
-    Detector("us_ssn", US_SSN, _whole),
-    Detector("uk_nino", UK_NINO, _whole),
-    Detector("ipv6", IPV6, _ipv6),
-    Detector("ipv4", IPV4, _ipv4),
-    Detector("phone", PHONE, _phone),
+    Detector("secret", SECRET, _secret, lambda text, _: any(t in text for t in SECRET_TRIGGERS)),
+    Detector("email", EMAIL, _whole, lambda text, _: "@" in text),
+    Detector("iban", IBAN, _iban, lambda _, digits: digits >= 2),
+    Detector("credit_card", CARD, _card, lambda _, digits: digits >= 13),
+    Detector("us_ssn", US_SSN, _whole, lambda _, digits: digits >= 9),
+    Detector("uk_nino", UK_NINO, _whole, lambda _, digits: digits >= 6),
+    Detector("ipv6", IPV6, _ipv6, lambda text, _: text.count(":") >= 2),
+    Detector("ipv4", IPV4, _ipv4, lambda text, digits: digits >= 4 and "." in text),
+    Detector("phone", PHONE, _phone, lambda _, digits: digits >= 8),
 )
 KINDS: tuple[str, ...] = tuple(d.kind for d in DETECTORS)
 PRECEDENCE = {kind: i for i, kind in enumerate(KINDS)}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge.service.domain.privacy.detectors import DETECTORS, PRECEDENCE, Span
+from tuneforge.service.domain.privacy.detectors import DETECTORS, PRECEDENCE, Span, digit_count
 
 PLACEHOLDERS = {
     "email": "[EMAIL]", "phone": "[PHONE]", "credit_card": "[CREDIT_CARD]", "iban": "[IBAN]",
@@ -31,7 +31,8 @@ DESCRIPTIONS = {
 
 def find(text: str) -> list[Span]:
     """Every finding in ``text``, in order, none overlapping (a longer span wins, then the kind's precedence)."""
-    candidates = [span for detector in DETECTORS for span in detector.find(text)]
+    digits = digit_count(text)
+    candidates = [span for detector in DETECTORS for span in detector.find(text, digits)]
     if len(candidates) < 2:
         return candidates
     candidates.sort(key=lambda s: (s.start, -(s.end - s.start), PRECEDENCE[s.kind]))
