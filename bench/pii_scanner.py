@@ -25,10 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.privacy.labelled import load, measure  # noqa: E402
-from tuneforge.contracts.datasets import validate_lines  # noqa: E402
-from tuneforge.service.domain.privacy.detectors import KINDS, Span  # noqa: E402
-from tuneforge.service.domain.privacy.scanner import find, scan_line  # noqa: E402
+from tests.privacy.labelled import load, measure
+
+from tuneforge.contracts.datasets import validate_lines
+from tuneforge.service.domain.privacy.detectors import KINDS, Span
+from tuneforge.service.domain.privacy.scanner import find, scan_line
 
 NAIVE = re.compile(
     r"(?P<secret>sk-\S{20,}|AKIA\w{16}|gh[pousr]_\w{30,}|xox\w-\S+|AIza\S{35}|-----BEGIN[^-]*PRIVATE KEY-----)"

@@ -195,7 +195,8 @@ def secret() -> str:
     if kind == 6:
         return "sk_live_" + _rand(ALNUM, 24)
     body = "\n".join(_rand(ALNUM + "+/", 64) for _ in range(3))
-    return f"-----BEGIN {rng.choice(['RSA ', 'EC ', 'OPENSSH ', ''])}PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----"
+    label = rng.choice(["RSA ", "EC ", "OPENSSH ", ""])
+    return f"-----BEGIN {label}PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----"
 
 
 def labelled(template: str, values: list[tuple[str, str]], note: str) -> dict[str, object]:

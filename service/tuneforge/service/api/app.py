@@ -62,9 +62,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         background.start()
         if state.evals is not None:
             await state.evals.start()
+        if state.safety is not None:
+            await state.safety.start()
         try:
             yield
         finally:
+            if state.safety is not None:
+                await state.safety.aclose()
             if state.evals is not None:
                 await state.evals.aclose()
             background.stop()

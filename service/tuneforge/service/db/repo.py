@@ -514,6 +514,29 @@ class SystemRepo:
                                    .where(EvalRun.id == run_id)).first()
         return (row[0], row[1]) if row is not None else None
 
+    # -- safety reports of succeeded jobs --
+    def jobs_awaiting_safety_report(self, limit: int) -> list[str]:
+        return list(self.session.scalars(select(Job.id).where(Job.status == JobStatus.SUCCEEDED,
+                                                              Job.safety_report.is_(None))
+                                         .order_by(Job.seq).limit(limit)))
+
+    def set_safety_report(self, job_id: str, state: str, *, only_if: str | None = None) -> bool:
+        """Sets a job's safety report state; with ``only_if``, only from that state (None: not started yet), so that
+        one replica claims a report; True if it was set."""
+        condition = Job.safety_report.is_(None) if only_if is None else Job.safety_report == only_if
+        done = _rowcount(self.session.execute(update(Job).where(Job.id == job_id, condition)
+                                              .values(safety_report=state)))
+        self.session.commit()
+        return bool(done)
+
+    def release_running_safety_reports(self) -> int:
+        """Reports left ``running`` by a stopped service start again (a second replica's may run twice: it writes
+        the same objects)."""
+        done = _rowcount(self.session.execute(update(Job).where(Job.safety_report == "running")
+                                              .values(safety_report=None)))
+        self.session.commit()
+        return done
+
     def unfinished_eval_runs(self) -> list[str]:
         return list(self.session.scalars(select(EvalRun.id).where(EvalRun.status.in_(("queued", "in_progress")))
                                          .order_by(EvalRun.seq)))

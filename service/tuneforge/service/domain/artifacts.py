@@ -1,4 +1,5 @@
-"""A succeeded job's model files: listed from its manifest, each with a time-limited download link.
+"""A succeeded job's model files: listed from its manifest, each with a time-limited download link; then its
+reports (``reports/…``, the safety report once it is made), stored beside the model.
 
 In S3 the link is a presigned URL; with a local store it is the service's own route, signed with the link
 secret (HMAC of the path and the expiry time), so the link itself is the credential, as with S3.
@@ -14,7 +15,7 @@ from typing import IO
 from urllib.parse import quote
 
 from tuneforge.contracts.status import JobStatus
-from tuneforge.contracts.store_layout import MANIFEST_NAME, job_model_prefix
+from tuneforge.contracts.store_layout import MANIFEST_NAME, job_model_prefix, job_prefix
 from tuneforge.service.core.errors import Conflict, Forbidden, NotFound
 from tuneforge.service.core.security import check_link, sign_link
 from tuneforge.service.db.models import Job
@@ -52,12 +53,43 @@ def signed_files(store: ObjectStore, prefix: str, *, link_path: Callable[[str], 
     return out
 
 
+#: artifacts under this name prefix are the job's reports, not files of its model
+REPORTS = "reports/"
+REPORT_NAMES = ("reports/safety_report.json", "reports/safety_report.html")
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    if name.startswith(REPORTS):
+        return f"{job_prefix(job_id)}/{name}"
+    return f"{job_model_prefix(job_id)}/{name}"
+
+
+def _reports(store: ObjectStore, job_id: str, *, base_url: str, link_secret: str,
+             expiry_seconds: int) -> list[ArtifactObject]:
+    expires_at = int(time.time()) + expiry_seconds
+    out = []
+    for name in REPORT_NAMES:
+        key = artifact_key(job_id, name)
+        try:
+            data = store.get_bytes(key)  # small (a few hundred KB at most): hashed for the listing
+        except ObjectNotFound:
+            continue
+        url = store.presigned_url(key, expiry_seconds)
+        if url is None:
+            path = download_path(job_id, name)
+            url = f"{base_url}{path}?expires={expires_at}&signature={sign_link(link_secret, path, expires_at)}"
+        out.append(ArtifactObject(name=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), url=url,
+                                  expires_at=expires_at))
+    return out
+
+
 def list_artifacts(store: ObjectStore, job: Job, *, base_url: str, link_secret: str,
                    expiry_seconds: int) -> list[ArtifactObject]:
     if job.status != JobStatus.SUCCEEDED:
         raise Conflict(f"Job {job.id} has no artifacts: its status is {job.status}.", code="artifacts_not_ready")
-    return signed_files(store, job_model_prefix(job.id), link_path=lambda name: download_path(job.id, name),
-                        base_url=base_url, link_secret=link_secret, expiry_seconds=expiry_seconds)
+    files = signed_files(store, job_model_prefix(job.id), link_path=lambda name: download_path(job.id, name),
+                         base_url=base_url, link_secret=link_secret, expiry_seconds=expiry_seconds)
+    return files + _reports(store, job.id, base_url=base_url, link_secret=link_secret, expiry_seconds=expiry_seconds)
 
 
 def open_signed(store: ObjectStore, link_secret: str, path: str, key: str, expires: int,
@@ -81,4 +113,4 @@ def open_artifact(store: ObjectStore, repo: SystemRepo, link_secret: str, job_id
                         code="invalid_link")
     if repo.job(job_id) is None:
         raise NotFound("fine-tuning job", job_id)
-    return open_signed(store, link_secret, path, f"{job_model_prefix(job_id)}/{name}", expires, signature)
+    return open_signed(store, link_secret, path, artifact_key(job_id, name), expires, signature)

@@ -307,7 +307,7 @@ async def receive_upload(
 def _pii_action(field: _Field, default: str) -> str:
     if not field.seen:
         return default
-    value = field.value.decode("utf-8", "replace")
+    value = str(field.value.decode("utf-8", "replace"))
     if value not in PII_ACTIONS:
         raise InvalidRequest(f"Invalid pii_action {value[:64]!r}: expected one of {', '.join(PII_ACTIONS)}.",
                              param="pii_action")

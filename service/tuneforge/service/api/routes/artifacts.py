@@ -10,13 +10,19 @@ from fastapi.responses import StreamingResponse
 
 from tuneforge.service.api.deps import SessionDep, StateDep
 from tuneforge.service.db.repo import SystemRepo
-from tuneforge.service.domain.artifacts import export_download_path, open_artifact, open_signed
+from tuneforge.service.domain.artifacts import REPORTS, export_download_path, open_artifact, open_signed
 from tuneforge.service.domain.exports import export_prefix
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def _streamed(stream: IO[bytes], size: int) -> StreamingResponse:
+#: a report page is shown in the browser: no scripts, nothing loaded from elsewhere, only its own inline style
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff"}
+
+
+def _streamed(stream: IO[bytes], size: int, media_type: str = "application/octet-stream",
+              headers: dict[str, str] | None = None) -> StreamingResponse:
     """A stored file as the response body, 1 MiB at a time, closed when sent (or when the client leaves)."""
 
     def chunks() -> Iterator[bytes]:
@@ -24,7 +30,8 @@ def _streamed(stream: IO[bytes], size: int) -> StreamingResponse:
             while chunk := stream.read(1 << 20):
                 yield chunk
 
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
+    return StreamingResponse(chunks(), media_type=media_type,
+                             headers={"Content-Length": str(size), **(headers or {})})
 
 
 @router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact through a signed link",
@@ -39,6 +46,10 @@ def download_artifact(
 ) -> StreamingResponse:
     stream, size = open_artifact(state.store, SystemRepo(session), state.link_secret, job_id, name, expires,
                                  signature)
+    if name.startswith(REPORTS) and name.endswith((".html", ".json")):
+        html = name.endswith(".html")
+        return _streamed(stream, size, "text/html; charset=utf-8" if html else "application/json",
+                         PAGE_HEADERS if html else None)
     return _streamed(stream, size)
 
 

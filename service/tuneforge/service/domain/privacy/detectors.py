@@ -238,10 +238,9 @@ SECRET_TRIGGERS = ("sk-", "sk_", "rk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", 
 
 def _secret(match: re.Match[str]) -> tuple[int, int] | None:
     body = match.group("sk")
-    if body is not None:
-        # "sk-learn-is-a-library" is prose: a key is random, so it has digits and many distinct characters
-        if not any(c.isdigit() for c in body) or len(set(body)) < 12:
-            return None
+    # "sk-learn-is-a-library" is prose: a key is random, so it has digits and many distinct characters
+    if body is not None and (not any(c.isdigit() for c in body) or len(set(body)) < 12):
+        return None
     return match.span()
 
 
