@@ -6,11 +6,11 @@ context), the first thing one writes. Both run over the same texts in the same p
 - quality: on ``tests/privacy/data/pii_labelled.jsonl`` (414 lines, 182 of them without any value, most of those
   look-alikes), matched as the test matches (same kind, overlapping span);
 - throughput: ``find`` on the labelled texts (lines/CPU-s), and the upload path's ``scan_line`` on chat-format JSONL
-  lines (lines/CPU-s and MB/CPU-s) against the baseline on the same decoded strings, for two corpora: the labelled
-  texts
-  (dense: nearly every line has digits or a value) and GSM8K's training set as chat lines (ordinary training data,
-  many numbers); for scale, the upload validator's own pass over the same lines (``validate_lines`` with the
-  byte-length token estimate) is printed too.
+  lines (lines/CPU-s and MB/CPU-s) against the baseline on the same decoded strings, for two corpora: the
+  labelled texts (dense: nearly every line has digits or a value) and GSM8K's training set as chat lines
+  (ordinary training data, many numbers); for scale, the upload validator's own pass over the same lines
+  (``validate_lines`` with the byte-length token estimate) is printed too. CPU time of this process, best of
+  ``--repeat`` passes, so that other work on a shared machine slows a pass without counting in it.
 
     PYTHONPATH=.:service:operator:trainer_image python bench/pii_scanner.py [--repeat 5] [--gsm8k PATH]
 """
