@@ -22,7 +22,9 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,7 +51,7 @@ def naive_find(text: str) -> list[Span]:
     return [Span(m.lastgroup or "", m.start(), m.end()) for m in NAIVE.finditer(text)]
 
 
-def _rate(fn, items: list, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def _rate(fn: Callable[[Any], Any], items: list[Any], repeat: int) -> float:
     """Items per CPU-second of this process, best of ``repeat`` passes (CPU time: other work on the machine
     delays a pass but is not counted in it)."""
     fn(items[0])
@@ -104,10 +106,10 @@ def main() -> None:
         def validate(raw: bytes) -> None:
             validate_lines([raw], max_errors=1, max_tokens=10**6, count_tokens=lambda t: len(t) // 3 + 1)
 
-        ours, base, check = (_rate(fn, lines, args.repeat) for fn in (scan_line, naive_line, validate))
-        print(f"throughput, JSONL lines, {name}: tuneforge {ours:7.0f} lines/CPU-s "
-              f"({ours * mb_per_line:.1f} MB/CPU-s), "
-              f"naive {base:7.0f} lines/CPU-s ({base * mb_per_line:.1f} MB/CPU-s), ratio {ours / base:.2f}; "
+        mine, base, check = (_rate(fn, lines, args.repeat) for fn in (scan_line, naive_line, validate))
+        print(f"throughput, JSONL lines, {name}: tuneforge {mine:7.0f} lines/CPU-s "
+              f"({mine * mb_per_line:.1f} MB/CPU-s), "
+              f"naive {base:7.0f} lines/CPU-s ({base * mb_per_line:.1f} MB/CPU-s), ratio {mine / base:.2f}; "
               f"the validator alone {check:7.0f} lines/CPU-s ({check * mb_per_line:.1f} MB/CPU-s)")
 
 

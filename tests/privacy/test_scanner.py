@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_a_longer_finding_wins_an_overlap() -> None:
 
 
 def test_a_json_line_is_scanned_per_field_and_redacted_with_placeholders() -> None:
-    obj = {"messages": [{"role": "system", "content": "be nice"},
+    obj: dict[str, Any] = {"messages": [{"role": "system", "content": "be nice"},
                         {"role": "user", "content": "I am bob@example.com, card 4111-1111-1111-1111"},
                         {"role": "assistant", "content": "Noted, calling +1 415 555 2671"}],
            "metadata": {"ip": "203.0.113.9"}}

@@ -19,6 +19,7 @@ import json
 import random
 import string
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).with_name("pii_labelled.jsonl")
 rng = random.Random(20261201)
@@ -201,12 +202,13 @@ def secret() -> str:
 
 def labelled(template: str, values: list[tuple[str, str]], note: str) -> dict[str, object]:
     """``template`` with ``{v}`` (and ``{w}``) replaced; the spans are where the values landed."""
-    text, spans = template, []
+    text = template
+    spans: list[dict[str, Any]] = []
     for placeholder, (kind, value) in zip(("{v}", "{w}"), values, strict=False):
         at = text.index(placeholder)
         text = text[:at] + value + text[at + len(placeholder):]
         spans.append({"kind": kind, "start": at, "end": at + len(value)})
-    spans.sort(key=lambda s: s["start"])
+    spans.sort(key=lambda s: int(s["start"]))
     return {"text": text, "spans": spans, "note": note}
 
 
