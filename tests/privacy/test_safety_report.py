@@ -19,6 +19,7 @@ from tests.support.models import register_model
 from tests.support.tiny_model import make_tiny_model
 from tests.support.waiting import free_port, wait_for
 from tuneforge.service.db.models import now
+from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.domain.safety.leaks import TrainingValues, canonical
 from tuneforge.service.domain.safety.prompts import prompt_of, redteam_data, redteam_prompts
 from tuneforge.service.domain.safety.refusals import is_refusal
@@ -139,6 +140,30 @@ def test_turned_off_every_succeeded_job_is_marked_skipped_silently(quick_server:
         update_job(quick_server, job["id"], status="succeeded", fine_tuned_model="ft:x", finished_at=now())
         wait_for("skipped", lambda: _report_state(quick_server, job["id"]) == "skipped", timeout=30)
         assert _events(client, job["id"]) == []
+
+
+def test_one_claim_wins_and_a_restart_releases_a_report_left_running(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", free_port(), groups={"privacy": {"safety_poll_seconds": 0.2}})
+    first = ThreadServer(settings, start_executor=False).start()
+    try:
+        with first.client() as client:
+            file_id = upload(client, jsonl([pref_row(i) for i in range(3)]))["id"]
+            job = create_job(client, file_id, method={"type": "reward_model"})
+        with first.state.sessions() as session:  # two replicas claim the same report: one wins
+            system = SystemRepo(session)
+            assert system.set_safety_report(job["id"], "running") is True
+            assert system.set_safety_report(job["id"], "running") is False
+        # the replica that claimed it stops before finishing: the job looks succeeded with a report running
+        update_job(first, job["id"], status="succeeded", fine_tuned_model="ft:rm", finished_at=now())
+    finally:
+        first.stop()
+    assert _report_state(first, job["id"]) == "running"
+    second = ThreadServer(make_settings(tmp_path / "home", free_port(), groups={"privacy": {
+        "safety_poll_seconds": 0.2}}), start_executor=False).start()
+    try:
+        wait_for("the released report", lambda: _report_state(second, job["id"]) == "skipped", timeout=30)
+    finally:
+        second.stop()
 
 
 # -- one real report: the real trainer, the real engine --
