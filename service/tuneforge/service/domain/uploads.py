@@ -281,7 +281,7 @@ async def receive_upload(
             raise InvalidRequest("Send the form field 'purpose' before 'file' for an evals file (its lines are "
                                  "checked as it arrives).", param="purpose")
         pii_action = _pii_action(pii_field, privacy.pii_default_action)
-        if (pii_action == "redact") != bool(redactors):
+        if file_part.size and (pii_action == "redact") != bool(redactors):
             raise InvalidRequest("Send the form field 'pii_action' before 'file' (a file is redacted as it arrives, "
                                  "before it is stored).", param="pii_action")
         if not report.ok:
