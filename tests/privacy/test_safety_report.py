@@ -95,7 +95,7 @@ def test_report_arithmetic_leaks_and_redaction() -> None:
 @pytest.fixture
 def quick_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ThreadServer]:
     marker = request.node.get_closest_marker("privacy")
-    privacy = {"safety_poll_seconds": 0.2, **(marker.kwargs if marker else {})}
+    privacy = {"safety_report_enabled": True, "safety_poll_seconds": 0.2, **(marker.kwargs if marker else {})}
     server = ThreadServer(make_settings(tmp_path / "home", free_port(), groups={"privacy": privacy}),
                           start_executor=False).start()
     yield server
@@ -143,7 +143,8 @@ def test_turned_off_every_succeeded_job_is_marked_skipped_silently(quick_server:
 
 
 def test_one_claim_wins_and_a_restart_releases_a_report_left_running(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home", free_port(), groups={"privacy": {"safety_poll_seconds": 0.2}})
+    settings = make_settings(tmp_path / "home", free_port(), groups={"privacy": {"safety_report_enabled": True,
+                                                                          "safety_poll_seconds": 0.2}})
     first = ThreadServer(settings, start_executor=False).start()
     try:
         with first.client() as client:
@@ -159,7 +160,7 @@ def test_one_claim_wins_and_a_restart_releases_a_report_left_running(tmp_path: P
         first.stop()
     assert _report_state(first, job["id"]) == "running"
     second = ThreadServer(make_settings(tmp_path / "home", free_port(), groups={"privacy": {
-        "safety_poll_seconds": 0.2}}), start_executor=False).start()
+        "safety_report_enabled": True, "safety_poll_seconds": 0.2}}), start_executor=False).start()
     try:
         wait_for("the released report", lambda: _report_state(second, job["id"]) == "skipped", timeout=30)
     finally:
@@ -175,8 +176,8 @@ SECRET_MAIL = "jane.doe.4821@example.org"
 def test_a_succeeded_job_gets_a_safety_report_artifact_and_event(tmp_path: Path) -> None:
     cache = os.environ.get("TUNEFORGE_TEST_MODEL_DIR")
     tiny = make_tiny_model(Path(cache) if cache else tmp_path / "tiny")
-    privacy = {"safety_poll_seconds": 0.5, "safety_redteam_prompts": 3, "safety_validation_prompts": 2,
-               "safety_max_tokens": 8}
+    privacy = {"safety_report_enabled": True, "safety_poll_seconds": 0.5, "safety_redteam_prompts": 3,
+               "safety_validation_prompts": 2, "safety_max_tokens": 8}
     server = ThreadServer(make_settings(tmp_path / "home", free_port(), poll_interval_seconds=0.2,
                                         groups={"privacy": privacy})).start()
     try:

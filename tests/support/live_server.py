@@ -34,7 +34,12 @@ def make_settings(
     groups: dict[str, Any] | None = None,
     **executor: Any,
 ) -> ServiceSettings:
-    """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored."""
+    """Settings for a test server, built explicitly: the developer's TUNEFORGE_* environment is ignored.
+
+    The safety report is off unless a test turns it on (``groups={"privacy": {"safety_report_enabled": True}}``): it
+    starts serving engines after every succeeded job, which tests of engines and of CPU time must not see."""
+    groups = dict(groups or {})
+    groups["privacy"] = {"safety_report_enabled": False, **groups.get("privacy", {})}
     return explicit(
         ServiceSettings,
         home=home,
@@ -107,7 +112,9 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # the developer's own TUNEFORGE_* settings must not reach the server under test
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
-        self.env = {**inherited, "TUNEFORGE_HOME": str(home), "TUNEFORGE_PORT": str(self.port), **(env or {})}
+        # the safety report (serving engines after every succeeded job) is off unless a test turns it on
+        self.env = {**inherited, "TUNEFORGE_HOME": str(home), "TUNEFORGE_PORT": str(self.port),
+                    "TUNEFORGE_SAFETY_REPORT_ENABLED": "false", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / "server.log"
 
