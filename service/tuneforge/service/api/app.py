@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from tuneforge.service import __version__
+from tuneforge.service.api import openapi
 from tuneforge.service.api.background import BackgroundLoops
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
@@ -86,6 +88,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.state.background = background
     app.state.event_listener = listener
     install_error_handlers(app)
+    app.openapi = functools.partial(openapi.document, app)  # type: ignore[method-assign]
     for module in (health, files, jobs, events_stream, artifacts, models, serving, graders, evals, organizations,
                    internal, observability, ui, webhooks, budget):
         app.include_router(module.router)
