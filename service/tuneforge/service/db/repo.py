@@ -721,7 +721,7 @@ class SystemRepo:
         return bool(done)
 
     def sampled_lines(self, campaign_id: str) -> set[int]:
-        return set(self.session.scalars(select(FeedbackItem.line.distinct()).where(
+        return set(self.session.scalars(select(FeedbackItem.line).distinct().where(
             FeedbackItem.campaign_id == campaign_id, FeedbackItem.line > 0)))
 
     def add_feedback_items(self, campaign_id: str, items: list[FeedbackItem], *, sampled: int = 1) -> bool:
