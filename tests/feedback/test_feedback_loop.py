@@ -429,3 +429,53 @@ def test_the_rating_page_in_headless_chromium(served: Served) -> None:
         labels = TenantRepo(session, "default").campaign_labels(campaign["id"])
         assert sorted((lb.submitted["choice"], lb.comment) for lb in labels) == [
             ("b", "The second one at least names something."), ("tie", None)]
+
+
+def test_raters_racing_for_the_last_slots_of_an_item(served: Served) -> None:
+    """Three raters label the one item of a campaign that wants two, at the same moment: two labels are stored, the
+    third is a 409, and the campaign completes."""
+    import threading
+
+    campaign = _campaign(served, kind="pairwise", prompts=PROMPTS[:1], raters_per_item=2)
+    cid = campaign["id"]
+    clients = [served.rater(n) for n in ("careful", "careful2", "random")]
+    items = [c.get(f"/v1/feedback_campaigns/{cid}/next_item").json()["item"] for c in clients]
+    assert len({i["id"] for i in items}) == 1
+    barrier = threading.Barrier(len(clients))
+    results: list[httpx.Response] = []
+
+    def post(client: httpx.Client) -> None:
+        barrier.wait(timeout=30)
+        results.append(client.post(f"/v1/feedback_campaigns/{cid}/items/{items[0]['id']}/labels",
+                                   json={"preferred": 0}))
+
+    threads = [threading.Thread(target=post, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for c in clients:
+        c.close()
+    assert sorted(r.status_code for r in results) == [200, 200, 409], [r.text for r in results]
+    refused = next(r for r in results if r.status_code == 409)
+    assert refused.json()["error"]["code"] in ("item_fully_rated", "campaign_not_collecting")
+    with served.server.client() as client:
+        done = client.get(f"/v1/feedback_campaigns/{cid}").json()
+        assert done["status"] == "completed" and done["progress"]["labels"] == 2
+
+
+def test_a_cancel_while_sampling_stops_the_campaign(served: Served) -> None:
+    prompts = [{"prompt": f"Tell a long story about {i}."} for i in range(20)]
+    with served.server.client() as client:
+        created = client.post("/v1/feedback_campaigns", json={
+            "file_id": _upload_prompts(client, prompts), "models": [served.base], "kind": "ranking",
+            "samples_per_prompt": 3, "sampling": {**SAMPLING, "max_tokens": 48}}).json()
+        cancelled = client.post(f"/v1/feedback_campaigns/{created['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"] is not None
+        seen = cancelled.json()["progress"]["items"]
+        wait_for("the sampler to stop", lambda: created["id"] not in served.server.state.feedback.tasks,
+                 timeout=60, interval=0.1)
+        after = client.get(f"/v1/feedback_campaigns/{created['id']}").json()
+        assert after["status"] == "cancelled" and after["progress"]["items"] == seen
+        assert after["progress"]["sampled_prompts"] < len(prompts)
