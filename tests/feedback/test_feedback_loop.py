@@ -479,3 +479,31 @@ def test_a_cancel_while_sampling_stops_the_campaign(served: Served) -> None:
         after = client.get(f"/v1/feedback_campaigns/{created['id']}").json()
         assert after["status"] == "cancelled" and after["progress"]["items"] == seen
         assert after["progress"]["sampled_prompts"] < len(prompts)
+
+
+def test_sampling_interrupted_midway_resumes_without_asking_twice(served: Served) -> None:
+    """The sampler's task dies mid-campaign (as in a service stop: the campaign stays `sampling`); the start-up path
+    resumes it, prompts that have items are not asked again, and every prompt ends with exactly its items."""
+    import asyncio
+
+    prompts = [{"prompt": f"Count the letters of word {i}."} for i in range(24)]
+    sampler = served.server.state.feedback
+    with served.server.client() as client:
+        created = client.post("/v1/feedback_campaigns", json={
+            "file_id": _upload_prompts(client, prompts), "models": [served.base], "kind": "pairwise",
+            "samples_per_prompt": 2, "sampling": {**SAMPLING, "max_tokens": 32}}).json()
+        cid = created["id"]
+        wait_for("a few prompts", lambda: client.get(f"/v1/feedback_campaigns/{cid}").json()["progress"]
+                 ["sampled_prompts"] >= 2, timeout=600, interval=0.05)
+        sampler.stop_threadsafe(cid)
+        wait_for("the task to stop", lambda: cid not in sampler.tasks, timeout=60, interval=0.05)
+        stopped = client.get(f"/v1/feedback_campaigns/{cid}").json()
+        assert stopped["status"] == "sampling" and stopped["progress"]["sampled_prompts"] < len(prompts)
+        asyncio.run_coroutine_threadsafe(sampler.start(), sampler._loop).result(timeout=60)
+        done = _collecting(client, cid)
+        assert done["progress"]["sampled_prompts"] == len(prompts) and done["progress"]["items"] == len(prompts)
+    with served.server.state.sessions() as session:
+        from tuneforge.service.db.repo import TenantRepo
+
+        lines = [i.line for i in TenantRepo(session, "default").campaign_items(cid)]
+    assert sorted(lines) == list(range(1, len(prompts) + 1))
