@@ -7,8 +7,11 @@ One server and one engine per database for the module; few prompts, few tokens (
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
+import threading
 from typing import Any
 
 import httpx
@@ -17,6 +20,7 @@ import pytest
 from tests.feedback.conftest import Served
 from tests.service.helpers import assert_error, jsonl, upload_raw
 from tests.support.waiting import wait_for
+from tuneforge.service.db.repo import TenantRepo
 from tuneforge.service.domain.feedback import display_order
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -212,8 +216,6 @@ def test_scores_export_scored_rows_and_bad_scores_change_nothing(served: Served)
         assert sorted(r["score"] for r in rows) == [3.0, 6.0]
         assert {r["prompt"] for r in rows} == {p["prompt"] for p in PROMPTS[:2]}
     with served.server.state.sessions() as session:
-        from tuneforge.service.db.repo import TenantRepo
-
         history = TenantRepo(session, "default").label_history(cid, item["id"], served.raters["careful"][0])
         assert [(h.revision, h.submitted, h.comment) for h in history] == [(1, {"score": 2.0}, "meh"),
                                                                            (2, {"score": 6.0}, None)]
@@ -377,8 +379,6 @@ def test_the_rating_page_in_headless_chromium(served: Served) -> None:
     a comment, Enter to submit, progress, and 'All done' at the end; the labels arrive through the rating API."""
     from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
-    import os
-
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
     from playwright.sync_api import sync_playwright
@@ -424,8 +424,6 @@ def test_the_rating_page_in_headless_chromium(served: Served) -> None:
         assert report["labels"] == 2 and report["ab"]["ties"] == 1
         assert [r["rater"] for r in report["raters"]] == [key_id]
     with served.server.state.sessions() as session:
-        from tuneforge.service.db.repo import TenantRepo
-
         labels = TenantRepo(session, "default").campaign_labels(campaign["id"])
         assert sorted((lb.submitted["choice"], lb.comment) for lb in labels) == [
             ("b", "The second one at least names something."), ("tie", None)]
@@ -434,8 +432,6 @@ def test_the_rating_page_in_headless_chromium(served: Served) -> None:
 def test_raters_racing_for_the_last_slots_of_an_item(served: Served) -> None:
     """Three raters label the one item of a campaign that wants two, at the same moment: two labels are stored, the
     third is a 409, and the campaign completes."""
-    import threading
-
     campaign = _campaign(served, kind="pairwise", prompts=PROMPTS[:1], raters_per_item=2)
     cid = campaign["id"]
     clients = [served.rater(n) for n in ("careful", "careful2", "random")]
@@ -484,8 +480,6 @@ def test_a_cancel_while_sampling_stops_the_campaign(served: Served) -> None:
 def test_sampling_interrupted_midway_resumes_without_asking_twice(served: Served) -> None:
     """The sampler's task dies mid-campaign (as in a service stop: the campaign stays `sampling`); the start-up path
     resumes it, prompts that have items are not asked again, and every prompt ends with exactly its items."""
-    import asyncio
-
     prompts = [{"prompt": f"Count the letters of word {i}."} for i in range(24)]
     sampler = served.server.state.feedback
     with served.server.client() as client:
@@ -503,7 +497,5 @@ def test_sampling_interrupted_midway_resumes_without_asking_twice(served: Served
         done = _collecting(client, cid)
         assert done["progress"]["sampled_prompts"] == len(prompts) and done["progress"]["items"] == len(prompts)
     with served.server.state.sessions() as session:
-        from tuneforge.service.db.repo import TenantRepo
-
         lines = [i.line for i in TenantRepo(session, "default").campaign_items(cid)]
     assert sorted(lines) == list(range(1, len(prompts) + 1))
