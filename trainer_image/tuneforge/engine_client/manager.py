@@ -24,9 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,13 +35,13 @@ from tuneforge.engine_client.client import (
     EngineHTTPError,
     EngineStream,
     EngineUnavailable,
-    EngineUnreachable,
     Reply,
     error_body,
 )
 from tuneforge.engine_client.process import EngineProcess, EngineSpec, EngineStartError
 
 log = logging.getLogger("tuneforge.engine_client")
+T = TypeVar("T")
 #: how long a refused request waits for its engine to finish exiting before it goes to a fresh one
 RESTART_WAIT_SECONDS = 5.0
 
@@ -166,9 +166,9 @@ class EngineManager:
         return Reply(503, error_body(f"the engine for {base} is unavailable ({exc}; exit code {code}); the next "
                                      "request starts it again", code="engine_unavailable"))
 
-    async def _dead_or_unreachable(self, running: RunningEngine | None) -> bool:
-        """After a refused connection: True once the engine has exited (a killed engine takes a moment to), so
-        the request, of which nothing was sent, can go to a fresh one."""
+    async def _has_exited(self, running: RunningEngine | None) -> bool:
+        """After a failed send: True once the engine has exited (a killed engine takes a moment to), so the
+        request, which it never answered, can go to a fresh one."""
         if running is None:
             return False
         deadline = time.monotonic() + RESTART_WAIT_SECONDS
@@ -176,54 +176,52 @@ class EngineManager:
             await asyncio.sleep(0.05)
         return not running.alive()
 
-    async def request(self, base: str, path: str, body: dict[str, Any], adapter: Adapter | None = None,
-                      timeout: float | None = None) -> Reply:
-        """A non-streaming answer: status and OpenAI-shaped body (the answer, or an error envelope)."""
+    async def _with_retry(self, base: str, adapter: Adapter | None, body: dict[str, Any],
+                          send: Callable[[RunningEngine, dict[str, Any]], Awaitable[T]]) -> T | Reply:
+        """Send through the base's engine; errors become a :class:`Reply`. A request that failed because its engine
+        had died is retried once on a fresh engine."""
         for attempt in (1, 2):
             running: RunningEngine | None = None
             try:
                 running, sent = await self._prepare(base, body, adapter)
-                running.active += 1
-                try:
-                    return await running.client.request(path, {**sent, "stream": False}, timeout)
-                finally:
-                    running.active -= 1
-                    running.last_used = time.monotonic()
+                return await send(running, sent)
             except EngineHTTPError as exc:
                 return Reply(exc.status, exc.body)
             except EngineStartError as exc:
                 return Reply(503, error_body(str(exc), code="engine_start_failed"))
-            except EngineUnreachable as exc:
-                if attempt == 2 or not await self._dead_or_unreachable(running):
-                    return self._unavailable(base, running, exc)
             except EngineUnavailable as exc:
-                return self._unavailable(base, running, exc)
+                # a refused connection, or a kept-alive connection to an engine that has just been killed (a read
+                # error before any answer): once the engine is seen to have exited, the request (which it never
+                # answered) goes once to a fresh one
+                if attempt == 2 or not await self._has_exited(running):
+                    return self._unavailable(base, running, exc)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns
+
+    async def request(self, base: str, path: str, body: dict[str, Any], adapter: Adapter | None = None,
+                      timeout: float | None = None) -> Reply:
+        """A non-streaming answer: status and OpenAI-shaped body (the answer, or an error envelope)."""
+
+        async def send(running: RunningEngine, sent: dict[str, Any]) -> Reply:
+            running.active += 1
+            try:
+                return await running.client.request(path, {**sent, "stream": False}, timeout)
+            finally:
+                running.active -= 1
+                running.last_used = time.monotonic()
+
+        return await self._with_retry(base, adapter, body, send)
 
     async def stream(self, base: str, path: str, body: dict[str, Any],
                      adapter: Adapter | None = None) -> EngineStream | Reply:
         """A streaming answer, or (before any chunk) a :class:`Reply` with the error status and envelope."""
-        for attempt in (1, 2):
-            running: RunningEngine | None = None
-            try:
-                running, sent = await self._prepare(base, body, adapter)
-                engine = running
 
-                def cut(exc: Exception, engine: RunningEngine = engine) -> None:
-                    self._emit("stream_cut", base, pid=engine.process.pid, error=str(exc))
+        async def send(running: RunningEngine, sent: dict[str, Any]) -> EngineStream:
+            def cut(exc: Exception) -> None:
+                self._emit("stream_cut", base, pid=running.process.pid, error=str(exc))
 
-                stream = await running.client.stream(path, sent, on_cut=cut)
-                return _Tracked(stream, running)
-            except EngineHTTPError as exc:
-                return Reply(exc.status, exc.body)
-            except EngineStartError as exc:
-                return Reply(503, error_body(str(exc), code="engine_start_failed"))
-            except EngineUnreachable as exc:
-                if attempt == 2 or not await self._dead_or_unreachable(running):
-                    return self._unavailable(base, running, exc)
-            except EngineUnavailable as exc:
-                return self._unavailable(base, running, exc)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns
+            return _Tracked(await running.client.stream(path, sent, on_cut=cut), running)
+
+        return await self._with_retry(base, adapter, body, send)
 
 
 class _Tracked(EngineStream):
