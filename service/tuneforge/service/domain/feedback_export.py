@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -88,7 +89,7 @@ def scored_rows(items: list[FeedbackItem], labels: list[FeedbackLabel], min_agre
     by_item: dict[str, list[float]] = {}
     for label in labels:
         by_item.setdefault(label.item_id, []).append(float(label.value["score"]))
-    plain = all(len(i.prompt) == 1 and i.prompt[0]["role"] == "user" for i in items)
+    plain = all(len(i.prompt) == 1 and i.prompt[0]["role"] == "user" for i in items if i.gold is None)
     rows = []
     for item in items:
         scores = sorted(by_item.get(item.id, []))
@@ -109,7 +110,7 @@ def scored_rows(items: list[FeedbackItem], labels: list[FeedbackLabel], min_agre
 
 
 def export_campaign(repo: TenantRepo, store: ObjectStore, campaign: FeedbackCampaign, body: Any, *,
-                    quota: Limits, max_tokens: int, max_errors: int) -> File:
+                    quota: Limits, max_tokens: int, max_errors: int, count_tokens: Callable[[str], int]) -> File:
     try:
         request = ExportRequest.model_validate(body if body is not None else {})
     except ValidationError as exc:
@@ -134,7 +135,7 @@ def export_campaign(repo: TenantRepo, store: ObjectStore, campaign: FeedbackCamp
                              + "): nothing was written.", param="min_agreement", code="no_agreed_labels")
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
     report = validate_upload(data.splitlines(), max_tokens=max_tokens, max_errors=max_errors,
-                             count_tokens=lambda text: max(1, len(text) // 4))
+                             count_tokens=count_tokens)
     if not report.ok:
         first = report.errors[0] if report.errors else None
         raise InvalidRequest(f"The export of '{campaign.id}' would not be a valid training file: {first}",

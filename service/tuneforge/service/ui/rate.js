@@ -55,7 +55,15 @@
     $('rate-progress').textContent =
       `${p.labelled_by_you} rated by you · ${p.fully_labelled_items}/${p.items} items complete`;
     item = data.item;
-    if (!item) { show('rate-done'); return; }
+    if (!item) {
+      const waiting = data.status === 'pending' || data.status === 'sampling';
+      $('rate-done-title').textContent = waiting ? 'Not ready yet' : 'All done';
+      $('rate-done-text').textContent = waiting
+        ? 'The models are still writing the answers. Reload this page in a little while.'
+        : 'Nothing is left for you to rate in this campaign. Thank you!';
+      show('rate-done');
+      return;
+    }
     $('rate-title').textContent = `${data.campaign_name} · ${data.kind}`;
     render();
     show('rate-view');

@@ -24,6 +24,7 @@ from tuneforge.service.db.models import now
 from tuneforge.service.domain import feedback as domain
 from tuneforge.service.domain.feedback_export import export_campaign
 from tuneforge.service.domain.feedback_report import report
+from tuneforge.service.domain.upload_validation import token_counter
 from tuneforge.service.schemas import FileObject
 
 router = APIRouter(prefix="/v1/feedback_campaigns", tags=["feedback"])
@@ -98,8 +99,10 @@ def export(campaign_id: str, repo: RepoDep, state: StateDep, principal: Principa
            body: Any = Body(None)) -> FileObject:
     row = repo.get_campaign(campaign_id)
     limits = state.settings.limits
+    counter = token_counter(state.settings.executor.model_cache, state.settings.default_base_model)
     return file_object(export_campaign(repo, state.store, row, body, quota=limits_of(state, principal),
-                                       max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors))
+                                       max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
+                                       count_tokens=counter))
 
 
 # -- raters --
