@@ -239,10 +239,7 @@ def test_rankings_must_be_permutations_and_export_as_pairs(served: Served) -> No
         report = client.get(f"/v1/feedback_campaigns/{cid}/report").json()
         assert report["krippendorff_alpha"] == {"value": None, "level_of_measurement": "ordinal", "raters": 1}
         exported = client.post(f"/v1/feedback_campaigns/{cid}/export", json={"min_agreement": 1})
-        distinct = len(set(texts))
-        if distinct < 2:
-            assert_error(exported, 400, code="no_agreed_labels")
-            return
+        assert len(set(texts)) >= 2, texts  # three samples at temperature 1 with three seeds
         assert exported.status_code == 200, exported.text
         rows = [json.loads(line) for line in client.get(f"/v1/files/{exported.json()['id']}/content").text.splitlines()]
         # three answers: three pairs, less those of identical answers
