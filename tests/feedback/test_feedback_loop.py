@@ -383,6 +383,8 @@ def test_the_rating_page_in_headless_chromium(served: Served) -> None:
     campaign = _campaign(served, kind="ab", models=[served.base, served.tuned], prompts=PROMPTS[5:], raters_per_item=1,
                          sampling={**SAMPLING, "max_tokens": 24}, name="colours, blind", _raters=("idle",))
     key_id, secret = served.raters["idle"]
+    page_response = httpx.get(f"{served.server.url}/ui/rate")
+    assert page_response.status_code == 200 and "script-src 'self'" in page_response.headers["content-security-policy"]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
