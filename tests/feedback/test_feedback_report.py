@@ -42,7 +42,7 @@ def test_alpha_is_one_for_agreement_none_without_variation_and_lower_with_noise(
     assert krippendorff_alpha("pairwise", by_id, agree) == 1.0
     same = [_label(i, r, {"preferred": 0}) for i in items for r in ("r1", "r2")]
     assert krippendorff_alpha("pairwise", by_id, same) is None
-    noisy = agree + [_label(i, "r3", {"preferred": 1 - k % 2 if k < 4 else k % 2}) for k, i in enumerate(items)]
+    noisy = [*agree, *(_label(i, "r3", {"preferred": 1 - k % 2 if k < 4 else k % 2}) for k, i in enumerate(items))]
     value = krippendorff_alpha("pairwise", by_id, noisy)
     assert value is not None and value < 0.5
     assert krippendorff_alpha("pairwise", by_id, agree[:1]) is None  # one rater
@@ -53,7 +53,7 @@ def test_ranking_alpha_is_ordinal_over_each_answers_rank() -> None:
     by_id = {i.id: i for i in items}
     labels = [_label(i, r, {"ranking": [0, 1, 2]}) for i in items for r in ("r1", "r2")]
     assert krippendorff_alpha("ranking", by_id, labels) == 1.0
-    swapped = labels[:-1] + [_label(items[-1], "r2", {"ranking": [1, 0, 2]})]
+    swapped = [*labels[:-1], _label(items[-1], "r2", {"ranking": [1, 0, 2]})]
     assert 0 < krippendorff_alpha("ranking", by_id, swapped) < 1  # type: ignore[operator]
 
 
