@@ -20,6 +20,7 @@ from tuneforge.service.api.routes import (
     budget,
     evals,
     events_stream,
+    feedback,
     files,
     graders,
     health,
@@ -64,9 +65,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         background.start()
         if state.evals is not None:
             await state.evals.start()
+        if state.feedback is not None:
+            await state.feedback.start()
         try:
             yield
         finally:
+            if state.feedback is not None:
+                await state.feedback.aclose()
             if state.evals is not None:
                 await state.evals.aclose()
             background.stop()
@@ -90,7 +95,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     install_error_handlers(app)
     app.openapi = functools.partial(openapi.document, app)  # type: ignore[method-assign]
     for module in (health, files, jobs, events_stream, artifacts, models, serving, graders, evals, organizations,
-                   internal, observability, ui, webhooks, budget):
+                   internal, observability, ui, webhooks, budget, feedback):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app
