@@ -1,7 +1,7 @@
 """Privacy: the upload's PII scan on files, the safety report's state on jobs.
 
 Revision ID: 0007_privacy
-Revises: 0006_evals
+Revises: 0007_feedback
 Create Date: 2026-12-01 22:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_privacy"
-down_revision = "0006_evals"
+down_revision = "0007_feedback"
 branch_labels = None
 depends_on = None
 
