@@ -91,9 +91,9 @@ class Kube:
             log.info("scaled Deployment %s/%s to %d", namespace, action.name, action.replicas)
         elif isinstance(action, ReplaceDeployment):
             name = action.manifest["metadata"]["name"]
-            current = self.apps.read_namespaced_deployment(name, namespace, _request_timeout=TIMEOUT)
-            body = {**action.manifest, "metadata": {**action.manifest["metadata"],
-                                                    "resourceVersion": current.metadata.resource_version}}
+            current = self.get_deployment(namespace, name) or {}
+            version = (current.get("metadata") or {}).get("resourceVersion")
+            body: Any = {**action.manifest, "metadata": {**action.manifest["metadata"], "resourceVersion": version}}
             self.apps.replace_namespaced_deployment(name, namespace, body, _request_timeout=TIMEOUT)
             log.info("replaced the pod template of Deployment %s/%s", namespace, name)
 
