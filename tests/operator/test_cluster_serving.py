@@ -111,7 +111,7 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         first.start()
         deployment = wait_for("the engine's Deployment", lambda: _read(apps.read_namespaced_deployment, name,
                                                                        namespace), 30)
-        assert _read(core.read_namespaced_service, name, namespace) is not None
+        wait_for("the engine's Service", lambda: _read(core.read_namespaced_service, name, namespace), 30)
         assert deployment.spec.replicas == 1
         assert deployment.spec.template.spec.node_selector == {GPU_LABEL: gpu_type}
         vllm = deployment.spec.template.spec.containers[0]

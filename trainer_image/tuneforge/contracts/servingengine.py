@@ -102,7 +102,7 @@ class VllmArgs(_Camel):
     max_lora_rank: int = Field(64, ge=1, le=1024, description="largest LoRA rank (--max-lora-rank)")
     max_model_len: int | None = Field(None, ge=16, description="context length (--max-model-len; default: the "
                                       "model's)")
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="--gpu-memory-utilization")
+    gpu_memory_utilization: float | None = Field(None, ge=0.05, le=1, description="--gpu-memory-utilization")
     extra_args: list[str] | None = Field(None, description="further vLLM arguments, appended as they are")
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -164,7 +165,7 @@ class ClusterServing(ServingBackend):
         except ApiException as exc:
             raise Unavailable(f"the cluster refused a ServingEngine call ({exc.status} {exc.reason})",
                               code="engine_unavailable") from exc
-        except (OSError, ValueError) as exc:  # connection errors, bad kubeconfig
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:  # connection errors, bad kubeconfig
             raise Unavailable(f"the cluster cannot be reached ({exc})", code="engine_unavailable") from exc
 
     def _emit(self, kind: str, base: str, **data: Any) -> None:
