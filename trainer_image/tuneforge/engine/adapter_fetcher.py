@@ -61,13 +61,13 @@ class FetchRequest:
         if not isinstance(prefix, str):
             raise ValueError("'prefix' must be an object-store prefix such as jobs/ID/model")
         try:
-            check_key(prefix.strip("/"))
+            check_key(prefix.rstrip("/"))
         except ValueError:
             raise ValueError(f"'prefix' {prefix!r} is not a valid object-store prefix") from None
         if not isinstance(files, list) or not all(isinstance(f, str) and _FILE.match(f) for f in files):
             raise ValueError("'files' must be a list of file names (no folders)")
         self.name: str = name
-        self.prefix: str = prefix.strip("/")
+        self.prefix: str = prefix.rstrip("/")
         self.files: tuple[str, ...] = tuple(files)
 
 
