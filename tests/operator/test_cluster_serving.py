@@ -171,8 +171,8 @@ def test_the_api_server_refuses_a_serving_engine_with_two_weight_sources(
     with pytest.raises(k8s.ApiException) as refused:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, _request_timeout=10)
     assert refused.value.status == 422
-    assert "exactly one of catalogue and prefix" in refused.value.body
-    assert "spec.replicas" in refused.value.body
+    message = str(refused.value.body)
+    assert "exactly one of catalogue and prefix" in message and "spec.replicas" in message
 
 
 def _read(read: Any, name: str, namespace: str) -> Any:
@@ -185,6 +185,6 @@ def _read(read: Any, name: str, namespace: str) -> Any:
 
 
 def _cr(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                                _request_timeout=10)
+    found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
+        GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
     return found
