@@ -90,7 +90,7 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         "cluster_url_template": f"http://127.0.0.1:{engine_port}",
         "cluster_fetcher_url_template": f"http://127.0.0.1:{fetcher_port}",
         "cluster_gpu_type": gpu_type, "idle_seconds": 4, "max_loras": 2, "start_timeout_seconds": 90}})
-    helpers = [
+    helpers: list[Any] = [
         Helper([sys.executable, "-m", "tests.support.fake_openai_engine", "--port", str(engine_port),
                 "--served-name", BASE], engine_port, tmp_path / "engine.log"),
         Helper([sys.executable, "-m", "tuneforge.engine.adapter_fetcher", "serve", "--store",
@@ -148,7 +148,13 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         listed = client.get("/v1/serving/engines")
         assert listed.status_code == 200, listed.text
 
-        # idle: scaled to zero; the next request brings it back, and adapters are loaded again there
+        # the service restarts: the new process adopts the engine it finds scaled up, and scales it to zero once
+        # idle; the next request brings it back, and adapters are loaded again there
+        server.stop()
+        restarted = ThreadServer(server.settings).start()
+        helpers.append(restarted)  # stopped below
+        client = restarted.client()
+        client.timeout = httpx.Timeout(120)
         wait_for("scaled to zero", lambda: apps.read_namespaced_deployment(name, namespace).spec.replicas == 0, 30)
         wait_for("ScaledToZero", lambda: _cr(custom, namespace, name).get("status", {}).get(
             "phase") == "ScaledToZero", 30)

@@ -5,7 +5,8 @@
   generation (``status.observedGeneration`` and ``readyReplicas``): the first request waits, it does not fail
   while the engine starts. A later request after a scale-down scales it back to 1 and waits the same way.
 - A reaper scales an engine to 0 once no request has used it for ``idle_seconds`` (the last use is also written
-  to the ServingEngine, so a second service replica does not stop an engine the first one is using).
+  to the ServingEngine, so a second service replica does not stop an engine the first one is using). Engines
+  found scaled up at start (a restarted service) are adopted, so they go to zero too.
 - Requests and streams are proxied with :class:`tuneforge.engine_client.EngineClient` to
   ``cluster_url_template`` (the engine's Service by default).
 - An adapter is loaded on its first use in an engine: the pod's adapter-fetcher sidecar copies it from the
@@ -104,6 +105,8 @@ class _Engine:
     url: str
     fetcher_url: str
     ready: bool = False
+    #: the ServingEngine asks for a replica (scaled up here, or found so at start): the reaper looks at it
+    up: bool = False
     #: adapters loaded in the engine, least recently used first
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -180,6 +183,27 @@ class ClusterServing(ServingBackend):
         if idle:
             self._reaper = asyncio.create_task(self._run_reaper(max(0.2, min(30.0, idle / 4))))
 
+    def _list(self) -> list[JSON]:
+        listing: JSON = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY_SERVICE}",
+            _request_timeout=REQUEST_TIMEOUT)
+        return list(listing.get("items") or [])
+
+    async def adopt(self) -> list[str]:
+        """Engines left scaled up (by an earlier run of the service, or another replica) are watched by the reaper
+        from now on, so they too go to zero when idle; returns their base models."""
+        adopted = []
+        for item in await self._k8s(self._list):
+            base = str((item.get("spec") or {}).get("baseModel") or "")
+            if not base or int((item.get("spec") or {}).get("replicas") or 0) < 1:
+                continue
+            engine = self._engine_for(base)
+            if not engine.up:
+                engine.up = True
+                engine.last_used = time.time()
+                adopted.append(base)
+        return adopted
+
     async def aclose(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
@@ -193,15 +217,18 @@ class ClusterServing(ServingBackend):
                 for e in self.engines_by_base.values()]
 
     def _engine(self, target: Target) -> _Engine:
-        current = self.engines_by_base.get(target.base)
+        return self._engine_for(target.base)
+
+    def _engine_for(self, base: str) -> _Engine:
+        current = self.engines_by_base.get(base)
         if current is None:
-            name = engine_name(target.base)
+            name = engine_name(base)
             service = serving_child_names(name).service
             serving = self.settings.serving
-            current = _Engine(target.base, name,
+            current = _Engine(base, name,
                               serving.cluster_url_template.format(service=service, namespace=self.namespace),
                               serving.cluster_fetcher_url_template.format(service=service, namespace=self.namespace))
-            self.engines_by_base[target.base] = current
+            self.engines_by_base[base] = current
         return current
 
     async def _ready(self, target: Target) -> _Engine:
@@ -219,6 +246,7 @@ class ClusterServing(ServingBackend):
                 self._emit("created", target.base, servingengine=engine.name)
             elif int((current.get("spec") or {}).get("replicas") or 0) < 1:
                 await self._k8s(self._patch, engine.name, {"spec": {"replicas": 1}})
+            engine.up = True
             deadline = started + self.settings.serving.start_timeout_seconds
             while True:
                 current = await self._k8s(self._get, engine.name)
@@ -378,6 +406,8 @@ class ClusterServing(ServingBackend):
 
     # -- idle scale-down --
     async def _run_reaper(self, every: float) -> None:
+        with contextlib.suppress(Exception):  # the cluster may be unreachable now: engines are adopted on use then
+            await self.adopt()
         while True:
             await asyncio.sleep(every)
             try:
@@ -393,12 +423,12 @@ class ClusterServing(ServingBackend):
         if not idle:
             return stopped
         for engine in list(self.engines_by_base.values()):
-            if not engine.ready or engine.active or time.time() - engine.last_used <= idle:
+            if not engine.up or engine.active or time.time() - engine.last_used <= idle:
                 continue
             async with engine.lock:
                 current = await self._k8s(self._get, engine.name)
                 if current is None:
-                    engine.ready = False
+                    engine.ready = engine.up = False
                     continue
                 noted = ((current.get("metadata") or {}).get("annotations") or {}).get(LAST_USED_ANNOTATION)
                 with contextlib.suppress(ValueError):
@@ -407,7 +437,7 @@ class ClusterServing(ServingBackend):
                 if engine.active:
                     continue
                 await self._k8s(self._patch, engine.name, {"spec": {"replicas": 0}})
-                engine.ready = False
+                engine.ready = engine.up = False
                 engine.adapters.clear()
                 self._emit("stopped", engine.base, servingengine=engine.name, reason="idle")
                 stopped.append(engine.base)
