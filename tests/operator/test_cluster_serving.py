@@ -4,7 +4,8 @@ handlers, Deployments and Services, kwok engine pods.
 kwok runs no containers, so the engine behind the Service is played by processes this test starts on 127.0.0.1
 (the service's URL templates point at them): a small OpenAI-compatible engine with vLLM's adapter routes
 (tests/support/fake_openai_engine.py, which records adapter calls) and the real adapter-fetcher sidecar
-(``python -m tuneforge.engine.adapter_fetcher serve``) over the service's object store.
+(``python -m tuneforge.engine.adapter_fetcher serve``) over the service's object store. The test also restarts
+the engine process (its adapters are gone) and the service (which adopts the engine it finds scaled up).
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         listed = client.get("/v1/serving/engines")
         assert listed.status_code == 200, listed.text
 
+        # the engine process restarts behind the service's back (a replaced pod): it has lost its adapters, so
+        # vLLM's "model does not exist" makes the service load the adapter again and the request still succeeds
+        engine.stop()
+        engine = helpers[0] = Helper([sys.executable, "-m", "tests.support.fake_openai_engine", "--port",
+                                      str(engine_port), "--served-name", BASE], engine_port, tmp_path / "engine2.log")
+        reply = client.post(CHAT, json={"model": c, **ASK})
+        assert reply.status_code == 200, reply.text
+        assert [(x["call"], x["name"]) for x in engine.get("/_calls")] == [("load", c)]
+
         # the service restarts: the new process adopts the engine it finds scaled up, and scales it to zero once
         # idle; the next request brings it back, and adapters are loaded again there
         server.stop()
@@ -194,3 +204,21 @@ def _cr(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, An
     found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
         GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
     return found
+
+
+def test_a_request_whose_engine_cannot_start_in_time_is_a_clear_503(
+        make_service: Any, namespace: str, custom: k8s.CustomObjectsApi) -> None:
+    server: ThreadServer = make_service(groups={"serving": {
+        "cluster_url_template": f"http://127.0.0.1:{free_port()}", "cluster_gpu_type": f"none-{namespace}",
+        "start_timeout_seconds": 3}})
+    reply = server.client().post(CHAT, json={"model": BASE, **ASK})
+    assert reply.status_code == 503, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "engine_start_timeout"
+    assert f"ServingEngine {engine_name(BASE)}" in error["message"]
+    assert "did not become ready in 3 s" in error["message"]
+    # nothing is left half-done: the ServingEngine stays, asking for its replica, and the operator reports why
+    cr = _cr(custom, namespace, engine_name(BASE))
+    assert cr["spec"]["replicas"] == 1 and cr["status"]["phase"] == "Starting"
+    missing = server.client().post(CHAT, json={"model": "ft:SmolLM2-135M-Instruct:other:x:abc", **ASK})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
