@@ -161,7 +161,9 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         # the service restarts: the new process adopts the engine it finds scaled up, and scales it to zero once
         # idle; the next request brings it back, and adapters are loaded again there
         server.stop()
-        restarted = ThreadServer(server.settings).start()
+        settings = server.settings.model_copy(update={"serving": server.settings.serving.model_copy(
+            update={"max_loras": 3})})  # changed settings apply from the engine's next start
+        restarted = ThreadServer(settings).start()
         helpers.append(restarted)  # stopped below
         client = restarted.client()
         client.timeout = httpx.Timeout(120)
@@ -170,7 +172,10 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
             "phase") == "ScaledToZero", 30)
         reply = client.post(CHAT, json={"model": a, **ASK})
         assert reply.status_code == 200, reply.text
-        assert apps.read_namespaced_deployment(name, namespace).spec.replicas == 1
+        deployment = apps.read_namespaced_deployment(name, namespace)
+        assert deployment.spec.replicas == 1
+        args = deployment.spec.template.spec.containers[0].args
+        assert args[args.index("--max-loras") + 1] == "3"
         assert _cr(custom, namespace, name)["status"]["phase"] == "Ready"
         assert [(x["call"], x["name"]) for x in engine.get("/_calls")][-1] == ("load", a)
         assert fetcher.proc.poll() is None

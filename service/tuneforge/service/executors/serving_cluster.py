@@ -98,6 +98,14 @@ def is_ready(engine: Mapping[str, Any]) -> bool:
             and int(status.get("readyReplicas") or 0) >= 1 and status.get("phase") == "Ready")
 
 
+def _same_spec(current: Any, wanted: Mapping[str, Any]) -> bool:
+    """Whether the ServingEngine's spec (as the apiserver keeps it, defaults filled in) is ``wanted``."""
+    try:
+        return ServingEngineSpec.model_validate(current) == ServingEngineSpec.model_validate(wanted)
+    except ValueError:  # not a spec this version understands: replace it
+        return False
+
+
 @dataclass
 class _Engine:
     base: str
@@ -241,11 +249,13 @@ class ClusterServing(ServingBackend):
                 return engine
             started = time.monotonic()
             current = await self._k8s(self._get, engine.name)
+            wanted = build_servingengine(target, self.settings)
             if current is None:
-                await self._k8s(self._create, build_servingengine(target, self.settings))
+                await self._k8s(self._create, wanted)
                 self._emit("created", target.base, servingengine=engine.name)
-            elif int((current.get("spec") or {}).get("replicas") or 0) < 1:
-                await self._k8s(self._patch, engine.name, {"spec": {"replicas": 1}})
+            elif not _same_spec(current.get("spec"), wanted["spec"]):
+                # scaled to zero, or made with other settings: the settings of now apply from this start on
+                await self._k8s(self._patch, engine.name, {"spec": wanted["spec"]})
             engine.up = True
             deadline = started + self.settings.serving.start_timeout_seconds
             while True:
