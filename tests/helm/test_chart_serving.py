@@ -41,3 +41,24 @@ def test_serving_values_reach_the_api_and_the_operator(helm: Helm, monkeypatch: 
 def test_serving_values_are_checked(helm: Helm) -> None:
     with pytest.raises(HelmError, match="maxLoras"):
         helm.template(sets={"objectStore.url": "s3://bucket/tf", "serving.maxLoras": "0"})
+
+
+def test_only_the_api_reaches_the_engine_pods(helm: Helm) -> None:
+    from tuneforge.contracts.finetunejob import LABEL_COMPONENT, LABEL_MANAGED_BY
+    from tuneforge.contracts.servingengine import ENGINE_PORT, FETCHER_PORT
+    from tuneforge.operator.serving import selector_labels
+
+    docs = helm.template(sets={"objectStore.url": "s3://bucket/tf", "serving.enabled": "true",
+                               "networkPolicy.enabled": "true"})
+    policy = one(docs, "NetworkPolicy", "serving")
+    # it selects the pods the operator makes
+    pod_labels = {**selector_labels("engine-x"), LABEL_MANAGED_BY: "tuneforge-operator"}
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert LABEL_COMPONENT in policy["spec"]["podSelector"]["matchLabels"]
+    (ingress,) = policy["spec"]["ingress"]
+    assert {p["port"] for p in ingress["ports"]} == {ENGINE_PORT, FETCHER_PORT}
+    api = one(docs, "Deployment", "tuneforge")
+    assert ingress["from"][0]["podSelector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"][
+        "labels"].items()
+    off = helm.template(sets={"objectStore.url": "s3://bucket/tf", "networkPolicy.enabled": "true"})
+    assert not [d for d in by_kind(off, "NetworkPolicy") if d["metadata"]["name"].endswith("-serving")]
