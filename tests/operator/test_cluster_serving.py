@@ -105,11 +105,16 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         client.timeout = httpx.Timeout(120)
         models = [succeeded_job(server, client, adapter_dir(tmp_path / "src", f"a{i}"), BASE)[1] for i in range(3)]
 
-        # the first request creates the ServingEngine and waits while its pod cannot be scheduled
+        # the first requests (base model and an adapter, concurrently) create one ServingEngine and wait while its
+        # pod cannot be scheduled
+        a, b, c = models
         answers: dict[str, httpx.Response] = {}
         first = threading.Thread(target=lambda: answers.setdefault(
             "first", client.post(CHAT, json={"model": BASE, **ASK})))
+        second = threading.Thread(target=lambda: answers.setdefault(
+            "second", server.client().post(CHAT, json={"model": a, **ASK}, timeout=120)))
         first.start()
+        second.start()
         deployment = wait_for("the engine's Deployment", lambda: _read(apps.read_namespaced_deployment, name,
                                                                        namespace), 30)
         wait_for("the engine's Service", lambda: _read(core.read_namespaced_service, name, namespace), 30)
@@ -120,18 +125,21 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         wait_for("the engine reported Starting", lambda: _cr(custom, namespace, name).get("status", {}).get(
             "phase") == "Starting", 30)
         first.join(2)
-        assert first.is_alive(), "the first request must wait for the engine, not fail"
+        assert first.is_alive() and second.is_alive(), "the first requests must wait for the engine, not fail"
         testbed.add_gpu_node(f"node-{gpu_type}", gpus=1, labels={GPU_LABEL: gpu_type})
         first.join(60)
-        assert not first.is_alive()
+        second.join(60)
+        assert not first.is_alive() and not second.is_alive()
         reply = answers["first"]
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] == f"answer from {BASE}"
+        assert answers["second"].status_code == 200 and answers["second"].json()["model"] == a
+        engines = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=10)
+        assert [e["metadata"]["name"] for e in engines["items"]] == [name]
         status = _cr(custom, namespace, name)["status"]
         assert status["phase"] == "Ready" and status["readyReplicas"] == 1
 
         # adapters: fetched by the sidecar and loaded once; a third beyond max_loras=2 evicts the LRU one
-        a, b, c = models
         for model in (a, a, b, a):
             reply = client.post(CHAT, json={"model": model, **ASK})
             assert reply.status_code == 200, reply.text
