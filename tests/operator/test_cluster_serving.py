@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,29 @@ def test_a_request_whose_engine_cannot_start_in_time_is_a_clear_503(
     assert cr["spec"]["replicas"] == 1 and cr["status"]["phase"] == "Starting"
     missing = server.client().post(CHAT, json={"model": "ft:SmolLM2-135M-Instruct:other:x:abc", **ASK})
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+
+def test_a_replica_does_not_stop_an_engine_another_replica_is_using(
+        make_service: Any, namespace: str, testbed: K8sTestbed, gpu_type: str, tmp_path: Path,
+        api_client: k8s.ApiClient) -> None:
+    apps = k8s.AppsV1Api(api_client)
+    engine_port = free_port()
+    groups = {"serving": {"cluster_url_template": f"http://127.0.0.1:{engine_port}", "cluster_gpu_type": gpu_type,
+                          "idle_seconds": 3, "start_timeout_seconds": 60}}
+    testbed.add_gpu_node(f"node-{gpu_type}", gpus=1, labels={GPU_LABEL: gpu_type})
+    engine = Helper([sys.executable, "-m", "tests.support.fake_openai_engine", "--port", str(engine_port),
+                     "--served-name", BASE], engine_port, tmp_path / "engine.log")
+    try:
+        first, second = make_service(groups=groups), make_service(groups=groups)
+        assert first.client().post(CHAT, json={"model": BASE, **ASK}, timeout=90).status_code == 200
+        name = engine_name(BASE)
+        # the second replica keeps the engine busy past the first one's idle time
+        busy = second.client()
+        for _ in range(14):
+            assert busy.post(CHAT, json={"model": BASE, **ASK}, timeout=90).status_code == 200
+            assert apps.read_namespaced_deployment(name, namespace).spec.replicas == 1
+            time.sleep(0.5)
+        # once nobody uses it, it goes to zero
+        wait_for("scaled to zero", lambda: apps.read_namespaced_deployment(name, namespace).spec.replicas == 0, 30)
+    finally:
+        engine.stop()
