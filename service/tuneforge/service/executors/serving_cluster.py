@@ -357,10 +357,12 @@ class ClusterServing(ServingBackend):
                     result = await call(EngineClient(engine.url, self.http), engine)
                 finally:
                     self._used(engine, target.adapter, -1)
-            except EngineUnavailable:
+            except (EngineUnavailable, httpx.ConnectTimeout) as exc:
+                # nothing was answered: the engine went away (a Service without endpoints may time out instead
+                # of refusing); its state is looked up again and the request sent once more
                 engine.ready = False
                 if attempt == 2:
-                    raise
+                    raise EngineUnavailable(str(exc)) from exc
                 continue
             except EngineHTTPError as exc:
                 if attempt == 1 and self._lost_adapter(target, exc.status, exc.body):
