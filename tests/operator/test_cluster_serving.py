@@ -123,8 +123,9 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         assert deployment.spec.template.spec.node_selector == {GPU_LABEL: gpu_type}
         vllm = deployment.spec.template.spec.containers[0]
         assert "--enable-lora" in vllm.args and vllm.readiness_probe.http_get.path == "/health"
-        wait_for("the engine reported Starting", lambda: _cr(custom, namespace, name).get("status", {}).get(
-            "phase") == "Starting", 30)
+        wait_for("the engine reported Unschedulable", lambda: _cr(custom, namespace, name).get("status", {}).get(
+            "reason") == "Unschedulable", 30)
+        assert _cr(custom, namespace, name)["status"]["phase"] == "Starting"
         first.join(2)
         assert first.is_alive() and second.is_alive(), "the first requests must wait for the engine, not fail"
         testbed.add_gpu_node(f"node-{gpu_type}", gpus=1, labels={GPU_LABEL: gpu_type})
@@ -224,13 +225,13 @@ def test_a_request_whose_engine_cannot_start_in_time_is_a_clear_503(
         make_service: Any, namespace: str, custom: k8s.CustomObjectsApi) -> None:
     server: ThreadServer = make_service(groups={"serving": {
         "cluster_url_template": f"http://127.0.0.1:{free_port()}", "cluster_gpu_type": f"none-{namespace}",
-        "start_timeout_seconds": 3}})
+        "start_timeout_seconds": 6}})
     reply = server.client().post(CHAT, json={"model": BASE, **ASK})
     assert reply.status_code == 503, reply.text
     error = reply.json()["error"]
     assert error["code"] == "engine_start_timeout"
     assert f"ServingEngine {engine_name(BASE)}" in error["message"]
-    assert "did not become ready in 3 s" in error["message"]
+    assert "did not become ready in 6 s" in error["message"] and "cannot be scheduled" in error["message"]
     # nothing is left half-done: the ServingEngine stays, asking for its replica, and the operator reports why
     cr = _cr(custom, namespace, engine_name(BASE))
     assert cr["spec"]["replicas"] == 1 and cr["status"]["phase"] == "Starting"

@@ -251,6 +251,35 @@ def test_plan_reports_an_engine_that_does_not_come_up() -> None:
     assert serving_plan(cr, quota, SERVICE, CONFIG).status["message"] == "exceeded quota"
 
 
+def _pod(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "engine-pod"}, "status": status}
+
+
+@pytest.mark.parametrize(("pod", "reason", "needle"), [
+    (_pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                       "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]),
+     "Unschedulable", "Insufficient nvidia.com/gpu"),
+    (_pod(containerStatuses=[{"name": "vllm", "image": "my/vllm:nope", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "manifest unknown"}}}]), "ImagePullBackOff", "my/vllm:nope"),
+    (_pod(initContainerStatuses=[{"name": "fetch-weights", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                  "lastState": {"terminated": {"exitCode": 1, "message": "log line\ntuneforge: "
+                                                               "cannot fetch the base weights: no manifest"}}}]),
+     "WeightsFetchFailed", "cannot fetch the base weights: no manifest"),
+    (_pod(containerStatuses=[{"name": "vllm", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                              "lastState": {"terminated": {"exitCode": 1, "message": "CUDA out of memory"}}}]),
+     "EngineCrashLoop", "CUDA out of memory"),
+])
+def test_a_starting_engine_says_what_holds_its_pod_back(pod: dict[str, Any], reason: str, needle: str) -> None:
+    cr = engine()
+    plan = serving_plan(cr, deployment_of(cr, ready=0), SERVICE, CONFIG, [pod])
+    assert plan.status["phase"] == "Starting" and plan.status["reason"] == reason
+    assert needle in plan.status["message"]
+    assert plan.events[0][0] == "Warning"
+    # a pod being deleted (the old one of a scale-down) tells nothing about the new one
+    gone = {**pod, "metadata": {"name": "old", "deletionTimestamp": "2026-12-01T00:00:00Z"}}
+    assert serving_plan(cr, deployment_of(cr, ready=0), SERVICE, CONFIG, [gone]).status["reason"] == "EngineStarting"
+
+
 # --------------------------------------------------------------------------- the service's side, the CRD
 
 

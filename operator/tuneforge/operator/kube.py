@@ -106,9 +106,10 @@ class Kube:
                 return None
             raise
 
-    def list_pods(self, namespace: str, finetunejob: str) -> list[JSON]:
+    def list_pods(self, namespace: str, owner: str, label: str = LABEL_FINETUNEJOB) -> list[JSON]:
+        """The pods whose ``label`` (default: the FineTuneJob's) names ``owner``."""
         data = self._json(self.core.list_namespaced_pod(
-            namespace, label_selector=f"{LABEL_FINETUNEJOB}={finetunejob}", _preload_content=False,
+            namespace, label_selector=f"{label}={owner}", _preload_content=False,
             _request_timeout=TIMEOUT))
         return list(data.get("items") or [])
 

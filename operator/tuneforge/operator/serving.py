@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from tuneforge.contracts.servingengine import (
 )
 from tuneforge.contracts.validation import first_problem
 from tuneforge.operator.config import OperatorSettings
+from tuneforge.operator.status import CONFIG_ERROR_REASONS, IMAGE_PULL_REASONS, termination_detail
 
 JSON = dict[str, Any]
 
@@ -55,6 +56,11 @@ FETCHER_MODULE = "tuneforge.engine.adapter_fetcher"
 #: owned by the operator in ``status`` (the service reads them, writes none)
 OWNED_FIELDS = ("phase", "reason", "message", "replicas", "readyReplicas", "observedGeneration", "deploymentName",
                 "serviceName")
+
+
+#: reasons of a ``Starting`` engine that need a person (a Warning event)
+TROUBLE_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ContainerConfigError", "WeightsFetchFailed",
+                             "EngineCrashLoop"})
 
 
 class InvalidServingSpec(ValueError):
@@ -357,9 +363,36 @@ def _observe(deployment: Mapping[str, Any], want: int, synced: bool) -> tuple[st
                                           "pass its readiness probe")
 
 
+def pod_trouble(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of what keeps the engine pod from starting, if a user can act on it: it cannot be
+    scheduled, its image cannot be pulled, or the weight fetcher failed (its last line says why)."""
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
+                    cond.get("reason") == "Unschedulable":
+                return "Unschedulable", f"The engine pod cannot be scheduled: {cond.get('message') or ''}".rstrip(": ")
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            ended = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if waiting.get("reason") in IMAGE_PULL_REASONS:
+                return "ImagePullBackOff", f"{cs.get('name')}: cannot pull {cs.get('image')}: {waiting.get('message')}"
+            if waiting.get("reason") in CONFIG_ERROR_REASONS:
+                return "ContainerConfigError", f"{cs.get('name')}: {waiting.get('message') or waiting['reason']}"
+            if cs.get("name") == WEIGHTS_CONTAINER and ended.get("exitCode") not in (None, 0):
+                detail = termination_detail(ended.get("message")) or f"exit code {ended.get('exitCode')}"
+                return "WeightsFetchFailed", f"The base weights could not be fetched: {detail}"
+            if cs.get("name") == ENGINE_CONTAINER and waiting.get("reason") == "CrashLoopBackOff":
+                detail = termination_detail(ended.get("message")) or "it keeps exiting"
+                return "EngineCrashLoop", f"vLLM does not start: {detail}"
+    return None
+
+
 def serving_plan(engine: Mapping[str, Any], deployment: Mapping[str, Any] | None, service: Mapping[str, Any] | None,
-                 config: OperatorSettings) -> ServingPlan:
-    """What to do for one ServingEngine, and its new status, from its Deployment and Service as they are."""
+                 config: OperatorSettings, pods: Sequence[Mapping[str, Any]] = ()) -> ServingPlan:
+    """What to do for one ServingEngine, and its new status, from its Deployment, Service and pods as they are."""
     meta = engine.get("metadata") or {}
     prior = engine.get("status") or {}
     names = serving_child_names(meta["name"])
@@ -398,6 +431,9 @@ def serving_plan(engine: Mapping[str, Any], deployment: Mapping[str, Any] | None
         reason, message = "Scaling", f"Scaling Deployment {names.deployment} to {spec.replicas}"
     else:
         phase, reason, message = _observe(deployment, spec.replicas, synced)
+        trouble = pod_trouble(pods) if phase == "Starting" else None
+        if trouble is not None:  # still starting (the Deployment keeps trying), but the user learns why not yet
+            reason, message = trouble
     status.update(phase=phase, reason=reason, message=message, replicas=int(dst.get("replicas") or 0),
                   readyReplicas=int(dst.get("readyReplicas") or 0) if synced else 0)
     if synced:
@@ -410,6 +446,6 @@ def _finish(prior: Mapping[str, Any], status: JSON, actions: list[ServingAction]
     patch = {k: v for k, v in status.items() if prior.get(k) != v}
     events: list[tuple[str, str, str]] = []
     if "phase" in patch or "reason" in patch:
-        kind = "Warning" if status.get("phase") == "Failed" else "Normal"
+        kind = "Warning" if status.get("phase") == "Failed" or status.get("reason") in TROUBLE_REASONS else "Normal"
         events.append((kind, str(status.get("reason")), str(status.get("message"))))
     return ServingPlan(actions, status, patch or None, events)

@@ -32,7 +32,8 @@ def reconcile_engine(namespace: str, name: str) -> str | None:
             return None
         names = serving_child_names(name)
         result = serving_plan(engine, k.get_deployment(namespace, names.deployment),
-                              k.get_service(namespace, names.service), CONFIG)
+                              k.get_service(namespace, names.service), CONFIG,
+                              k.list_pods(namespace, name, label=LABEL_SERVINGENGINE))
         for action in result.actions:
             k.apply_serving(namespace, action)
         if result.patch:
@@ -80,9 +81,20 @@ def engine_resync(namespace: str | None, name: str, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_SERVINGENGINE: kopf.PRESENT})
 def on_deployment_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    assert namespace, "Deployments are namespaced"
+    _child_event(namespace, labels)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_SERVINGENGINE: kopf.PRESENT})
+def on_engine_pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """A pod that cannot be scheduled, pulled or started changes nothing on the Deployment: its events do."""
+    _child_event(namespace, labels)
+
+
+def _child_event(namespace: str | None, labels: kopf.Labels) -> None:
+    assert namespace, "Deployments and pods are namespaced"
     try:
         reconcile_engine(namespace, labels[LABEL_SERVINGENGINE])
     except ApiException as exc:  # events are not retried by kopf; the timer catches up
         log.warning("reconcile of ServingEngine %s/%s after a Deployment event failed: %s", namespace,
                     labels[LABEL_SERVINGENGINE], exc.reason)
+

@@ -438,6 +438,8 @@ class ClusterServing(ServingBackend):
             if not engine.up or engine.active or time.time() - engine.last_used <= idle:
                 continue
             async with engine.lock:
+                if not engine.up or engine.active or time.time() - engine.last_used <= idle:
+                    continue  # a request started (or scaled it up again) while the lock was waited for
                 current = await self._k8s(self._get, engine.name)
                 if current is None:
                     engine.ready = engine.up = False
@@ -446,8 +448,6 @@ class ClusterServing(ServingBackend):
                 with contextlib.suppress(ValueError):
                     if noted and time.time() - float(noted) <= idle:
                         continue  # another replica used it lately
-                if engine.active:
-                    continue
                 await self._k8s(self._patch, engine.name, {"spec": {"replicas": 0}})
                 engine.ready = engine.up = False
                 engine.adapters.clear()
