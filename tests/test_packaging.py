@@ -48,7 +48,8 @@ def test_wheel_holds_every_module_ui_asset_type_marker_and_migration(tmp_path: P
     assert expected - packaged == set(), "missing from the wheel"
     assert packaged - expected == set(), "in the wheel but not in the source tree"
     for must in ("tuneforge/service/py.typed", "tuneforge/service/ui/index.html", "tuneforge/service/ui/app.js",
-                 "tuneforge/service/ui/style.css", "tuneforge/service/db/migrations/env.py",
+                 "tuneforge/service/ui/style.css", "tuneforge/service/ui/rate.html", "tuneforge/service/ui/rate.js",
+                 "tuneforge/service/ui/rate.css", "tuneforge/service/db/migrations/env.py",
                  "tuneforge/service/db/migrations/script.py.mako",
                  "tuneforge/service/db/migrations/versions/0001_round_one.py",
                  "tuneforge/service/db/migrations/versions/0002_bigint_sequences.py",

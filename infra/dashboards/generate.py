@@ -222,6 +222,17 @@ def fleet() -> dict[str, Any]:
                "{{grader}}"),
     ], unit="ops", min_zero=True, description="A judge's reply that is not a grade, or an item lacking a field "
        "a template names: the item is errored, the run goes on"), 8, 8)
+    lay.row("Human feedback")
+    lay.add(timeseries("Feedback campaigns by status", [
+        target("sum by (status) (tuneforge_feedback_campaigns)", "{{status}}"),
+    ], min_zero=True), 8, 8)
+    lay.add(timeseries("Feedback answers sampled per second, by outcome", [
+        target("sum by (outcome) (rate(tuneforge_feedback_samples_total[$__rate_interval]))", "{{outcome}}"),
+    ], unit="ops", stack=True, min_zero=True, description="Answers the campaigns' models wrote through the "
+       "serving engines; an error fails its campaign"), 8, 8)
+    lay.add(timeseries("Rater labels per second, by campaign kind", [
+        target("sum by (kind) (rate(tuneforge_feedback_labels_total[$__rate_interval]))", "{{kind}}"),
+    ], unit="ops", stack=True, min_zero=True), 8, 8)
     links = [{"title": "Job", "type": "dashboards", "tags": ["tuneforge"], "asDropdown": True,
               "includeVars": False, "keepTime": True}]
     return dashboard("tuneforge-fleet", "tuneforge / Fleet overview",

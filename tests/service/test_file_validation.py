@@ -88,6 +88,8 @@ CASES = [
          field="prompt"),
     Case("null-completion", [*GOOD_PC, {"prompt": "p", "completion": None}], [(3, "missing 'completion'")],
          field="completion"),
+    Case("prompt-only-line-in-chat-file", [*GOOD, {"prompt": "fine"}],  # a KeyError (500) before
+         [(3, "this line is a prompt-only example, but the file holds chat")]),
     Case("mixed-formats", [*GOOD, pc_row(3)],
          [(3, "this line is a prompt/completion example, but the file holds chat")]),
     Case("invalid-utf8", [chat_row(0), b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', chat_row(1)],

@@ -92,13 +92,25 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/fine_tuning/alpha/graders/run"): P.WRITE,
     ("POST", "/v1/fine_tuning/alpha/graders/validate"): P.WRITE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/exports/{fmt}/{name}"): PUBLIC,
+    # feedback campaigns (issue #16): owners read and write them; only rater keys rate, on their campaigns
+    ("POST", "/v1/feedback_campaigns"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns"): P.READ,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}"): P.READ,
+    ("DELETE", "/v1/feedback_campaigns/{campaign_id}"): P.WRITE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/cancel"): P.WRITE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/raters"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/report"): P.READ,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/export"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/next_item"): P.RATE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/items/{item_id}/labels"): P.RATE,
 }
 #: ids that exist nowhere: an authorized request ends in a 404 (or a 400 for a bad body), changing nothing
 MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-000000000000000000000000",
            "model_id": "ft:nothing:here", "key_id": "key_000000000000000000000000", "org_id": "no-such-org",
            "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000",
            "fmt": "gguf", "eval_id": "eval_000000000000000000000000", "run_id": "evalrun_000000000000000000000000",
-           "output_item_id": "outputitem_000000000000000000000000"}
+           "output_item_id": "outputitem_000000000000000000000000", "campaign_id": "fbc-000000000000000000000000",
+           "item_id": "fbitem-000000000000000000000000"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}
@@ -178,7 +190,8 @@ def test_a_read_only_key_reads_but_changes_nothing(api_server: ThreadServer, cli
     assert reader.get(f"/v1/files/{file_id}").status_code == 200
 
 
-def test_a_rater_key_can_do_nothing_yet(clients: dict[str, httpx.Client]) -> None:
-    """Raters rate (issue #16 adds those routes); files, jobs, models and admin routes are closed to them."""
+def test_a_rater_key_can_only_rate(clients: dict[str, httpx.Client]) -> None:
+    """Raters rate (the feedback campaigns' two rating routes); files, jobs, models and admin routes are closed to
+    them (every route is checked above; tests/feedback checks the rating routes with real campaigns)."""
     for path in ["/v1/files", "/v1/fine_tuning/jobs", "/v1/models", "/v1/organization"]:
         assert_error(clients["rater"].get(path), 403, code="insufficient_permissions")

@@ -252,7 +252,8 @@ class OrganizationLimits(BaseModel):
     """An organization's limits. In a request, a field left out keeps its value and ``null`` returns it to the
     service's default; in a response every field is the value in force."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a limit is a number (lax mode read ``false`` as 0, i.e. "no limit")
+    model_config = ConfigDict(extra="forbid", strict=True)
     max_active_jobs: int | None = Field(None, ge=1, le=1_000_000, description="Jobs validating, queued or running")
     max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000,
                                         description="Jobs validating or queued (0: only max_active_jobs)")

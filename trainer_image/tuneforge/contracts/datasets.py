@@ -220,7 +220,7 @@ def _normalise_preference(obj: dict[str, Any]) -> dict[str, Any]:
 def normalise(obj: Any, expected_format: str | None = None) -> tuple[str, dict[str, Any]]:
     """Validate one decoded line; returns ``(format, canonical row)`` or raises :class:`InvalidLine`."""
     fmt = detect_format(obj)
-    if expected_format == "chat" and fmt == "prompt_only":
+    if expected_format == "chat" and fmt == "prompt_only" and "messages" in obj:
         # a chat file whose line has no final assistant turn: say that, not "wrong format"
         _check_messages(obj["messages"], "messages", need_assistant=True)
         raise InvalidLine("the last message must be from the assistant", "messages")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from tuneforge.service import __version__
+from tuneforge.service.api import openapi
 from tuneforge.service.api.background import BackgroundLoops
 from tuneforge.service.api.bootstrap import build_state, ensure_api_key
 from tuneforge.service.api.errors import install_error_handlers
@@ -18,6 +20,7 @@ from tuneforge.service.api.routes import (
     budget,
     evals,
     events_stream,
+    feedback,
     files,
     graders,
     health,
@@ -62,9 +65,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         background.start()
         if state.evals is not None:
             await state.evals.start()
+        if state.feedback is not None:
+            await state.feedback.start()
         try:
             yield
         finally:
+            if state.feedback is not None:
+                await state.feedback.aclose()
             if state.evals is not None:
                 await state.evals.aclose()
             background.stop()
@@ -86,8 +93,9 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.state.background = background
     app.state.event_listener = listener
     install_error_handlers(app)
+    app.openapi = functools.partial(openapi.document, app)  # type: ignore[method-assign]
     for module in (health, files, jobs, events_stream, artifacts, models, serving, graders, evals, organizations,
-                   internal, observability, ui, webhooks, budget):
+                   internal, observability, ui, webhooks, budget, feedback):
         app.include_router(module.router)
     app.add_middleware(observability.MetricsMiddleware, metrics=state.metrics)
     return app

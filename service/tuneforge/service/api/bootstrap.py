@@ -42,6 +42,10 @@ def build_state(settings: ServiceSettings) -> AppState:
     from tuneforge.service.executors.eval_runs import EvalRunner
 
     state.evals = EvalRunner(settings, sessions, store, state.serving, on_item=metrics.evals.item)
+    from tuneforge.service.executors.feedback_sampling import FeedbackSampler
+
+    state.feedback = FeedbackSampler(settings, sessions, store, state.serving, on_sample=metrics.feedback.sample,
+                                     on_prompt=metrics.feedback.prompt)
     return state
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.contracts.validation import describe
+from tuneforge.service.api.openapi import allowed_methods
 from tuneforge.service.core.errors import (
     Conflict,
     Forbidden,
@@ -45,16 +46,7 @@ STATUS: dict[type[ServiceError], int] = {
 }
 #: OpenAI answers "invalid_request_error" even for a wrong key (401); only these differ
 ERROR_TYPE = {429: "rate_limit_error"}
-#: the statuses every documented route can answer besides its success (for the OpenAPI document)
-ERROR_MODEL = {
-    "content": {"application/json": {"schema": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
-            "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": True},
-            "code": {"type": "string", "nullable": True},
-            "details": {"type": "array", "items": {"type": "object"}}}}},
-    }}},
-}
+
 
 
 def status_of(exc: ServiceError) -> int:
@@ -104,9 +96,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(status_code=exc.status_code,
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110: Allow lists every method of the resource (the router names only one route's)
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
+        return JSONResponse(status_code=exc.status_code, headers=headers,
                             content=error_body(str(exc.detail), status=exc.status_code, code=code))
 
     @app.exception_handler(Exception)

@@ -13,6 +13,7 @@ from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.executors.eval_runs import EvalRunner
+from tuneforge.service.executors.feedback_sampling import FeedbackSampler
 from tuneforge.service.observability.metrics import ServiceMetrics
 from tuneforge.storage import ObjectStore
 
@@ -34,3 +35,5 @@ class AppState:
     rate_limiter: RequestRateLimiter | None = None
     #: eval runs in the background (bootstrap sets it)
     evals: EvalRunner | None = None
+    #: feedback campaigns' sampling in the background (bootstrap sets it)
+    feedback: FeedbackSampler | None = None

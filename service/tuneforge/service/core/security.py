@@ -38,7 +38,8 @@ def sign_link(secret_key: str, path: str, expires_at: int) -> str:
 def check_link(secret_key: str, path: str, expires_at: int, signature: str) -> bool:
     if expires_at < int(time.time()):
         return False
-    return hmac.compare_digest(sign_link(secret_key, path, expires_at), signature)
+    # as bytes: compare_digest refuses str with non-ASCII characters, which a forged signature may hold
+    return hmac.compare_digest(sign_link(secret_key, path, expires_at).encode(), signature.encode())
 
 
 def _fernet(key_material: str) -> Any:

@@ -293,3 +293,97 @@ class EvalOutputItem(Base):
 
     __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_item"),
                       Index("ix_eval_output_items_run_seq", "run_id", "seq"))
+
+
+class FeedbackCampaign(Base):
+    """A human-feedback campaign (issue #16): models answer a prompt file, raters label the answers."""
+
+    __tablename__ = "feedback_campaigns"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    #: pending, sampling, collecting, completed, cancelled, failed
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    #: score, pairwise, ranking, ab
+    kind: Mapped[str] = mapped_column(String(16))
+    file_id: Mapped[str] = mapped_column(String(64))
+    #: the validated request: models, samples_per_prompt, sampling, scale, raters_per_item, gold items
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    campaign_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    total_prompts: Mapped[int] = mapped_column(Integer, default=0)
+    sampled_prompts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class FeedbackRater(Base):
+    """A rater API key assigned to a campaign."""
+
+    __tablename__ = "feedback_raters"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    __table_args__ = (UniqueConstraint("campaign_id", "key_id", name="uq_feedback_rater"),)
+
+
+class FeedbackItem(Base):
+    """One thing to rate: a prompt and its answers (one for score, two for pairwise and A/B, K for ranking)."""
+
+    __tablename__ = "feedback_items"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    #: the prompt's line in the prompt file (from 1); gold items: 0
+    line: Mapped[int] = mapped_column(Integer)
+    #: the prompt's chat messages
+    prompt: Mapped[list[Any]] = mapped_column(JSON)
+    #: [{"text", "model", "sample"}] in canonical order (labels are stored against this order)
+    answers: Mapped[list[Any]] = mapped_column(JSON)
+    #: a gold item's known label (canonical), never shown to raters
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    __table_args__ = (Index("ix_feedback_items_campaign_seq", "campaign_id", "seq"),)
+
+
+class FeedbackLabel(Base):
+    """A rater's current label of an item (one per rater and item; a resubmission replaces it)."""
+
+    __tablename__ = "feedback_labels"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("feedback_items.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    rater_key_id: Mapped[str] = mapped_column(String(64))
+    #: the label against the answers' canonical order
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the label as the rater sent it (against the order the answers were shown in)
+    submitted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    __table_args__ = (UniqueConstraint("item_id", "rater_key_id", name="uq_feedback_label"),)
+
+
+class FeedbackLabelHistory(Base):
+    """Every label ever submitted, replaced ones included."""
+
+    __tablename__ = "feedback_label_history"
+    seq: Mapped[int] = mapped_column(_BigAutoincrement, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    rater_key_id: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    submitted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
-from tuneforge.service.core.errors import NotFound
-from tuneforge.service.core.ids import new_key_id
+from tuneforge.service.core.errors import Conflict, NotFound
+from tuneforge.service.core.ids import new_id, new_key_id
 from tuneforge.service.db.models import (
     ApiKey,
     AuditLog,
@@ -27,6 +27,11 @@ from tuneforge.service.db.models import (
     Eval,
     EvalOutputItem,
     EvalRun,
+    FeedbackCampaign,
+    FeedbackItem,
+    FeedbackLabel,
+    FeedbackLabelHistory,
+    FeedbackRater,
     File,
     Job,
     JobEvent,
@@ -37,7 +42,8 @@ from tuneforge.service.db.models import (
     now,
 )
 
-T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem)
+T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
+            FeedbackCampaign)
 
 
 def _page(
@@ -341,6 +347,161 @@ class TenantRepo:
         return _page(self.session, stmt, EvalOutputItem, after, limit, newest_first)
 
 
+    # -- feedback campaigns (issue #16) --
+    def add_campaign(self, row: FeedbackCampaign, items: list[FeedbackItem]) -> FeedbackCampaign:
+        """The campaign with its gold items, in one transaction."""
+        row.tenant_id = self.tenant_id
+        self.session.add(row)
+        self.session.flush()
+        for item in items:
+            item.tenant_id = self.tenant_id
+        self.session.add_all(items)
+        self.session.commit()
+        return row
+
+    def get_campaign(self, campaign_id: str) -> FeedbackCampaign:
+        row = self.session.scalar(select(FeedbackCampaign).where(FeedbackCampaign.id == campaign_id,
+                                                                 FeedbackCampaign.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("feedback campaign", campaign_id)
+        return row
+
+    def get_assigned_campaign(self, campaign_id: str, key_id: str) -> FeedbackCampaign:
+        """The campaign if the rater key is assigned to it; otherwise the same 404 as a missing campaign."""
+        row = self.session.scalar(select(FeedbackCampaign).join(
+            FeedbackRater, FeedbackRater.campaign_id == FeedbackCampaign.id).where(
+            FeedbackCampaign.id == campaign_id, FeedbackCampaign.tenant_id == self.tenant_id,
+            FeedbackRater.key_id == key_id, FeedbackRater.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("feedback campaign", campaign_id)
+        return row
+
+    def list_campaigns(self, after: str | None, limit: int, newest_first: bool) -> tuple[list[FeedbackCampaign], bool]:
+        return _page(self.session, select(FeedbackCampaign).where(FeedbackCampaign.tenant_id == self.tenant_id),
+                     FeedbackCampaign, after, limit, newest_first)
+
+    def delete_campaign(self, row: FeedbackCampaign) -> None:
+        """The campaign with its raters, items, labels and their history, in one transaction."""
+        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater):
+            self.session.execute(delete(model).where(model.campaign_id == row.id,
+                                                     model.tenant_id == self.tenant_id))
+        self.session.delete(row)
+        self.session.commit()
+
+    def cancel_campaign(self, row: FeedbackCampaign, finished_at: int) -> bool:
+        """Marks the campaign cancelled unless it has finished meanwhile; True when it was cancelled now."""
+        done = _rowcount(self.session.execute(update(FeedbackCampaign).where(
+            FeedbackCampaign.id == row.id, FeedbackCampaign.tenant_id == self.tenant_id,
+            FeedbackCampaign.status.in_(("pending", "sampling", "collecting"))
+        ).values(status="cancelled", finished_at=finished_at)))
+        self.session.commit()
+        self.session.refresh(row)
+        return bool(done)
+
+    def rater_keys(self, key_ids: list[str]) -> dict[str, ApiKey]:
+        """This organization's keys among ``key_ids`` (a foreign key id is simply absent)."""
+        rows = self.session.scalars(select(ApiKey).where(ApiKey.public_id.in_(key_ids),
+                                                         ApiKey.tenant_id == self.tenant_id))
+        return {row.public_id: row for row in rows}
+
+    def add_raters(self, row: FeedbackCampaign, key_ids: list[str], at: int) -> None:
+        known = set(self.campaign_raters(row.id))
+        for key_id in key_ids:
+            if key_id not in known:
+                known.add(key_id)
+                self.session.add(FeedbackRater(campaign_id=row.id, tenant_id=self.tenant_id, key_id=key_id,
+                                               created_at=at))
+        self.session.commit()
+
+    def campaign_raters(self, campaign_id: str) -> list[str]:
+        return list(self.session.scalars(select(FeedbackRater.key_id).where(
+            FeedbackRater.campaign_id == campaign_id, FeedbackRater.tenant_id == self.tenant_id)
+            .order_by(FeedbackRater.seq)))
+
+    def campaign_items(self, campaign_id: str) -> list[FeedbackItem]:
+        return list(self.session.scalars(select(FeedbackItem).where(
+            FeedbackItem.campaign_id == campaign_id, FeedbackItem.tenant_id == self.tenant_id)
+            .order_by(FeedbackItem.seq)))
+
+    def get_item(self, campaign_id: str, item_id: str) -> FeedbackItem:
+        row = self.session.scalar(select(FeedbackItem).where(
+            FeedbackItem.id == item_id, FeedbackItem.campaign_id == campaign_id,
+            FeedbackItem.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("feedback item", item_id, param="item_id")
+        return row
+
+    def campaign_labels(self, campaign_id: str) -> list[FeedbackLabel]:
+        return list(self.session.scalars(select(FeedbackLabel).where(
+            FeedbackLabel.campaign_id == campaign_id, FeedbackLabel.tenant_id == self.tenant_id)
+            .order_by(FeedbackLabel.seq)))
+
+    def count_labels(self, campaign_id: str) -> tuple[int, int]:
+        """(labels, items with at least one label) of a campaign."""
+        labels, items = self.session.execute(select(func.count(), func.count(FeedbackLabel.item_id.distinct())).where(
+            FeedbackLabel.campaign_id == campaign_id, FeedbackLabel.tenant_id == self.tenant_id)).one()
+        return int(labels), int(items)
+
+    def count_items(self, campaign_id: str) -> int:
+        return int(self.session.scalar(select(func.count()).select_from(FeedbackItem).where(
+            FeedbackItem.campaign_id == campaign_id, FeedbackItem.tenant_id == self.tenant_id)) or 0)
+
+    def label_history(self, campaign_id: str, item_id: str, key_id: str) -> list[FeedbackLabelHistory]:
+        return list(self.session.scalars(select(FeedbackLabelHistory).where(
+            FeedbackLabelHistory.campaign_id == campaign_id, FeedbackLabelHistory.item_id == item_id,
+            FeedbackLabelHistory.rater_key_id == key_id, FeedbackLabelHistory.tenant_id == self.tenant_id)
+            .order_by(FeedbackLabelHistory.seq)))
+
+    def save_label(self, campaign: FeedbackCampaign, item: FeedbackItem, key_id: str, value: dict[str, Any],
+                   submitted: dict[str, Any], comment: str | None, at: int, raters_per_item: int) -> FeedbackLabel:
+        """Store (or replace) a rater's label of an item and append it to the history, in one transaction.
+
+        The campaign's row is updated first while it is ``collecting`` (a conditional UPDATE): that both checks the
+        status and serializes the campaign's label writes, so an item never gets more than ``raters_per_item``
+        raters. Raises :class:`Conflict` (nothing written) when the campaign is not collecting or the item has
+        its raters already; completes the campaign when this label was the last one it needed."""
+        session = self.session
+        try:
+            if not _rowcount(session.execute(update(FeedbackCampaign).where(
+                    FeedbackCampaign.id == campaign.id, FeedbackCampaign.tenant_id == self.tenant_id,
+                    FeedbackCampaign.status == "collecting").values(status="collecting"))):
+                session.rollback()
+                session.refresh(campaign)
+                raise Conflict(f"Feedback campaign '{campaign.id}' is {campaign.status}, not collecting: it takes "
+                               "no labels.", param="campaign_id", code="campaign_not_collecting")
+            label = session.scalar(select(FeedbackLabel).where(FeedbackLabel.item_id == item.id,
+                                                               FeedbackLabel.rater_key_id == key_id))
+            if label is None:
+                others = session.scalar(select(func.count()).select_from(FeedbackLabel).where(
+                    FeedbackLabel.item_id == item.id)) or 0
+                if others >= raters_per_item:
+                    raise Conflict(f"Item '{item.id}' has its {raters_per_item} rater(s) already; fetch the next "
+                                   "item with GET next_item.", param="item_id", code="item_fully_rated")
+                label = FeedbackLabel(id=new_id("fblabel"), campaign_id=campaign.id, item_id=item.id,
+                                      tenant_id=self.tenant_id, rater_key_id=key_id, revision=0)
+                session.add(label)
+            label.value, label.submitted, label.comment = value, submitted, comment
+            label.revision = (label.revision or 0) + 1
+            label.created_at = at
+            session.add(FeedbackLabelHistory(campaign_id=campaign.id, item_id=item.id, tenant_id=self.tenant_id,
+                                             rater_key_id=key_id, revision=label.revision, value=value,
+                                             submitted=submitted, comment=comment, created_at=at))
+            session.flush()
+            short = session.scalar(select(func.count()).select_from(FeedbackItem).where(
+                FeedbackItem.campaign_id == campaign.id,
+                select(func.count()).select_from(FeedbackLabel).where(FeedbackLabel.item_id == FeedbackItem.id)
+                .scalar_subquery() < raters_per_item))
+            if not short:
+                session.execute(update(FeedbackCampaign).where(FeedbackCampaign.id == campaign.id)
+                                .values(status="completed", finished_at=at))
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        session.refresh(label)
+        return label
+
+
 class SystemRepo:
     """Cross-tenant access for the control loop; never reachable from a public route."""
 
@@ -544,6 +705,41 @@ class SystemRepo:
     def eval_runs_by_status(self) -> list[tuple[str, int]]:
         rows = self.session.execute(select(EvalRun.status, func.count()).group_by(EvalRun.status))
         return [(str(status), int(count)) for status, count in rows]
+
+    # -- feedback campaigns (the service's background sampler) --
+    def feedback_campaign(self, campaign_id: str) -> FeedbackCampaign | None:
+        return self.session.scalar(select(FeedbackCampaign).where(FeedbackCampaign.id == campaign_id))
+
+    def unfinished_feedback_campaigns(self) -> list[str]:
+        return list(self.session.scalars(select(FeedbackCampaign.id).where(
+            FeedbackCampaign.status.in_(("pending", "sampling"))).order_by(FeedbackCampaign.seq)))
+
+    def set_feedback_campaign(self, campaign_id: str, *, only_if: tuple[str, ...], **values: Any) -> bool:
+        done = _rowcount(self.session.execute(update(FeedbackCampaign).where(
+            FeedbackCampaign.id == campaign_id, FeedbackCampaign.status.in_(only_if)).values(**values)))
+        self.session.commit()
+        return bool(done)
+
+    def sampled_lines(self, campaign_id: str) -> set[int]:
+        return set(self.session.scalars(select(FeedbackItem.line).distinct().where(
+            FeedbackItem.campaign_id == campaign_id, FeedbackItem.line > 0)))
+
+    def add_feedback_items(self, campaign_id: str, items: list[FeedbackItem], *, sampled: int = 1) -> bool:
+        """One prompt's items and the campaign's progress together, only while it is sampling; True if stored."""
+        done = _rowcount(self.session.execute(update(FeedbackCampaign).where(
+            FeedbackCampaign.id == campaign_id, FeedbackCampaign.status == "sampling").values(
+            sampled_prompts=FeedbackCampaign.sampled_prompts + sampled)))
+        if not done:
+            self.session.rollback()
+            return False
+        self.session.add_all(items)
+        self.session.commit()
+        return True
+
+    def feedback_campaigns_by_status(self) -> list[tuple[str, int]]:
+        rows = self.session.execute(select(FeedbackCampaign.status, func.count()).group_by(FeedbackCampaign.status))
+        return [(str(status), int(count)) for status, count in rows]
+
 
 class OrganizationRepo:
     """Organizations, their API keys and audit log, as an admin sees them: an organization admin sees their

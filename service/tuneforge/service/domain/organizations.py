@@ -7,7 +7,7 @@ An API key's secret exists only in the response that creates it; the database ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tuneforge.service.core.errors import Conflict, Forbidden
 from tuneforge.service.core.ids import new_id, new_key_id
@@ -32,7 +32,12 @@ class Actor:
     request_id: str | None = None
 
 
-def _audit(repo: OrganizationRepo, actor: Actor, org_id: str, type: str, resource_id: str | None,
+#: every kind of audit-log entry (a filter naming another is refused rather than matching nothing)
+AuditEventType = Literal["organization.created", "organization.updated", "api_key.created", "api_key.updated",
+                         "api_key.revoked"]
+
+
+def _audit(repo: OrganizationRepo, actor: Actor, org_id: str, type: AuditEventType, resource_id: str | None,
            details: dict[str, Any] | None) -> None:
     who = actor.principal
     repo.add_audit(AuditLog(

@@ -212,8 +212,10 @@ class ServiceMetrics:
                              registry=self.registry)
         self.serving = ServingMetrics(self.registry)
         self.evals = EvalMetrics(self.registry)
+        self.feedback = FeedbackMetrics(self.registry)
         if sessions is not None:
             self.registry.register(EvalRunCollector(sessions))
+            self.registry.register(FeedbackCampaignCollector(sessions))
         self.fleet = FleetCollector(sessions) if sessions is not None else None
 
     def exposition(self, *, private: bool) -> bytes:
@@ -297,3 +299,52 @@ class EvalRunCollector(Collector):
         for status, n in sorted(counts.items()):
             runs.add_metric([status], n)
         yield runs
+
+
+#: a feedback campaign's statuses, each reported (zero included)
+FEEDBACK_CAMPAIGN_STATUSES = ("pending", "sampling", "collecting", "completed", "cancelled", "failed")
+
+
+class FeedbackMetrics:
+    """Feedback campaigns' sampling and labels (counted by the sampler and the rating route)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.samples = Counter("tuneforge_feedback_samples", "Answers asked of the models for feedback campaigns, "
+                               "by outcome (ok, error)", ["outcome"], registry=registry)
+        self.prompts = Counter("tuneforge_feedback_prompts_sampled", "Prompts of feedback campaigns answered and "
+                               "stored as items", registry=registry)
+        self.labels = Counter("tuneforge_feedback_labels", "Labels submitted by raters, by campaign kind (a "
+                              "resubmission counts again)", ["kind"], registry=registry)
+        for outcome in ("ok", "error"):
+            self.samples.labels(outcome)
+        for kind in ("score", "pairwise", "ranking", "ab"):
+            self.labels.labels(kind)
+
+    def sample(self, outcome: str) -> None:
+        self.samples.labels(outcome).inc()
+
+    def prompt(self) -> None:
+        self.prompts.inc()
+
+    def label(self, kind: str) -> None:
+        self.labels.labels(kind).inc()
+
+
+class FeedbackCampaignCollector(Collector):
+    """Feedback campaigns by status, read from the database on every scrape (one aggregate query)."""
+
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
+        self.sessions = sessions
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            counts = dict.fromkeys(FEEDBACK_CAMPAIGN_STATUSES, 0) | dict(
+                SystemRepo(session).feedback_campaigns_by_status())
+        campaigns = GaugeMetricFamily("tuneforge_feedback_campaigns", "Feedback campaigns by status",
+                                      labels=["status"])
+        for status, n in sorted(counts.items()):
+            campaigns.add_metric([status], n)
+        yield campaigns

@@ -32,7 +32,15 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-@router.post("/validate", summary="Validate a grader", description=_GRADER_DOC)
+def _body_schema(*required: str, **properties: Any) -> dict[str, Any]:
+    # the body is read as plain JSON (graders are parsed with their own field paths); this documents its shape
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["grader", *required],
+        "properties": {"grader": {"type": "object", "description": "a grader object, as in a job or an eval"},
+                       **properties}}}}}}
+
+
+@router.post("/validate", summary="Validate a grader", description=_GRADER_DOC, openapi_extra=_body_schema())
 def validate(repo: ShortRepoDep, state: StateDep, body: Any = Body(...)) -> dict[str, Any]:
     raw = _object(body)["grader"]
     grader = parse_grader(raw, "grader")
@@ -42,7 +50,10 @@ def validate(repo: ShortRepoDep, state: StateDep, body: Any = Body(...)) -> dict
 
 @router.post("/run", summary="Run a grader on one sample",
              description=_GRADER_DOC + " `model_sample` is the answer graded (`{{sample.output_text}}`), `item` the "
-             "data row (`{{item.<field>}}`).")
+             "data row (`{{item.<field>}}`).",
+             openapi_extra=_body_schema("model_sample",
+                                        model_sample={"type": "string", "description": "the answer graded"},
+                                        item={"type": "object", "description": "the data row"}))
 async def run(repo: ShortRepoDep, state: StateDep, body: Any = Body(...)) -> dict[str, Any]:
     request = _object(body)
     grader = parse_grader(request["grader"], "grader")

@@ -13,6 +13,7 @@ A key's secret is in the response that creates it (``value``) and never again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -131,14 +132,14 @@ def _list_keys(orepo: OrganizationRepo, org_id: str, after: str | None, limit: i
     return page(rows, has_more, key_object)
 
 
-def _audit_logs(orepo: OrganizationRepo, org_id: str, after: str | None, limit: int, types: list[str] | None,
-                actors: list[str] | None) -> ListObject:
-    rows, has_more = orepo.audit_logs(org_id, after, limit, types, actors)
+def _audit_logs(orepo: OrganizationRepo, org_id: str, after: str | None, limit: int,
+                types: Sequence[str] | None, actors: list[str] | None) -> ListObject:
+    rows, has_more = orepo.audit_logs(org_id, after, limit, list(types) if types else None, actors)
     return page(rows, has_more, audit_object)
 
 
 IncludeRevoked = Annotated[bool, Query(description="also list revoked keys")]
-EventTypes = Annotated[list[str] | None, Query(alias="event_types[]", max_length=20,
+EventTypes = Annotated[list[orgs.AuditEventType] | None, Query(alias="event_types[]", max_length=20,
                                                 description="only these types, e.g. api_key.created")]
 ActorIds = Annotated[list[str] | None, Query(alias="actor_ids[]", max_length=20,
                                               description="only actions of these API keys")]

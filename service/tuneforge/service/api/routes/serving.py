@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from tuneforge.contracts.completions import ChatCompletionRequest, CompletionRequest
 from tuneforge.contracts.validation import describe
 from tuneforge.service.api.deps import StateDep
-from tuneforge.service.api.errors import ERROR_MODEL
+from tuneforge.service.api.openapi import ERROR_MODEL
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.api.state import AppState
 from tuneforge.service.core.errors import InvalidRequest, TooLarge

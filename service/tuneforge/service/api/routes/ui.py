@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from tuneforge.service.core.errors import NotFound
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "rate.js": "text/javascript", "rate.css": "text/css"}
 #: the page talks only to this origin; no inline scripts, no third-party anything
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -26,6 +26,12 @@ router = APIRouter(tags=["dashboard"], include_in_schema=False)
 @router.get("/ui")
 def index() -> FileResponse:
     return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=HEADERS)
+
+
+@router.get("/ui/rate")
+def rating_page() -> FileResponse:
+    """The raters' page (feedback campaigns): one item at a time, with a rater key."""
+    return FileResponse(UI_DIR / "rate.html", media_type="text/html", headers=HEADERS)
 
 
 @router.get("/ui/")

@@ -1,0 +1,136 @@
+"""Feedback campaigns (issue #16): ``/v1/feedback_campaigns``, their raters, the rating routes, report and export.
+
+Thin: the checks are in :mod:`tuneforge.service.domain.feedback` (requests, items, labels),
+:mod:`~tuneforge.service.domain.feedback_report` and :mod:`~tuneforge.service.domain.feedback_export`; sampling
+runs in the background (:mod:`tuneforge.service.executors.feedback_sampling`). The two rating routes need the
+``rate`` permission (rater keys only) and answer only for campaigns the key is assigned to: any other campaign is
+the same 404 as a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
+from tuneforge.service.api.eval_presenters import page_of
+from tuneforge.service.api.feedback_presenters import campaign_object, label_object
+from tuneforge.service.api.pagination import AfterQuery, LimitQuery
+from tuneforge.service.api.presenters import file_object
+from tuneforge.service.core.errors import Conflict, Unavailable
+from tuneforge.service.core.roles import Permission, requires
+from tuneforge.service.db.models import now
+from tuneforge.service.domain import feedback as domain
+from tuneforge.service.domain.feedback_export import export_campaign
+from tuneforge.service.domain.feedback_report import report
+from tuneforge.service.domain.upload_validation import token_counter
+from tuneforge.service.schemas import FileObject
+
+router = APIRouter(prefix="/v1/feedback_campaigns", tags=["feedback"])
+RATE = requires(Permission.RATE)
+OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="asc (oldest first) or desc")]
+
+
+@router.post("", summary="Create a feedback campaign",
+             description="A prompt file (`file_id`), `models` (base or `ft:`), `samples_per_prompt`, `sampling`, a "
+             "`kind` (score, pairwise, ranking, ab), `raters_per_item` and optional `gold_items`. The models answer "
+             "in the background; the campaign then collects labels.")
+def create_campaign(repo: RepoDep, state: StateDep, body: Any = Body(...)) -> dict[str, Any]:
+    if state.feedback is None:
+        raise Unavailable("feedback campaigns are not enabled on this server")
+    row = domain.create_campaign(repo, state.store, body, now(), state.settings.limits.max_eval_items)
+    state.feedback.submit_threadsafe(row.id)
+    return campaign_object(repo, row)
+
+
+@router.get("", summary="List feedback campaigns")
+def list_campaigns(repo: RepoDep, after: AfterQuery = None, limit: LimitQuery = 20,
+                   order: OrderQuery = "asc") -> dict[str, Any]:
+    rows, more = repo.list_campaigns(after, limit, newest_first=order == "desc")
+    return page_of([campaign_object(repo, r) for r in rows], more)
+
+
+@router.get("/{campaign_id}", summary="Retrieve a feedback campaign: status, progress, raters")
+def get_campaign(campaign_id: str, repo: RepoDep) -> dict[str, Any]:
+    return campaign_object(repo, repo.get_campaign(campaign_id))
+
+
+@router.post("/{campaign_id}/cancel", summary="Cancel a campaign (its items and labels stay)")
+def cancel_campaign(campaign_id: str, repo: RepoDep, state: StateDep) -> dict[str, Any]:
+    row = repo.get_campaign(campaign_id)
+    if not repo.cancel_campaign(row, now()):
+        raise Conflict(f"Feedback campaign '{campaign_id}' has already finished ({row.status}).",
+                       code="campaign_not_cancelable")
+    if state.feedback is not None:
+        state.feedback.stop_threadsafe(row.id)
+    return campaign_object(repo, row)
+
+
+@router.delete("/{campaign_id}", summary="Delete a campaign, its items and labels")
+def delete_campaign(campaign_id: str, repo: RepoDep, state: StateDep) -> dict[str, Any]:
+    row = repo.get_campaign(campaign_id)
+    repo.delete_campaign(row)
+    if state.feedback is not None:
+        state.feedback.stop_threadsafe(campaign_id)
+    return {"object": "feedback_campaign.deleted", "id": campaign_id, "deleted": True}
+
+
+@router.post("/{campaign_id}/raters", summary="Assign rater API keys to a campaign",
+             description="`key_ids`: ids of this organization's keys with the `rater` role.")
+def add_raters(campaign_id: str, repo: RepoDep, body: Any = Body(...)) -> dict[str, Any]:
+    row = repo.get_campaign(campaign_id)
+    domain.assign_raters(repo, row, body, now())
+    return campaign_object(repo, row)
+
+
+@router.get("/{campaign_id}/report", summary="Agreement and quality: Krippendorff's alpha, per-rater agreement and "
+            "gold accuracy, blind A/B win rate with a confidence interval")
+def get_report(campaign_id: str, repo: RepoDep) -> dict[str, Any]:
+    row = repo.get_campaign(campaign_id)
+    return report(row, repo.campaign_items(row.id), repo.campaign_labels(row.id), repo.campaign_raters(row.id))
+
+
+@router.post("/{campaign_id}/export", response_model=FileObject,
+             summary="Export the agreed labels as a training file (purpose fine-tune)",
+             description="Preference rows (dpo, reward_model) or scored rows (score campaigns); options "
+             "`min_agreement`, `min_rater_accuracy`, `filename`.")
+def export(campaign_id: str, repo: RepoDep, state: StateDep, principal: PrincipalDep,
+           body: Any = Body(None)) -> FileObject:
+    row = repo.get_campaign(campaign_id)
+    limits = state.settings.limits
+    counter = token_counter(state.settings.executor.model_cache, state.settings.default_base_model)
+    return file_object(export_campaign(repo, state.store, row, body, quota=limits_of(state, principal),
+                                       max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
+                                       count_tokens=counter))
+
+
+# -- raters --
+@router.get("/{campaign_id}/next_item", openapi_extra=RATE, summary="The next item for this rater to label",
+            description="Rater keys assigned to the campaign only. The answers are in an order shuffled per item; "
+            "`item` is null when this rater has nothing left.")
+def get_next_item(campaign_id: str, repo: RepoDep, principal: PrincipalDep) -> dict[str, Any]:
+    row = repo.get_assigned_campaign(campaign_id, principal.key_id)
+    found = domain.next_item(repo, row, principal.key_id)
+    return {"object": "feedback_campaign.next_item", "campaign_id": row.id, "campaign_name": row.name,
+            "status": row.status, "kind": row.kind,
+            "item": domain.shown_item(row, found.item, None) if found.item is not None else None,
+            "progress": found.progress}
+
+
+@router.post("/{campaign_id}/items/{item_id}/labels", openapi_extra=RATE, summary="Label an item",
+             description="`score`, `preferred` (index of the better shown answer), `ranking` (shown indices, best "
+             "first) or `choice` (`a`, `b` or `tie`), and an optional `comment`. A resubmission replaces this "
+             "rater's label (the history keeps every one).")
+def post_label(campaign_id: str, item_id: str, repo: RepoDep, state: StateDep, principal: PrincipalDep,
+               body: Any = Body(...)) -> dict[str, Any]:
+    row = repo.get_assigned_campaign(campaign_id, principal.key_id)
+    item = repo.get_item(row.id, item_id)
+    if row.status != "collecting":
+        raise Conflict(f"Feedback campaign '{row.id}' is {row.status}, not collecting: it takes no labels.",
+                       param="campaign_id", code="campaign_not_collecting")
+    value, sent, comment = domain.parse_label(row, item, body)
+    label = repo.save_label(row, item, principal.key_id, value, sent, comment, now(),
+                            int(row.config["raters_per_item"]))
+    state.metrics.feedback.label(row.kind)
+    return label_object(label)
