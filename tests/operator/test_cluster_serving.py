@@ -245,7 +245,7 @@ def test_a_replica_does_not_stop_an_engine_another_replica_is_using(
     apps = k8s.AppsV1Api(api_client)
     engine_port = free_port()
     groups = {"serving": {"cluster_url_template": f"http://127.0.0.1:{engine_port}", "cluster_gpu_type": gpu_type,
-                          "idle_seconds": 3, "start_timeout_seconds": 60}}
+                          "idle_seconds": 5, "start_timeout_seconds": 60}}
     testbed.add_gpu_node(f"node-{gpu_type}", gpus=1, labels={GPU_LABEL: gpu_type})
     engine = Helper([sys.executable, "-m", "tests.support.fake_openai_engine", "--port", str(engine_port),
                      "--served-name", BASE], engine_port, tmp_path / "engine.log")
@@ -255,7 +255,7 @@ def test_a_replica_does_not_stop_an_engine_another_replica_is_using(
         name = engine_name(BASE)
         # the second replica keeps the engine busy past the first one's idle time
         busy = second.client()
-        for _ in range(14):
+        for _ in range(18):
             assert busy.post(CHAT, json={"model": BASE, **ASK}, timeout=90).status_code == 200
             assert apps.read_namespaced_deployment(name, namespace).spec.replicas == 1
             time.sleep(0.5)

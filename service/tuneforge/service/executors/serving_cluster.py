@@ -339,7 +339,7 @@ class ClusterServing(ServingBackend):
         engine.last_touch = engine.last_used
         with contextlib.suppress(Unavailable):
             await self._k8s(self._patch, engine.name,
-                            {"metadata": {"annotations": {LAST_USED_ANNOTATION: str(int(engine.last_used))}}})
+                            {"metadata": {"annotations": {LAST_USED_ANNOTATION: f"{engine.last_used:.3f}"}}})
 
     def _body(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         return {**body, "model": target.adapter.name if target.adapter else target.base}
