@@ -29,7 +29,7 @@ bench-object-store: setup  ## one benchmark, e.g. the object store against boto3
 
 docs: setup       ## regenerate README's configuration tables and the CRD from the models
 	$(PY) docs/configuration.py
-	$(PY) -m tuneforge.operator.crd > helm/crds/finetunejobs.tuneforge.dev.yaml
+	$(PY) -m tuneforge.operator.crd --write helm/crds && cp helm/crds/*.yaml helm/tuneforge/crds/
 
 demo:             ## the README's first command
 	bash .ci/quickstart

@@ -166,7 +166,8 @@ def test_stalled_requests_hold_no_connection_and_others_answer_fast(
                 response = request()
                 elapsed = time.monotonic() - started
                 assert response.status_code == 200, response.text
-                assert elapsed < 5, f"{response.request.url} took {elapsed:.1f} s with {STALLED} {kind} stalled"
+                # the fault was a 30 s wait for a pooled connection, then a 500; 10 s leaves room for a busy machine
+                assert elapsed < 10, f"{response.request.url} took {elapsed:.1f} s with {STALLED} {kind} stalled"
     finally:
         for sock in socks:
             sock.close()

@@ -14,6 +14,8 @@ class OperatorSettings(EnvSettings):
 
     default_image: str = Field("tuneforge/trainer:latest", description="Trainer image when a FineTuneJob names none")
     image_pull_policy: str = Field("IfNotPresent", description="Trainer image pull policy")
+    serving_image: str = Field("vllm/vllm-openai:latest", description="vLLM image of ServingEngines that name none "
+                               "(their weight fetcher and adapter sidecar use the trainer image above)")
     gpu_type_label: str = Field(
         "nvidia.com/gpu.product", description="Node label that spec.scheduling.gpuType selects on (NVIDIA GPU "
         "feature discovery sets nvidia.com/gpu.product)")

@@ -187,3 +187,7 @@ def _child_event(namespace: str | None, labels: kopf.Labels) -> None:
     except ApiException as exc:  # events are not retried by kopf; the timer catches up
         log.warning("reconcile of %s/%s after a child event failed: %s", namespace,
                     labels[LABEL_FINETUNEJOB], exc.reason)
+
+
+# ServingEngines (vLLM Deployments) are reconciled by their own handlers, registered on import
+from tuneforge.operator import serving_handlers  # noqa: E402,F401

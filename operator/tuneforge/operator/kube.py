@@ -13,6 +13,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tuneforge.contracts.finetunejob import GROUP, LABEL_FINETUNEJOB, PLURAL, VERSION
+from tuneforge.contracts.servingengine import PLURAL as SERVING_PLURAL
+from tuneforge.operator.serving import CreateServing, ReplaceDeployment, ScaleDeployment, ServingAction
 from tuneforge.operator.status import Action, CreateChildren, DeleteJob, SuspendJob
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
 
     @staticmethod
     def _json(resp: Any) -> JSON:
@@ -54,6 +57,46 @@ class Kube:
                 return None
             raise
 
+    def get_servingengine(self, namespace: str, name: str) -> JSON | None:
+        return self._get(lambda: self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, SERVING_PLURAL, name, _preload_content=False, _request_timeout=TIMEOUT))
+
+    def get_deployment(self, namespace: str, name: str) -> JSON | None:
+        return self._get(lambda: self.apps.read_namespaced_deployment(
+            name, namespace, _preload_content=False, _request_timeout=TIMEOUT))
+
+    def get_service(self, namespace: str, name: str) -> JSON | None:
+        return self._get(lambda: self.core.read_namespaced_service(
+            name, namespace, _preload_content=False, _request_timeout=TIMEOUT))
+
+    def _get(self, call: Any) -> JSON | None:
+        try:
+            return self._json(call())
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_servingengine_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, SERVING_PLURAL, name, {"status": dict(patch)}, _request_timeout=TIMEOUT)
+
+    def apply_serving(self, namespace: str, action: ServingAction) -> None:
+        if isinstance(action, CreateServing):
+            for manifest in action.manifests:
+                self._create(namespace, manifest)
+        elif isinstance(action, ScaleDeployment):
+            self.apps.patch_namespaced_deployment(action.name, namespace, {"spec": {"replicas": action.replicas}},
+                                                  _request_timeout=TIMEOUT)
+            log.info("scaled Deployment %s/%s to %d", namespace, action.name, action.replicas)
+        elif isinstance(action, ReplaceDeployment):
+            name = action.manifest["metadata"]["name"]
+            current = self.get_deployment(namespace, name) or {}
+            version = (current.get("metadata") or {}).get("resourceVersion")
+            body: Any = {**action.manifest, "metadata": {**action.manifest["metadata"], "resourceVersion": version}}
+            self.apps.replace_namespaced_deployment(name, namespace, body, _request_timeout=TIMEOUT)
+            log.info("replaced the pod template of Deployment %s/%s", namespace, name)
+
     def get_job(self, namespace: str, name: str) -> JSON | None:
         try:
             return self._json(self.batch.read_namespaced_job(
@@ -63,9 +106,10 @@ class Kube:
                 return None
             raise
 
-    def list_pods(self, namespace: str, finetunejob: str) -> list[JSON]:
+    def list_pods(self, namespace: str, owner: str, label: str = LABEL_FINETUNEJOB) -> list[JSON]:
+        """The pods whose ``label`` (default: the FineTuneJob's) names ``owner``."""
         data = self._json(self.core.list_namespaced_pod(
-            namespace, label_selector=f"{LABEL_FINETUNEJOB}={finetunejob}", _preload_content=False,
+            namespace, label_selector=f"{label}={owner}", _preload_content=False,
             _request_timeout=TIMEOUT))
         return list(data.get("items") or [])
 
@@ -122,6 +166,8 @@ class Kube:
                 self.batch.create_namespaced_job(namespace, manifest, _request_timeout=TIMEOUT)
             elif kind == "ConfigMap":
                 self.core.create_namespaced_config_map(namespace, manifest, _request_timeout=TIMEOUT)
+            elif kind == "Deployment":
+                self.apps.create_namespaced_deployment(namespace, manifest, _request_timeout=TIMEOUT)
             elif kind == "Service":
                 self.core.create_namespaced_service(namespace, manifest, _request_timeout=TIMEOUT)
             else:  # pragma: no cover - the builder makes only these

@@ -158,6 +158,34 @@ class ServingSettings(EnvSettings):
     max_request_bytes: int = Field(4 << 20, ge=1024, description="Serving: largest completion request body")
     eval_concurrency: int = Field(4, ge=1, le=256, description="Evals: completion requests eval runs send the "
                                   "engines at once (generation and judges, all runs together)")
+    cluster_url_template: str = Field(
+        "http://{service}.{namespace}.svc:8000", validation_alias="TUNEFORGE_SERVING_CLUSTER_URL_TEMPLATE",
+        description="Serving, kubernetes executor: URL of a ServingEngine's vLLM, from its Service name and namespace "
+        "(set it when the service runs outside the cluster)")
+    cluster_fetcher_url_template: str = Field(
+        "http://{service}.{namespace}.svc:8001", validation_alias="TUNEFORGE_SERVING_CLUSTER_FETCHER_URL_TEMPLATE",
+        description="Serving, kubernetes executor: URL of a ServingEngine's adapter-fetcher sidecar")
+    cluster_image: str = Field("", validation_alias="TUNEFORGE_SERVING_CLUSTER_IMAGE",
+                               description="Serving, kubernetes executor: vLLM image (empty: the operator's default)")
+    cluster_gpus: int = Field(1, ge=0, le=64, validation_alias="TUNEFORGE_SERVING_CLUSTER_GPUS",
+                              description="Serving, kubernetes executor: GPUs of an engine pod")
+    cluster_gpu_type: str = Field("", validation_alias="TUNEFORGE_SERVING_CLUSTER_GPU_TYPE",
+                                  description="Serving, kubernetes executor: GPU type of the engine pods (empty: any)")
+    max_lora_rank: int = Field(64, ge=1, le=1024, description="Serving: largest LoRA rank vLLM engines accept "
+                               "(--max-lora-rank)")
+    max_model_len: int = Field(0, ge=0, description="Serving: context length of vLLM engines in a cluster "
+                               "(--max-model-len; 0: the model's)")
+
+    @field_validator("cluster_url_template", "cluster_fetcher_url_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            url = value.format(service="engine", namespace="ns")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{value!r}: only {{service}} and {{namespace}} may be filled in ({exc!r})") from None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
 
 
 class LimitSettings(EnvSettings):

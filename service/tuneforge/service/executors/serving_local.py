@@ -9,10 +9,8 @@ their manifest, under a directory named after the manifest's sha256: a model pus
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from tuneforge.engine_client.process import EngineKind
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.core.errors import Unavailable
 from tuneforge.service.domain.serving import EngineReply, ServingBackend, Target
-from tuneforge.storage import ObjectStore
-from tuneforge.storage.manifest import read_manifest
+from tuneforge.storage import ObjectStore, StoreError
+from tuneforge.storage.published import fetch_published
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +99,10 @@ class LocalServing(ServingBackend):
             return await asyncio.to_thread(self._copy_now, prefix, files)
 
     def _copy_now(self, prefix: str, files: tuple[str, ...]) -> Path:
-        found = read_manifest(self.store, prefix)
-        if found is None:
-            raise Unavailable(f"the model files under {prefix}/ are not published (no manifest)")
-        manifest, digest = found
-        entries = [e for e in manifest.files if not files or e.name in files]
-        if files and len(entries) != len(files):
-            raise Unavailable(f"{prefix}/ lacks {sorted(set(files) - {e.name for e in entries})}")
-        target = self.root / hashlib.sha256(prefix.encode()).hexdigest()[:16] / digest[:16]
-        done = target / ".complete"
-        if done.is_file():
-            return target
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        for entry in entries:
-            self.store.download_file(f"{prefix}/{entry.name}", partial / entry.name)
-        subset = manifest.model_copy(update={"files": entries})
-        problems = subset.mismatches(partial)
-        if problems:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise Unavailable(f"the files under {prefix}/ do not match their manifest: {problems[0]}")
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-        done.touch()
-        return target
+        try:
+            return fetch_published(self.store, prefix, self.root, files)
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from exc
 
     async def _adapter(self, target: Target) -> Adapter | None:
         if target.adapter is None:
