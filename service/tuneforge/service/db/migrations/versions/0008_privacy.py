@@ -1,6 +1,6 @@
 """Privacy: the upload's PII scan on files, the safety report's state on jobs.
 
-Revision ID: 0007_privacy
+Revision ID: 0008_privacy
 Revises: 0007_feedback
 Create Date: 2026-12-01 22:20:00
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_privacy"
+revision = "0008_privacy"
 down_revision = "0007_feedback"
 branch_labels = None
 depends_on = None
