@@ -35,23 +35,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated databases the server fixtures run on (default: sqlite,postgresql)")
 
 
-#: test directories whose files share one expensive session resource (the Kubernetes control plane, the image
-#: builds' storage, the serving engines): under pytest-xdist each runs whole on one worker, started once there
-SHARED_RESOURCE_GROUPS = {"operator": "kubernetes", "images": "images", "engine": "engines"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--dist loadgroup``: a test file is the unit a worker takes (its module fixtures start once), except the
-    directories above, which stay together."""
-    if config.getoption("dist", "no") == "no":
-        return
-    tests_root = Path(__file__).resolve().parent
-    for item in items:
-        relative = item.path.resolve().relative_to(tests_root)
-        group = SHARED_RESOURCE_GROUPS.get(relative.parts[0], relative.as_posix())
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that (through its fixtures) uses ``database_url`` runs once per selected database."""
     if "database_url" not in metafunc.fixturenames:
@@ -117,3 +100,4 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data sets not found at {SHARED_DATA}")
     return SHARED_DATA
+
