@@ -5,8 +5,10 @@ One server and one engine for the module; few items and few tokens (the engine s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,9 +137,25 @@ def test_a_model_that_fails_mid_run_fails_the_run_and_keeps_the_graded_items(
         BASE, max_tokens=200, items=items, ignore_eos=True))
     wait_for("a first graded item", lambda: client.evals.runs.retrieve(
         run.id, eval_id=created.id).result_counts.total >= 1, timeout=600, interval=0.05)
-    pid = next(e["pid"] for e in server.state.serving.engines() if e["base_model"] == BASE)
-    os.kill(pid, signal.SIGKILL)
-    done = _finished(client, created.id, run.id)
+    # one crash is survived (the request in flight goes once to a fresh engine), so the model here keeps failing:
+    # every engine started for the base is killed until the run ends
+    stop = threading.Event()
+
+    def keep_killing() -> None:
+        while not stop.is_set():
+            for engine in server.state.serving.engines():
+                if engine["base_model"] == BASE and engine.get("pid"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(engine["pid"], signal.SIGKILL)
+            stop.wait(0.05)
+
+    killer = threading.Thread(target=keep_killing, daemon=True)
+    killer.start()
+    try:
+        done = _finished(client, created.id, run.id)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
     assert done.status == "failed"
     assert done.error is not None and f"the model '{BASE}' failed on item" in done.error.message
     kept = list(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=100))

@@ -148,12 +148,14 @@ def test_stalled_requests_hold_no_connection_and_others_answer_fast(
     try:
         engine = api_server.state.engine
         samples = []
-        for _ in range(10):
+        for _ in range(20):
             samples.append(engine.pool.checkedout())
             time.sleep(0.05)
-        # no connection per stalled request: at most a few short reads in flight (streams read only when their
-        # own job changed, or at their periodic poll; on a loaded machine a few of those overlap)
-        assert max(samples) <= STALLED // 4, samples
+        # no connection per stalled request: a held connection shows in every sample, while a stream's short reads
+        # (its replay on opening, then its periodic poll) come and go; on a loaded machine a few of those overlap,
+        # so the typical sample is near zero and none reaches half the stalled requests
+        assert sorted(samples)[len(samples) // 2] <= 2, samples
+        assert max(samples) <= STALLED // 2, samples
 
         # another tenant, a few of its requests at once, and the readiness probe: all answer at once
         with httpx.Client(base_url=api_server.url, timeout=httpx.Timeout(20)) as anonymous:
