@@ -102,6 +102,10 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/feedback_campaigns/{campaign_id}/raters"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/report"): P.READ,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/export"): P.WRITE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.READ,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}"): P.READ,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}/cancel"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/next_item"): P.RATE,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/items/{item_id}/labels"): P.RATE,
 }
