@@ -179,6 +179,7 @@ def test_one_round_from_labels_to_the_next_campaign(server: ProcessServer, label
     # refused by the reward-model job's own checks, after the export was written: the export goes again
     ({"reward_model": {"model": "no-such-model"}}, "reward_model.model"),
     ({"reinforcement": {"training_file": "file-nope"}}, "reinforcement.training_file"),
+    ({"reward_model": {"validation_file": "file-nope"}}, "reward_model.validation_file"),
     ({"evals": ["eval_" + "0" * 32]}, "evals.0.eval_id"),
     ({"export": {"min_agreement": 2}}, "export.min_agreement"),
     ({"next_campaign": {"file_id": "file-nope"}}, "next_campaign.file_id"),
