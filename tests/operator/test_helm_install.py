@@ -379,6 +379,20 @@ def test_calls_outside_the_charts_rbac_are_refused(installed: dict[str, Any], ru
             GROUP, VERSION, "default", PLURAL, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
                                                 "metadata": {"name": "x"}, "spec": {}}, _request_timeout=10)) == 403
         assert _status(lambda: api_core.read_namespaced_secret("tuneforge-auth", ns, _request_timeout=10)) == 200
+        # serving is off in these values: neither may touch ServingEngines or Deployments, the operator watches
+        # none (no 403s in its log), and the api refuses completions clearly
+        for custom in (op_custom, api_custom):
+            assert _status(lambda c=custom: c.list_namespaced_custom_object(
+                GROUP, VERSION, ns, "servingengines", _request_timeout=10)) == 403
+        assert _status(lambda: k8s.AppsV1Api(op_api).list_namespaced_deployment(ns, _request_timeout=10)) == 403
+        assert "servingengines" not in running["operator"].tail(2000)
+        assert "deployments" not in running["operator"].tail(2000)
+        with httpx.Client(base_url=running["url"], headers={"Authorization": f"Bearer {API_KEY}"},
+                          timeout=60) as client:
+            reply = client.post("/v1/chat/completions", json={
+                "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"]["code"] == "serving_not_enabled"
     finally:
         op_api.close()
         api_api.close()
