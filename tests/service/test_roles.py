@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events/stream"): P.READ,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): P.READ,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/artifacts"): P.READ,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/eval_report"): P.READ,
     ("GET", "/v1/models"): P.READ,
     ("GET", "/v1/models/{model_id}"): P.READ,
     ("GET", "/v1/organization"): P.READ,

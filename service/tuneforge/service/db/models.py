@@ -134,6 +134,11 @@ class Job(Base):
     running_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: the safety report of a succeeded job: None (not yet), running, completed, failed or skipped
     safety_report: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: evals to run on the base and the tuned model when the job succeeds, and their runs once created
+    #: (``[{eval_id, data_source, base_run_id, tuned_run_id, error}]``)
+    evals: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    #: None (no evals asked), pending (until the job succeeds), starting (claimed by one replica), started
+    evals_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),

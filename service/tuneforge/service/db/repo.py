@@ -346,6 +346,11 @@ class TenantRepo:
             stmt = stmt.where(EvalOutputItem.status == status)
         return _page(self.session, stmt, EvalOutputItem, after, limit, newest_first)
 
+    def all_output_items(self, run: EvalRun) -> list[EvalOutputItem]:
+        """Every graded item of a run (at most the run's item limit), by the item's place in the data source."""
+        return list(self.session.scalars(select(EvalOutputItem).where(
+            EvalOutputItem.run_id == run.id, EvalOutputItem.tenant_id == self.tenant_id)
+            .order_by(EvalOutputItem.datasource_item_id)))
 
     # -- feedback campaigns (issue #16) --
     def add_campaign(self, row: FeedbackCampaign, items: list[FeedbackItem]) -> FeedbackCampaign:
@@ -695,6 +700,30 @@ class SystemRepo:
         the same objects)."""
         done = _rowcount(self.session.execute(update(Job).where(Job.safety_report == "running")
                                               .values(safety_report=None)))
+        self.session.commit()
+        return done
+
+    # -- a succeeded job's base-vs-tuned evals --
+    def jobs_awaiting_evals(self, limit: int) -> list[str]:
+        return list(self.session.scalars(select(Job.id).where(Job.status == JobStatus.SUCCEEDED,
+                                                              Job.evals_state == "pending")
+                                         .order_by(Job.seq).limit(limit)))
+
+    def claim_job_evals(self, job_id: str) -> Job | None:
+        """The job, if this replica moved its evals from pending to starting (one replica creates the runs)."""
+        done = _rowcount(self.session.execute(update(Job).where(Job.id == job_id, Job.evals_state == "pending")
+                                              .values(evals_state="starting")))
+        self.session.commit()
+        return self.session.scalars(select(Job).where(Job.id == job_id)).first() if done else None
+
+    def set_job_evals(self, job_id: str, evals: list[dict[str, Any]], state: str) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(evals=evals, evals_state=state))
+        self.session.commit()
+
+    def release_starting_job_evals(self) -> int:
+        """Evals a stopped service was creating start again (runs it had created are kept: see the job's evals)."""
+        done = _rowcount(self.session.execute(update(Job).where(Job.evals_state == "starting")
+                                              .values(evals_state="pending")))
         self.session.commit()
         return done
 
