@@ -142,6 +142,10 @@ class ClusterServing(ServingBackend):
         token = settings.serving.cluster_fetcher_token
         #: the adapter-fetcher sidecars answer only requests with the token they share with the service
         self._fetcher_auth = {"Authorization": f"Bearer {token}"} if token else {}
+        if not token:
+            log.warning("TUNEFORGE_SERVING_CLUSTER_FETCHER_TOKEN is not set: the engine pods' adapter fetchers will "
+                        "refuse this service's requests, so tuned models cannot be served (the chart sets it with "
+                        "serving.enabled)")
         self._reaper: asyncio.Task[None] | None = None
 
     # -- Kubernetes --
