@@ -61,7 +61,8 @@ def _kinds(docs: list[Manifest]) -> dict[str, int]:
 
 
 def test_lint_strict(helm: Helm):
-    for extra in ([], ["-f", str(PRODUCTION_VALUES)], ["--set", "operator.clusterWide=true"]):
+    for extra in ([], ["-f", str(PRODUCTION_VALUES)], ["--set", "operator.clusterWide=true"],
+                  ["-f", str(PRODUCTION_VALUES), "--set", "serving.enabled=true"]):
         out = helm.run("lint", "--strict", str(CHART), *extra)
         assert "1 chart(s) linted, 0 chart(s) failed" in out, out
 
