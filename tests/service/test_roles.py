@@ -102,6 +102,10 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/feedback_campaigns/{campaign_id}/raters"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/report"): P.READ,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/export"): P.WRITE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.READ,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}"): P.READ,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}/cancel"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/next_item"): P.RATE,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/items/{item_id}/labels"): P.RATE,
 }
@@ -111,7 +115,7 @@ MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-00000000
            "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000",
            "fmt": "gguf", "eval_id": "eval_000000000000000000000000", "run_id": "evalrun_000000000000000000000000",
            "output_item_id": "outputitem_000000000000000000000000", "campaign_id": "fbc-000000000000000000000000",
-           "item_id": "fbitem-000000000000000000000000"}
+           "item_id": "fbitem-000000000000000000000000", "round_id": "fbround-000000000000000000000000"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}

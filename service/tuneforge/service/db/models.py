@@ -396,3 +396,27 @@ class FeedbackLabelHistory(Base):
     submitted: Mapped[dict[str, Any]] = mapped_column(JSON)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class FeedbackRound(Base):
+    """One round of the feedback loop from a campaign (issue #16): its export, a reward model job, a reinforcement
+    job graded by that reward model (with base-vs-tuned evals), and the next campaign on the tuned model."""
+
+    __tablename__ = "feedback_rounds"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    #: running, succeeded, failed, cancelled
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    #: reward_model, reinforcement, evaluation, next_campaign, done
+    step: Mapped[str] = mapped_column(String(32))
+    #: the validated request (reinforcement settings, evals, next campaign)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    export_file_id: Mapped[str] = mapped_column(String(64))
+    reward_model_job_id: Mapped[str] = mapped_column(String(64))
+    reinforcement_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    next_campaign_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

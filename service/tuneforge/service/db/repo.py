@@ -32,6 +32,7 @@ from tuneforge.service.db.models import (
     FeedbackLabel,
     FeedbackLabelHistory,
     FeedbackRater,
+    FeedbackRound,
     File,
     Job,
     JobEvent,
@@ -43,7 +44,7 @@ from tuneforge.service.db.models import (
 )
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
-            FeedbackCampaign)
+            FeedbackCampaign, FeedbackRound)
 
 
 def _page(
@@ -387,7 +388,7 @@ class TenantRepo:
 
     def delete_campaign(self, row: FeedbackCampaign) -> None:
         """The campaign with its raters, items, labels and their history, in one transaction."""
-        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater):
+        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater, FeedbackRound):
             self.session.execute(delete(model).where(model.campaign_id == row.id,
                                                      model.tenant_id == self.tenant_id))
         self.session.delete(row)
@@ -417,6 +418,35 @@ class TenantRepo:
                 self.session.add(FeedbackRater(campaign_id=row.id, tenant_id=self.tenant_id, key_id=key_id,
                                                created_at=at))
         self.session.commit()
+
+    # -- rounds of the feedback loop --
+    def add_round(self, row: FeedbackRound) -> FeedbackRound:
+        row.tenant_id = self.tenant_id
+        self.session.add(row)
+        self.session.commit()
+        return row
+
+    def get_round(self, campaign_id: str, round_id: str) -> FeedbackRound:
+        row = self.session.scalar(select(FeedbackRound).where(
+            FeedbackRound.id == round_id, FeedbackRound.campaign_id == campaign_id,
+            FeedbackRound.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("feedback round", round_id)
+        return row
+
+    def list_rounds(self, campaign_id: str, after: str | None, limit: int,
+                    newest_first: bool) -> tuple[list[FeedbackRound], bool]:
+        return _page(self.session, select(FeedbackRound).where(FeedbackRound.campaign_id == campaign_id,
+                                                               FeedbackRound.tenant_id == self.tenant_id),
+                     FeedbackRound, after, limit, newest_first)
+
+    def set_round(self, round_id: str, *, only_if: str = "running", **values: Any) -> bool:
+        """Updates a round while it has status ``only_if`` (a cancelled round stays cancelled); True if it did."""
+        done = _rowcount(self.session.execute(update(FeedbackRound).where(
+            FeedbackRound.id == round_id, FeedbackRound.tenant_id == self.tenant_id,
+            FeedbackRound.status == only_if).values(**values)))
+        self.session.commit()
+        return bool(done)
 
     def campaign_raters(self, campaign_id: str) -> list[str]:
         return list(self.session.scalars(select(FeedbackRater.key_id).where(
@@ -726,6 +756,12 @@ class SystemRepo:
                                               .values(evals_state="pending")))
         self.session.commit()
         return done
+
+    def running_rounds(self) -> list[tuple[str, str, str]]:
+        """(tenant, campaign, round) of every running round of the feedback loop, oldest first."""
+        return [(t, c, i) for t, c, i in self.session.execute(
+            select(FeedbackRound.tenant_id, FeedbackRound.campaign_id, FeedbackRound.id)
+            .where(FeedbackRound.status == "running").order_by(FeedbackRound.seq))]
 
     def unfinished_eval_runs(self) -> list[str]:
         return list(self.session.scalars(select(EvalRun.id).where(EvalRun.status.in_(("queued", "in_progress")))
