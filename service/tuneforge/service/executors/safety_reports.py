@@ -109,7 +109,7 @@ class SafetyReporter(PollLoop):
 
     async def tick(self) -> None:
         for job_id in await asyncio.to_thread(self._system, SystemRepo.jobs_awaiting_safety_report, BATCH):
-            if not self.privacy.safety_report_enabled:
+            if not (self.privacy.safety_report_enabled and self.settings.serving.enabled):
                 await asyncio.to_thread(self._system, SystemRepo.set_safety_report, job_id, "skipped")
                 continue
             if await asyncio.to_thread(self._system, SystemRepo.set_safety_report, job_id, "running"):
