@@ -28,6 +28,7 @@ import gzip
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -182,6 +183,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="the service's home (default: a temporary directory)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    # a stopped example stops its service (and the service its engines and trainers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     train = hh_dialogues(args.prompts, offset=0)
     held_out = hh_dialogues(args.prompts, offset=400)
