@@ -168,7 +168,7 @@ def rate_all(service: Service, key: str, campaign_id: str, label: Callable[[dict
 
 
 def metric(client: httpx.Client, job_id: str, name: str) -> list[tuple[int, float]]:
-    events = ok(client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"order": "asc", "limit": 1000}))
+    events = ok(client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"order": "asc", "limit": 100}))
     return [(e["data"]["step"], e["data"][name]) for e in events["data"]
             if e["type"] == "metrics" and name in (e.get("data") or {})]
 
