@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.service.helpers import chat_file, create_job, update_job, upload
-from tests.support.engine_models import make_lora, make_peaked_model
+from tests.support.engine_models import make_lora, make_peaked_model, make_reward_model
 from tests.support.live_server import ThreadServer, make_settings
 from tests.support.models import register_model
 from tests.support.waiting import free_port, wait_for
@@ -256,3 +256,69 @@ def _check_the_page(server: ThreadServer, job_id: str) -> None:
             assert not errors, errors
         finally:
             browser.close()
+
+
+def _direct_scores(reward_dir: Path, pairs: list[tuple[list[dict[str, str]], str]]) -> list[float]:
+    """The reference: the classifier called with transformers directly, as TRL's reward path calls it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(reward_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(reward_dir)).eval()
+    scores = []
+    with torch.no_grad():
+        for messages, answer in pairs:
+            text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+            batch = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            scores.append(float(model(**batch).logits[0, 0]))
+    return scores
+
+
+def test_a_reward_model_grades_an_eval_and_a_grader_test(served: tuple[ThreadServer, str],
+                                                         models: tuple[Path, Path]) -> None:
+    """A ``reward_model`` testing criterion: a succeeded reward-model job's model, served for scoring, scores each
+    answer exactly as the classifier called directly does; it passes at or above ``pass_threshold``."""
+    server, tuned = served
+    reward_dir = make_reward_model(models[0], models[0].parent)
+    with server.client() as http:
+        job = create_job(http, upload(http, chat_file(4))["id"], model=BASE)
+    publish_dir(server.state.store, reward_dir, job_model_prefix(job["id"]), base_model=BASE,
+                extra={"task": "sequence_classification", "method": "reward_model"})
+    rm_name = f"ft:{BASE}:default:rm:{job['id'][6:18]}"
+    update_job(server, job["id"], status="succeeded", fine_tuned_model=rm_name, finished_at=now(),
+               method={"type": "reward_model", "reward_model": {"hyperparameters": {}}}, adapter={"type": "full"})
+    client = _client(server)
+    created = client.evals.create(name="rewarded", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                                  testing_criteria=[{"type": "reward_model", "name": "rm",  # type: ignore[list-item]
+                                                     "model": rm_name, "pass_threshold": 0.0}])
+    run = client.evals.runs.create(created.id, data_source=_completions(BASE))  # type: ignore[arg-type]
+    done = _finished(client, created.id, run.id)
+    assert done.status == "completed", done.error
+    assert done.result_counts.total == 3 and done.result_counts.errored == 0, done.result_counts
+    items = sorted(client.evals.runs.output_items.list(run.id, eval_id=created.id),
+                   key=lambda i: i.datasource_item_id)
+    pairs = [([{"role": m.role, "content": m.content} for m in i.sample.input], i.sample.output[0].content or "")
+             for i in items]
+    expected = _direct_scores(reward_dir, pairs)
+    for item, want in zip(items, expected, strict=True):
+        assert item.results[0].score == pytest.approx(want, abs=1e-4)
+        assert item.results[0].passed == (want >= 0.0)
+    usage = {u.model_name: u for u in done.per_model_usage}
+    assert usage[rm_name].invocation_count == 3 and usage[rm_name].prompt_tokens > 0
+
+    # the grader test route scores the same way (its sample has no conversation: the answer alone)
+    result = client.fine_tuning.alpha.graders.run(grader={"type": "reward_model", "name": "rm",  # type: ignore[arg-type]
+                                                          "model": rm_name}, model_sample="blue")
+    assert result.reward == pytest.approx(_direct_scores(reward_dir, [([], "blue")])[0], abs=1e-4)
+
+    # what a reward_model criterion refuses at creation
+    with server.client() as http:
+        for criterion, status, param in (
+                ({"model": tuned}, 400, "testing_criteria.0.model"),  # a language model, not a reward model
+                ({"model": "ft:nothing:here"}, 404, "testing_criteria.0.model"),
+                ({"model": rm_name, "model_prefix": "jobs/x/model"}, 400, "testing_criteria.0.model_prefix")):
+            resp = http.post("/v1/evals", json={"name": "bad", "data_source_config": {
+                "type": "custom", "item_schema": SCHEMA}, "testing_criteria": [
+                {"type": "reward_model", "name": "rm", **criterion}]})
+            assert resp.status_code == status, resp.text
+            assert resp.json()["error"]["param"] == param, resp.text

@@ -83,3 +83,24 @@ def make_lora(model_dir: Path, directory: Path, seed: int, *, scale: float = 1.0
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=directory))
     peft_model.save_pretrained(str(tmp))
     return _publish(tmp, target)
+
+
+def make_reward_model(model_dir: Path, directory: Path, seed: int = 3) -> Path:
+    """A whole sequence classifier (one score) on ``model_dir``'s weights with a random score head: what a
+    ``reward_model`` job with ``adapter.type: full`` publishes (plus the manifest's ``task``)."""
+    target = directory / f"{model_dir.name}-reward-{seed}"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1,
+                                                               pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():  # a head that tells texts apart (the default init scores everything near zero)
+        model.score.weight.normal_(0.0, 1.0)
+    tmp = Path(tempfile.mkdtemp(prefix=".reward-", dir=directory))
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    return _publish(tmp, target)

@@ -318,6 +318,8 @@ class RewardModelGrader(_Grader):
                        description="The fine_tuned_model of a succeeded reward_model job")
     #: set by the service from ``model`` (tenant-scoped); a request may not name it
     model_prefix: str | None = Field(None, description="Object-store prefix of that model (set by the service)")
+    pass_threshold: float | None = Field(None, description="Evals: a score (the reward model's raw output) at or "
+                                         "above this passes (default 0)")
 
 
 JudgeGrader = ScoreModelGrader | LabelModelGrader
@@ -330,9 +332,16 @@ AnyGrader = (StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrade
              | ScoreModelGrader | LabelModelGrader)
 #: an eval's testing criterion and what ``/fine_tuning/alpha/graders/run`` takes
 EvalGrader = Annotated[StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrader | ScoreModelGrader
-                       | LabelModelGrader, Field(discriminator="type"), BeforeValidator(_no_python)]
+                       | LabelModelGrader | RewardModelGrader, Field(discriminator="type"), BeforeValidator(_no_python)]
 AnyEvalGrader = (StringCheckGrader | RegexGrader | TextSimilarityGrader | MultiGrader | ScoreModelGrader
-                 | LabelModelGrader)
+                 | LabelModelGrader | RewardModelGrader)
+
+
+def reward_models_in(grader: Any) -> list[RewardModelGrader]:
+    """The reward-model graders in ``grader`` (itself, or a multi grader's sub-graders)."""
+    if isinstance(grader, MultiGrader):
+        return [g for sub in grader.graders.values() for g in reward_models_in(sub)]
+    return [grader] if isinstance(grader, RewardModelGrader) else []
 
 
 def judges_in(grader: Any) -> list[JudgeGrader]:

@@ -18,7 +18,10 @@ from pathlib import Path
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tuneforge.engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="base model: bundled id or directory with safetensors weights")
+    p.add_argument("--model", required=True, help="base model: bundled id or directory with safetensors weights "
+                   "(with --task score: a published reward model's directory)")
+    p.add_argument("--task", default="generate", choices=["generate", "score"],
+                   help="generate: OpenAI's completions; score: POST /v1/score with a reward model")
     p.add_argument("--served-model-name", help="the model id requests use for the base model (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.task == "score":
+        return _serve_scorer(args)
     try:
         model_dir = resolve_model(args.model)
     except BadInput as exc:
@@ -87,6 +92,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # on SIGTERM, in-flight answers get a few seconds; then the engine fails what is left and the streams end
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _serve_scorer(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tuneforge.engine.errors import EngineError
+    from tuneforge.engine.scorer import Scorer, create_score_app
+
+    model_dir = Path(args.model).expanduser()
+    if not (model_dir / "manifest.json").is_file():
+        print(f"error: --task score: {model_dir} holds no published model (manifest.json)", file=sys.stderr)
+        return 2
+    try:
+        scorer = Scorer(model_dir, args.served_model_name or model_dir.name, dtype=args.dtype,
+                        max_length=args.max_model_len)
+    except EngineError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_score_app(scorer), host=args.host, port=args.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
     return 0
 

@@ -109,6 +109,24 @@ def _judged(grader: ScoreModelGrader | LabelModelGrader, judge: judges.Judge | N
     return graded
 
 
+def _rewarded(grader: RewardModelGrader, judge: judges.Judge | None) -> Graded:
+    if not isinstance(judge, judges.RewardScorer):
+        raise GraderError("a reward_model grader needs its reward model served, and none is reachable here (the "
+                          "trainer scores with it in reinforcement jobs)")
+    scorer = judge
+    threshold = 0.0 if grader.pass_threshold is None else grader.pass_threshold
+
+    def graded(item: Item, sample: Sample) -> Grade:
+        raw = sample.get("input") or []
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content") or "")}
+                    for m in raw if isinstance(m, Mapping)] if isinstance(raw, list) else []
+        reply = scorer.reward(grader.model, messages, str(sample.get("output_text") or ""))
+        call = (JudgeCall(grader.model, f"{reply.score:.6g}", dict(reply.usage)),)
+        return Grade(reply.score, reply.score >= threshold, judge_calls=call)
+
+    return graded
+
+
 def _multi(grader: MultiGrader, judge: judges.Judge | None) -> Graded:
     subs: dict[str, Graded] = {}
     for name, sub in grader.graders.items():
@@ -140,7 +158,7 @@ def compile_grader(grader: Any, judge: judges.Judge | None = None) -> Graded:
     if isinstance(grader, MultiGrader):
         return _multi(grader, judge)
     if isinstance(grader, RewardModelGrader):
-        raise GraderError("a reward_model grader is a model, not a rule: the trainer scores with it")
+        return _rewarded(grader, judge)
     raise GraderError(f"unknown grader {type(grader).__name__}")
 
 

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tuneforge.contracts.grader_templates import render
 from tuneforge.contracts.graders import LabelModelGrader, ScoreModelGrader
@@ -39,6 +39,20 @@ class JudgeReply:
 
 #: ``judge(model, messages, sampling_params) -> reply``; raises :class:`JudgeError` when the model cannot answer
 Judge = Callable[[str, list[dict[str, str]], dict[str, Any]], JudgeReply]
+
+
+@dataclass(frozen=True)
+class RewardReply:
+    score: float
+    usage: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RewardScorer(Protocol):
+    """A judge that can also score with a served reward model (``reward_model`` graders)."""
+
+    def reward(self, model: str, messages: list[dict[str, str]], answer: str) -> RewardReply:
+        """The reward model's score of ``answer`` after ``messages``; raises :class:`JudgeError` when it cannot."""
 
 
 def instruction(grader: ScoreModelGrader | LabelModelGrader) -> str:

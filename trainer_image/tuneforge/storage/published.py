@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.storage.base import ObjectStore, StoreError, check_key
-from tuneforge.storage.manifest import read_manifest
+from tuneforge.storage.manifest import MANIFEST_NAME, read_manifest
 
 COMPLETE_MARKER = ".complete"
 
@@ -50,6 +50,13 @@ def fetch_published(store: ObjectStore, prefix: str, root: Path, files: Sequence
     if problems:
         shutil.rmtree(partial, ignore_errors=True)
         raise CopyMismatch(f"the files under {prefix}/ do not match their manifest: {problems[0]}")
+    if not files:
+        # a whole model keeps its manifest: what it is (a reward model's task) and what it was trained on
+        raw = store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
+        if hashlib.sha256(raw).hexdigest() != digest:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise CopyMismatch(f"the model under {prefix}/ was published again while it was copied")
+        (partial / MANIFEST_NAME).write_bytes(raw)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     (target / COMPLETE_MARKER).touch()

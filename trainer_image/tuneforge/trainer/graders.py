@@ -145,7 +145,8 @@ def load_reward_model(spec: RewardModelGrader, store: ObjectStore, workdir: Path
     return load_downloaded_reward_model(local, manifest, store, dtype), load_tokenizer(local)
 
 
-def load_downloaded_reward_model(local: Path, manifest: dict[str, Any], store: ObjectStore, dtype: Any) -> Any:
+def load_downloaded_reward_model(local: Path, manifest: dict[str, Any], store: ObjectStore | None,
+                                 dtype: Any) -> Any:
     """The sequence classifier in ``local`` (from :func:`download_reward_model`), its LoRA adapter merged."""
     from tuneforge.trainer.models import load_sequence_classifier, load_tokenizer, resolve_model
 

@@ -16,13 +16,21 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from tuneforge.contracts.grader_templates import TemplateError
-from tuneforge.contracts.graders import AnyEvalGrader, EvalGrader, judges_in
+from tuneforge.contracts.graders import AnyEvalGrader, EvalGrader, judges_in, reward_models_in
 from tuneforge.contracts.validation import describe
 from tuneforge.graders import GraderError, JudgeError, JudgeReply, JudgeUnavailable, compile_grader
 from tuneforge.graders.grading import Grade, Graded
+from tuneforge.graders.judges import RewardReply
 from tuneforge.service.core.errors import InvalidRequest, ServiceError
 from tuneforge.service.db.repo import TenantRepo
-from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.service.domain.serving import (
+    CHAT,
+    SCORE,
+    ServingBackend,
+    Target,
+    resolve_reward_model,
+    resolve_target,
+)
 from tuneforge.storage import ObjectStore
 
 EVAL_GRADER: TypeAdapter[AnyEvalGrader] = TypeAdapter(EvalGrader)
@@ -45,14 +53,28 @@ def _never_called(model: str, messages: list[dict[str, str]], params: dict[str, 
     raise JudgeUnavailable("no judge at validation")  # pragma: no cover - validation builds, never grades
 
 
+class _NeverCalled:
+    """Stands in for the serving backend when a grader is only built (validation), never graded."""
+
+    def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeReply:
+        return _never_called(model, messages, params)
+
+    def reward(self, model: str, messages: list[dict[str, str]], answer: str) -> RewardReply:
+        raise JudgeUnavailable("no reward model at validation")  # pragma: no cover - never graded
+
+
 def parse_grader(raw: Any, param: str) -> AnyEvalGrader:
     """The grader as the contract validates it, and as :mod:`tuneforge.graders` can build it here."""
     try:
         grader = EVAL_GRADER.validate_python(raw)
     except ValidationError as exc:
         raise invalid(exc, raw, param) from None
+    for scored in reward_models_in(grader):
+        if scored.model_prefix is not None:
+            raise InvalidRequest("'model_prefix' is set by the service; name the reward model with 'model'",
+                                 param=f"{param}.model_prefix")
     try:
-        compile_grader(grader, _never_called)
+        compile_grader(grader, _NeverCalled())
     except GraderError as exc:
         raise InvalidRequest(f"Invalid value for '{param}': {exc}", param=param) from None
     return grader
@@ -62,6 +84,10 @@ def judge_targets(repo: TenantRepo, store: ObjectStore, graders: Mapping[str, An
     """The serving target of every judge model the graders name (by param); unknown or foreign: 404."""
     targets: dict[str, Target] = {}
     for param, grader in graders.items():
+        for scored in reward_models_in(grader):
+            if scored.model not in targets:
+                targets[scored.model] = resolve_reward_model(
+                    repo, scored.model, f"{param}.model" if scored is grader else f"{param}.graders")
         for judge in judges_in(grader):
             if judge.model in targets:
                 continue
@@ -107,6 +133,35 @@ class ServingJudge:
             raise JudgeUnavailable(f"the judge model '{model}' sent no message") from None
         usage = reply.body.get("usage") or {}
         return JudgeReply(str(text), {k: int(v) for k, v in usage.items() if isinstance(v, int)})
+
+    async def _score(self, target: Target, body: dict[str, Any]) -> Any:
+        if self.limit is None:
+            return await self.serving.request(target, SCORE, body)
+        async with self.limit:
+            return await self.serving.request(target, SCORE, body)
+
+    def reward(self, model: str, messages: list[dict[str, str]], answer: str) -> RewardReply:
+        """The served reward model's score of ``answer`` after ``messages``."""
+        target = self.targets[model]
+        body = {"model": target.public_id, "input": [{"messages": messages, "output_text": answer}]}
+        future = asyncio.run_coroutine_threadsafe(self._score(target, body), self.loop)
+        try:
+            reply = future.result(JUDGE_TIMEOUT_S)
+        except ServiceError as exc:
+            raise JudgeUnavailable(f"the reward model '{model}' could not score: {exc.message}") from None
+        except Exception as exc:
+            future.cancel()
+            raise JudgeUnavailable(f"the reward model '{model}' could not score: {exc or type(exc).__name__}") from None
+        if reply.status != 200:
+            error = reply.body.get("error") if isinstance(reply.body, dict) else None
+            message = error.get("message") if isinstance(error, dict) else str(reply.body)[:200]
+            raise JudgeUnavailable(f"the reward model '{model}' answered {reply.status}: {message}")
+        try:
+            score = float(reply.body["data"][0]["score"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise JudgeUnavailable(f"the reward model '{model}' sent no score") from None
+        tokens = int((reply.body.get("usage") or {}).get("prompt_tokens", 0))
+        return RewardReply(score, {"prompt_tokens": tokens, "total_tokens": tokens})
 
 
 def _errors(**flags: Any) -> dict[str, Any]:

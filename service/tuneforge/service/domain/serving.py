@@ -51,6 +51,8 @@ class Target:
     base_ref: str
     base_is_prefix: bool
     adapter: AdapterRef | None = None
+    #: generate (completions) or score (a reward model: ``POST /v1/score``)
+    task: str = "generate"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,26 @@ def _job_target(job: Job, public_id: str, prefix: str, files: tuple[str, ...] = 
     base_ref = base_model_prefix(base) if base_is_prefix else base
     return Target(public_id, base=base, base_ref=base_ref, base_is_prefix=base_is_prefix,
                   adapter=AdapterRef(public_id, prefix, files))
+
+
+#: the scoring route of a reward model's engine
+SCORE = "/v1/score"
+
+
+def resolve_reward_model(repo: TenantRepo, model: Any, param: str = "model") -> Target:
+    """The engine that scores with a succeeded ``reward_model`` job's model; anything else is a 4xx naming it."""
+    if not isinstance(model, str) or not model or len(model) > 512:
+        raise InvalidRequest("a reward model is named by the fine_tuned_model of a succeeded reward_model job",
+                             param=param)
+    job = repo.find_model_job(model)
+    if job is None:
+        raise NotFound("model", model, param=param)
+    if (job.method or {}).get("type") != "reward_model":
+        raise InvalidRequest(f"'{model}' is not a reward model (it was trained by a "
+                             f"'{(job.method or {}).get('type')}' job): train one with method reward_model",
+                             param=param, code="model_not_supported")
+    return Target(model, base=f"score:{job.id}", base_ref=job_model_prefix(job.id), base_is_prefix=True,
+                  task="score")
 
 
 def _is_catalogue(model: str) -> bool:

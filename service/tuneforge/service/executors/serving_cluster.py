@@ -394,6 +394,11 @@ class ClusterServing(ServingBackend):
         return target.adapter is not None and status == 404 and "does not exist" in message
 
     async def request(self, target: Target, path: str, body: dict[str, Any]) -> EngineReply:
+        if target.task == "score":
+            return EngineReply(501, error_body(
+                f"'{target.public_id}' is a reward model: scoring with it is served in embedded mode only for now "
+                "(a cluster's engines are vLLM, which generates)", code="reward_model_scoring_not_available"))
+
         async def call(engine_client: EngineClient, _: _Engine) -> Reply:
             return await engine_client.request(path, {**self._body(target, body), "stream": False})
 

@@ -36,6 +36,8 @@ class LocalServing(ServingBackend):
         self.root = settings.home / "serving"
         #: base key -> the local model reference its engine loads (set before the engine is first asked for)
         self._models: dict[str, str] = {}
+        #: base key -> what its engine does (generate, or score with a reward model)
+        self._tasks: dict[str, str] = {}
         self._copy_locks: dict[str, asyncio.Lock] = {}
         idle = settings.serving.idle_seconds or None
         self.manager = EngineManager(self._spec_for, idle_seconds=idle, on_event=on_event)
@@ -59,6 +61,15 @@ class LocalServing(ServingBackend):
     # -- engines --
     def _spec_for(self, base: str) -> EngineSpec:
         serving, executor = self.settings.serving, self.settings.executor
+        if self._tasks.get(base) == "score":
+            # reward models are scored by tuneforge's engine (in the trainer's environment), whatever generates;
+            # the store resolves a registered base model the reward model's adapter was trained on
+            return EngineSpec(
+                kind="tuneforge", model=self._models[base], served_name=base, python=executor.trainer_python,
+                start_timeout=serving.start_timeout_seconds, extra_args=("--task", "score"),
+                env={"TUNEFORGE_MODEL_CACHE": str(executor.model_cache),
+                     "TUNEFORGE_STORAGE_URL": self.settings.storage.url},
+                log_dir=self.settings.home / "logs" / "engines")
         python = serving.vllm_python if self.kind == "vllm" else executor.trainer_python
         if not python:
             raise Unavailable("TUNEFORGE_SERVING_ENGINE is vllm but TUNEFORGE_VLLM_PYTHON names no interpreter")
@@ -72,6 +83,7 @@ class LocalServing(ServingBackend):
     async def _base_model(self, target: Target) -> None:
         if target.base in self._models:
             return
+        self._tasks[target.base] = target.task
         if target.base_is_prefix:
             local = await self._copy(target.base_ref, ())
             self._models[target.base] = str(local)
