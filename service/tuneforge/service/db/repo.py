@@ -44,6 +44,8 @@ from tuneforge.service.db.models import (
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
             FeedbackCampaign)
+#: jobs' (seq, metadata) pairs read per query while a metadata-filtered list fills its page
+METADATA_SCAN_BATCH = 500
 
 
 def _page(
@@ -134,18 +136,36 @@ class TenantRepo:
     def list_jobs(
         self, after: str | None, limit: int, metadata: dict[str, str] | None = None
     ) -> tuple[list[Job], bool]:
-        stmt = select(Job).where(Job.tenant_id == self.tenant_id)
         if metadata:
-            # metadata is tiny and filtering is rare: filter in Python over the tenant's jobs
-            jobs = [
-                j for j in self.session.scalars(stmt.order_by(Job.seq.desc()))
-                if all((j.job_metadata or {}).get(k) == v for k, v in metadata.items())
-            ]
-            if after:
-                ids = [j.id for j in jobs]
-                jobs = jobs[ids.index(after) + 1:] if after in ids else jobs
-            return jobs[:limit], len(jobs) > limit
-        return _page(self.session, stmt, Job, after, limit, newest_first=True)
+            return self._list_jobs_matching(after, limit, metadata)
+        return _page(self.session, select(Job).where(Job.tenant_id == self.tenant_id), Job, after, limit,
+                     newest_first=True)
+
+    def _list_jobs_matching(self, after: str | None, limit: int, metadata: dict[str, str]) -> tuple[list[Job], bool]:
+        """A page of the jobs whose metadata holds every pair of ``metadata``, newest first.
+
+        Matched in Python (the same on SQLite and PostgreSQL, for any key), over (seq, metadata) pairs read newest
+        first in batches through the (tenant, seq) index until the page is full: a page costs the rows down to its
+        last match, not the tenant's whole history, and only the page's jobs are loaded whole."""
+        def matches(value: dict[str, Any] | None) -> bool:
+            return all((value or {}).get(k) == v for k, v in metadata.items())
+
+        pairs = select(Job.seq, Job.job_metadata).where(Job.tenant_id == self.tenant_id)
+        below: int | None = None
+        if after:  # a cursor outside the filtered list (unknown, another tenant's, not matching) is ignored
+            cursor = self.session.execute(pairs.where(Job.id == after)).first()
+            if cursor is not None and matches(cursor[1]):
+                below = cursor[0]
+        found: list[int] = []
+        while len(found) <= limit:
+            batch_stmt = pairs.order_by(Job.seq.desc()).limit(METADATA_SCAN_BATCH)
+            batch = self.session.execute(batch_stmt if below is None else batch_stmt.where(Job.seq < below)).all()
+            found += [seq for seq, value in batch if matches(value)]
+            if len(batch) < METADATA_SCAN_BATCH:
+                break
+            below = batch[-1][0]
+        rows = list(self.session.scalars(select(Job).where(Job.seq.in_(found[:limit + 1])).order_by(Job.seq.desc())))
+        return rows[:limit], len(rows) > limit
 
     # -- quotas: reserve inside one transaction that starts with lock_quotas() --
     def lock_quotas(self) -> None:
