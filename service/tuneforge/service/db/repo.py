@@ -46,6 +46,7 @@ T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelive
             FeedbackCampaign)
 #: jobs' (seq, metadata) pairs read per query while a metadata-filtered list fills its page
 METADATA_SCAN_BATCH = 500
+UNFINISHED_STATUSES = tuple(sorted(set(JobStatus) - TERMINAL_STATUSES))
 
 
 def _page(
@@ -627,7 +628,7 @@ class SystemRepo:
         the tenants' quotas, found through the status index, never a scan of finished jobs."""
         rows = self.session.execute(
             select(Job.tenant_id, Job.status, Job.method, Job.resources, Job.created_at, Job.started_at)
-            .where(Job.status.not_in(TERMINAL_STATUSES)))
+            .where(Job.status.in_(UNFINISHED_STATUSES)))  # IN, not NOT IN: only IN can search the status index
         return [(str(t), str(st), m, r, int(c), s) for t, st, m, r, c, s in rows]
 
     def running_progress(self) -> list[tuple[str, str, Any, dict[str, Any], int | None]]:
