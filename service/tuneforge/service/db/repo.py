@@ -44,8 +44,8 @@ from tuneforge.service.db.models import (
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
             FeedbackCampaign)
-#: jobs' (seq, metadata) pairs read per query while a metadata-filtered list fills its page
-METADATA_SCAN_BATCH = 500
+#: the most jobs' (seq, metadata) pairs read by one query while a metadata-filtered list fills its page
+METADATA_SCAN_BATCH = 2000
 UNFINISHED_STATUSES = tuple(sorted(set(JobStatus) - TERMINAL_STATUSES))
 
 
@@ -158,13 +158,16 @@ class TenantRepo:
             if cursor is not None and matches(cursor[1]):
                 below = cursor[0]
         found: list[int] = []
+        # a first batch that a common filter fills the page from, then doubling batches for a rare one
+        size = min(4 * (limit + 1), METADATA_SCAN_BATCH)
         while len(found) <= limit:
-            batch_stmt = pairs.order_by(Job.seq.desc()).limit(METADATA_SCAN_BATCH)
+            batch_stmt = pairs.order_by(Job.seq.desc()).limit(size)
             batch = self.session.execute(batch_stmt if below is None else batch_stmt.where(Job.seq < below)).all()
             found += [seq for seq, value in batch if matches(value)]
-            if len(batch) < METADATA_SCAN_BATCH:
+            if len(batch) < size:
                 break
             below = batch[-1][0]
+            size = min(size * 2, METADATA_SCAN_BATCH)
         rows = list(self.session.scalars(select(Job).where(Job.seq.in_(found[:limit + 1])).order_by(Job.seq.desc())))
         return rows[:limit], len(rows) > limit
 
