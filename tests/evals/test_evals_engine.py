@@ -36,10 +36,16 @@ TEMPLATE = {"type": "template", "template": [{"role": "system", "content": "Answ
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, str]]:
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny base model and a LoRA adapter of it."""
     root = Path(os.environ.get("TUNEFORGE_TEST_MODEL_DIR") or tmp_path_factory.mktemp("eval-models"))
     model = make_peaked_model(root)
-    adapter = make_lora(model, root, seed=5)
+    return model, make_lora(model, root, seed=5)
+
+
+@pytest.fixture(scope="module")
+def served(models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, str]]:
+    model, adapter = models
     server = ThreadServer(make_settings(tmp_path_factory.mktemp("evals-engine") / "home", free_port()),
                           start_executor=False).start()
     try:
@@ -160,3 +166,93 @@ def test_a_model_that_fails_mid_run_fails_the_run_and_keeps_the_graded_items(
     assert done.error is not None and f"the model '{BASE}' failed on item" in done.error.message
     kept = list(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=100))
     assert 1 <= len(kept) == done.result_counts.total < len(items)
+
+
+def test_a_succeeded_job_compares_its_base_and_tuned_models(served: tuple[ThreadServer, str],
+                                                             models: tuple[Path, Path]) -> None:
+    """A job names an eval at creation; when it succeeds, the eval runs on its base and its tuned model, the job's
+    events say so, and the report (API and the job's page in Chromium) compares the two runs' items."""
+    server, _ = served
+    client = _client(server)
+    created = client.evals.create(
+        name="compared", data_source_config={"type": "custom", "item_schema": SCHEMA},
+        testing_criteria=[  # type: ignore[list-item]
+            {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "operation": "eq"},
+            {"type": "text_similarity", "name": "fuzzy", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match", "pass_threshold": 0.3}])
+    source = {k: v for k, v in _completions(BASE).items() if k != "model"}
+    with server.client() as http:
+        job = create_job(http, upload(http, chat_file(4))["id"], model=BASE,
+                         evals=[{"eval_id": created.id, "data_source": source}])
+    publish_dir(server.state.store, models[1], job_model_prefix(job["id"]), base_model=BASE)
+    tuned = f"ft:{BASE}:default:compared:{job['id'][6:18]}"
+    update_job(server, job["id"], status="succeeded", fine_tuned_model=tuned, finished_at=now())
+    server.state.evals.wake_threadsafe()
+    with server.client() as http:
+        entry = wait_for("the job's runs", lambda: next(iter(
+            e for e in http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["evals"] if e["tuned_run_id"]), None),
+            timeout=60, interval=0.1)
+        runs = {role: _finished(client, created.id, entry[f"{role}_run_id"]) for role in ("base", "tuned")}
+        assert {role: (r.status, r.model) for role, r in runs.items()} == {
+            "base": ("completed", BASE), "tuned": ("completed", tuned)}
+        report = wait_for("the comparison", lambda: http.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_report").json()[
+            "evals"][0]["comparison"], timeout=30, interval=0.1)
+        events = [e["message"] for e in http.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                                                   params={"limit": 100}).json()["data"]]
+    assert sum(f"Eval {created.id} started on the base model" in m for m in events) == 1, events
+    assert sum(m.startswith("Eval run") and "completed" in m for m in events) == 2, events
+    # every figure comes from the two runs' stored items
+    items = {role: sorted(client.evals.runs.output_items.list(run.id, eval_id=created.id, limit=100),
+                          key=lambda i: i.datasource_item_id) for role, run in runs.items()}
+    assert report["items"] == 3 and report["unpaired"] == 0
+    assert report["pass_rate"]["base"] == pytest.approx(runs["base"].result_counts.passed / 3)
+    assert report["pass_rate"]["tuned"] == pytest.approx(runs["tuned"].result_counts.passed / 3)
+    for position, name in enumerate(("exact", "fuzzy")):
+        scores = {role: [i.results[position].score for i in items[role]] for role in items}
+        measured = report["per_testing_criteria"][position]
+        assert measured["testing_criteria"] == name and measured["items"] == 3
+        for role in ("base", "tuned"):
+            assert measured["mean_score"][role] == pytest.approx(sum(scores[role]) / 3, abs=1e-6)
+        assert measured["mean_score"]["ci_low"] <= measured["mean_score"]["difference"] <= measured[
+            "mean_score"]["ci_high"]
+    outputs = {role: [i.sample.output[0].content for i in items[role]] for role in items}
+    assert outputs["base"] != outputs["tuned"]
+    for shown in report["most_different_items"]:
+        assert shown["base"]["output_text"] == outputs["base"][shown["index"]]
+        assert shown["tuned"]["output_text"] == outputs["tuned"][shown["index"]]
+        assert shown["item"] == ITEMS[shown["index"]]["item"]
+    _check_the_page(server, job["id"])
+
+
+def _check_the_page(server: ThreadServer, job_id: str) -> None:
+    """The job's page shows the comparison table (Chromium, as a user sees it)."""
+    from tests.observability.support import CHROMIUM, CHROMIUM_ARGS, ROOT
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{server.url}/ui")
+            page.fill("#api-key", server.api_key)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
+            page.evaluate(f"location.hash = '#/jobs/{job_id}'")
+            page.wait_for_selector("#eval-report .eval-table tbody tr")
+            table = page.inner_text("#eval-report .eval-table")
+            for row in ("all criteria (pass rate)", "exact (pass rate)", "fuzzy (mean score)"):
+                assert row in table, table
+            assert "95% CI" in table
+            shots = ROOT / "test-artifacts"
+            shots.mkdir(exist_ok=True)
+            page.screenshot(path=shots / "ui-job-eval-report.png", full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events/stream"): P.READ,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): P.READ,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/artifacts"): P.READ,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/eval_report"): P.READ,
     ("GET", "/v1/models"): P.READ,
     ("GET", "/v1/models/{model_id}"): P.READ,
     ("GET", "/v1/organization"): P.READ,
@@ -101,6 +102,10 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/feedback_campaigns/{campaign_id}/raters"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/report"): P.READ,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/export"): P.WRITE,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.WRITE,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.READ,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}"): P.READ,
+    ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds/{round_id}/cancel"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/next_item"): P.RATE,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/items/{item_id}/labels"): P.RATE,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from tuneforge.contracts.integrations import IntegrationList
 from tuneforge.contracts.jobspec import AdapterSpec, ResourceSpec
@@ -110,6 +110,7 @@ class JobObject(BaseModel):
     resources: dict[str, Any] = Field(default_factory=dict)
     progress: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
+    evals: list[JobEvalObject] | None = None
 
 
 class EventObject(BaseModel):
@@ -177,6 +178,38 @@ class ListObject(BaseModel):
 # -- requests --
 
 
+#: evals a job may name to run on its base and tuned models when it succeeds
+MAX_JOB_EVALS = 5
+
+
+class JobEvalRequest(BaseModel):
+    """An eval to run on the job's base model and on its tuned model once the job succeeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    eval_id: str = Field(..., min_length=1, max_length=64, description="An eval of this organization")
+    data_source: dict[str, Any] | None = Field(
+        None, description="A `completions` run data source (source, input_messages, sampling_params) without "
+        "`model`: the job sets it, once to the base model and once to the tuned one. Default: the data source of "
+        "the eval's latest completions run")
+
+
+def _eval_id_alone(value: Any) -> Any:
+    """An eval's id alone is short for ``{"eval_id": id}`` (one object model: errors name its fields)."""
+    return {"eval_id": value} if isinstance(value, str) else value
+
+
+JobEval = Annotated[JobEvalRequest, BeforeValidator(_eval_id_alone, json_schema_input_type=str | JobEvalRequest)]
+
+
+class JobEvalObject(BaseModel):
+    eval_id: str
+    #: the two runs, once the job has succeeded and they were created
+    base_run_id: str | None = None
+    tuned_run_id: str | None = None
+    #: why the runs could not be created (the eval was deleted meanwhile, ...)
+    error: str | None = None
+
+
 class JobCreate(BaseModel):
     """OpenAI's job-create body; ``method`` is the contract's discriminated union (every field typed, so the
     schema shows them and a job the trainer would refuse is refused here)."""
@@ -202,6 +235,10 @@ class JobCreate(BaseModel):
     # extensions
     adapter: AdapterSpec | None = None
     resources: ResourceSpec | None = None
+    evals: list[JobEval] | None = Field(
+        None, max_length=MAX_JOB_EVALS, description="Evals to run on the base and the tuned model when the job "
+        "succeeds (an eval id, or {eval_id, data_source}); the comparison is at GET "
+        "/v1/fine_tuning/jobs/{id}/eval_report and on the job's page")
 
 
 # -- webhooks (tuneforge's endpoint management; the events and their signing are OpenAI's / Standard Webhooks) --

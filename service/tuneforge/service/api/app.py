@@ -69,9 +69,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             await state.feedback.start()
         if state.safety is not None:
             await state.safety.start()
+        if state.rounds is not None:
+            await state.rounds.start()
         try:
             yield
         finally:
+            if state.rounds is not None:
+                await state.rounds.aclose()
             if state.safety is not None:
                 await state.safety.aclose()
             if state.feedback is not None:

@@ -49,6 +49,11 @@ def build_state(settings: ServiceSettings) -> AppState:
     from tuneforge.service.executors.safety_reports import SafetyReporter
 
     state.safety = SafetyReporter(settings, sessions, store, state.serving)
+    from tuneforge.service.executors.feedback_rounds import RoundRunner
+
+    executor, sampler = state.executor, state.feedback
+    state.rounds = RoundRunner(settings, sessions, store, wake_executor=executor.wake if executor else lambda: None,
+                               open_campaign=sampler.submit)
     return state
 
 

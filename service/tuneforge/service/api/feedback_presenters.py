@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.service.db.models import FeedbackCampaign, FeedbackLabel
+from tuneforge.service.db.models import FeedbackCampaign, FeedbackLabel, FeedbackRound
 from tuneforge.service.db.repo import TenantRepo
 
 
@@ -27,3 +27,17 @@ def label_object(row: FeedbackLabel) -> dict[str, Any]:
     return {"object": "feedback_label", "id": row.id, "campaign_id": row.campaign_id, "item_id": row.item_id,
             "rater": row.rater_key_id, "label": row.submitted, "comment": row.comment, "revision": row.revision,
             "created_at": row.created_at}
+
+
+def round_object(row: FeedbackRound) -> dict[str, Any]:
+    """A round of the loop, with the id of every job, file and campaign it made (each opens on its own route)."""
+    rl = row.reinforcement_job_id
+    return {"object": "feedback_campaign.round", "id": row.id, "campaign_id": row.campaign_id,
+            "status": row.status, "step": row.step, "created_at": row.created_at, "finished_at": row.finished_at,
+            "export_file_id": row.export_file_id, "reward_model_job_id": row.reward_model_job_id,
+            "reinforcement_job_id": rl,
+            "eval_report": f"/v1/fine_tuning/jobs/{rl}/eval_report" if rl and row.options.get("evals") else None,
+            "next_campaign_id": row.next_campaign_id, "error": row.error,
+            "reward_model": row.options["reward_model"], "reinforcement": row.options["reinforcement"],
+            "evals": [e["eval_id"] for e in row.options.get("evals") or []],
+            "next_campaign": row.options.get("next_campaign")}

@@ -13,6 +13,7 @@ from tuneforge.service.domain.executor import Executor
 from tuneforge.service.domain.exports import Exporter
 from tuneforge.service.domain.serving import ServingBackend
 from tuneforge.service.executors.eval_runs import EvalRunner
+from tuneforge.service.executors.feedback_rounds import RoundRunner
 from tuneforge.service.executors.feedback_sampling import FeedbackSampler
 from tuneforge.service.executors.safety_reports import SafetyReporter
 from tuneforge.service.observability.metrics import ServiceMetrics
@@ -40,3 +41,5 @@ class AppState:
     feedback: FeedbackSampler | None = None
     #: safety reports of succeeded jobs in the background (bootstrap sets it)
     safety: SafetyReporter | None = None
+    #: rounds of the feedback loop, moved on in the background (bootstrap sets it)
+    rounds: RoundRunner | None = None

@@ -134,6 +134,11 @@ class Job(Base):
     running_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: the safety report of a succeeded job: None (not yet), running, completed, failed or skipped
     safety_report: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: evals to run on the base and the tuned model when the job succeeds, and their runs once created
+    #: (``[{eval_id, data_source, base_run_id, tuned_run_id, error}]``)
+    evals: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    #: None (no evals asked), pending (until the job succeeds), starting (claimed by one replica), started
+    evals_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),
@@ -391,3 +396,27 @@ class FeedbackLabelHistory(Base):
     submitted: Mapped[dict[str, Any]] = mapped_column(JSON)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class FeedbackRound(Base):
+    """One round of the feedback loop from a campaign (issue #16): its export, a reward model job, a reinforcement
+    job graded by that reward model (with base-vs-tuned evals), and the next campaign on the tuned model."""
+
+    __tablename__ = "feedback_rounds"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("feedback_campaigns.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    #: running, succeeded, failed, cancelled
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    #: reward_model, reinforcement, evaluation, next_campaign, done
+    step: Mapped[str] = mapped_column(String(32))
+    #: the validated request (reinforcement settings, evals, next campaign)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    export_file_id: Mapped[str] = mapped_column(String(64))
+    reward_model_job_id: Mapped[str] = mapped_column(String(64))
+    reinforcement_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    next_campaign_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -32,6 +32,7 @@ from tuneforge.service.db.models import (
     FeedbackLabel,
     FeedbackLabelHistory,
     FeedbackRater,
+    FeedbackRound,
     File,
     Job,
     JobEvent,
@@ -43,7 +44,7 @@ from tuneforge.service.db.models import (
 )
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
-            FeedbackCampaign)
+            FeedbackCampaign, FeedbackRound)
 #: the most jobs' (seq, metadata) pairs read by one query while a metadata-filtered list fills its page
 METADATA_SCAN_BATCH = 2000
 UNFINISHED_STATUSES = tuple(sorted(set(JobStatus) - TERMINAL_STATUSES))
@@ -370,6 +371,11 @@ class TenantRepo:
             stmt = stmt.where(EvalOutputItem.status == status)
         return _page(self.session, stmt, EvalOutputItem, after, limit, newest_first)
 
+    def all_output_items(self, run: EvalRun) -> list[EvalOutputItem]:
+        """Every graded item of a run (at most the run's item limit), by the item's place in the data source."""
+        return list(self.session.scalars(select(EvalOutputItem).where(
+            EvalOutputItem.run_id == run.id, EvalOutputItem.tenant_id == self.tenant_id)
+            .order_by(EvalOutputItem.datasource_item_id)))
 
     # -- feedback campaigns (issue #16) --
     def add_campaign(self, row: FeedbackCampaign, items: list[FeedbackItem]) -> FeedbackCampaign:
@@ -406,7 +412,7 @@ class TenantRepo:
 
     def delete_campaign(self, row: FeedbackCampaign) -> None:
         """The campaign with its raters, items, labels and their history, in one transaction."""
-        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater):
+        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater, FeedbackRound):
             self.session.execute(delete(model).where(model.campaign_id == row.id,
                                                      model.tenant_id == self.tenant_id))
         self.session.delete(row)
@@ -436,6 +442,35 @@ class TenantRepo:
                 self.session.add(FeedbackRater(campaign_id=row.id, tenant_id=self.tenant_id, key_id=key_id,
                                                created_at=at))
         self.session.commit()
+
+    # -- rounds of the feedback loop --
+    def add_round(self, row: FeedbackRound) -> FeedbackRound:
+        row.tenant_id = self.tenant_id
+        self.session.add(row)
+        self.session.commit()
+        return row
+
+    def get_round(self, campaign_id: str, round_id: str) -> FeedbackRound:
+        row = self.session.scalar(select(FeedbackRound).where(
+            FeedbackRound.id == round_id, FeedbackRound.campaign_id == campaign_id,
+            FeedbackRound.tenant_id == self.tenant_id))
+        if row is None:
+            raise NotFound("feedback round", round_id)
+        return row
+
+    def list_rounds(self, campaign_id: str, after: str | None, limit: int,
+                    newest_first: bool) -> tuple[list[FeedbackRound], bool]:
+        return _page(self.session, select(FeedbackRound).where(FeedbackRound.campaign_id == campaign_id,
+                                                               FeedbackRound.tenant_id == self.tenant_id),
+                     FeedbackRound, after, limit, newest_first)
+
+    def set_round(self, round_id: str, *, only_if: str = "running", **values: Any) -> bool:
+        """Updates a round while it has status ``only_if`` (a cancelled round stays cancelled); True if it did."""
+        done = _rowcount(self.session.execute(update(FeedbackRound).where(
+            FeedbackRound.id == round_id, FeedbackRound.tenant_id == self.tenant_id,
+            FeedbackRound.status == only_if).values(**values)))
+        self.session.commit()
+        return bool(done)
 
     def campaign_raters(self, campaign_id: str) -> list[str]:
         return list(self.session.scalars(select(FeedbackRater.key_id).where(
@@ -721,6 +756,36 @@ class SystemRepo:
                                               .values(safety_report=None)))
         self.session.commit()
         return done
+
+    # -- a succeeded job's base-vs-tuned evals --
+    def jobs_awaiting_evals(self, limit: int) -> list[str]:
+        return list(self.session.scalars(select(Job.id).where(Job.status == JobStatus.SUCCEEDED,
+                                                              Job.evals_state == "pending")
+                                         .order_by(Job.seq).limit(limit)))
+
+    def claim_job_evals(self, job_id: str) -> Job | None:
+        """The job, if this replica moved its evals from pending to starting (one replica creates the runs)."""
+        done = _rowcount(self.session.execute(update(Job).where(Job.id == job_id, Job.evals_state == "pending")
+                                              .values(evals_state="starting")))
+        self.session.commit()
+        return self.session.scalars(select(Job).where(Job.id == job_id)).first() if done else None
+
+    def set_job_evals(self, job_id: str, evals: list[dict[str, Any]], state: str) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(evals=evals, evals_state=state))
+        self.session.commit()
+
+    def release_starting_job_evals(self) -> int:
+        """Evals a stopped service was creating start again (runs it had created are kept: see the job's evals)."""
+        done = _rowcount(self.session.execute(update(Job).where(Job.evals_state == "starting")
+                                              .values(evals_state="pending")))
+        self.session.commit()
+        return done
+
+    def running_rounds(self) -> list[tuple[str, str, str]]:
+        """(tenant, campaign, round) of every running round of the feedback loop, oldest first."""
+        return [(t, c, i) for t, c, i in self.session.execute(
+            select(FeedbackRound.tenant_id, FeedbackRound.campaign_id, FeedbackRound.id)
+            .where(FeedbackRound.status == "running").order_by(FeedbackRound.seq))]
 
     def unfinished_eval_runs(self) -> list[str]:
         return list(self.session.scalars(select(EvalRun.id).where(EvalRun.status.in_(("queued", "in_progress")))

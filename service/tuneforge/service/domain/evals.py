@@ -290,8 +290,9 @@ def _samples_needed(criteria: list[AnyEvalGrader]) -> bool:
     return any(p.startswith("sample.") for g in criteria for t in grader_templates(g) for p in references(t))
 
 
-def create_run(repo: TenantRepo, store: ObjectStore, row: Eval, body: Any, created_at: int,
-               max_items: int) -> PreparedRun:
+def check_run(repo: TenantRepo, store: ObjectStore, row: Eval, body: Any, max_items: int) -> tuple[
+        RunCreate, Target | None, list[Row]]:
+    """Every check of a run's creation, nothing stored: the request, its model's target and its rows."""
     request: RunCreate = _validated(RunCreate, body)
     source = request.data_source
     schema = row.data_source_config.get("item_schema") or {}
@@ -329,6 +330,14 @@ def create_run(repo: TenantRepo, store: ObjectStore, row: Eval, body: Any, creat
             else f"File '{source.source.id}'")
     _check_rows(rows, schema, isinstance(source, JsonlDataSource) and _samples_needed(criteria),
                 "data_source.source", what)
+    return request, target, rows
+
+
+def create_run(repo: TenantRepo, store: ObjectStore, row: Eval, body: Any, created_at: int,
+               max_items: int) -> PreparedRun:
+    request, target, rows = check_run(repo, store, row, body, max_items)
+    source = request.data_source
+    criteria = criteria_of(row)
     run = repo.add_eval_run(EvalRun(
         id=new_eval_id("evalrun"), eval_id=row.id, name=request.name or f"run-{created_at}",
         model=source.model if isinstance(source, CompletionsDataSource) else "", status="queued",

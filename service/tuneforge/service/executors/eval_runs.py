@@ -17,6 +17,7 @@ all runs together are in flight, so evals never crowd out interactive requests b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -44,10 +45,15 @@ from tuneforge.service.domain.evals import (
     source_rows,
 )
 from tuneforge.service.domain.grading import ServingJudge, judge_targets, usage_by_model
+from tuneforge.service.domain.job_evals import is_compared_run, start_job_evals
+from tuneforge.service.domain.lifecycle import add_event
 from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+#: how often succeeded jobs are looked at for evals to start, and how many per look
+JOB_EVALS_POLL_SECONDS = 2.0
+JOB_EVALS_BATCH = 20
 
 
 class ModelFailed(Exception):
@@ -127,6 +133,8 @@ class EvalRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._limit: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._jobs_task: asyncio.Task[None] | None = None
 
     @property
     def limit(self) -> asyncio.Semaphore:
@@ -136,19 +144,93 @@ class EvalRunner:
 
     # -- lifecycle --
     async def start(self) -> None:
-        """Resume the runs a stopped service left unfinished."""
+        """Resume the runs a stopped service left unfinished; start looking for succeeded jobs' evals."""
         self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         with self.sessions() as session:
             unfinished = SystemRepo(session).unfinished_eval_runs()
+            released = SystemRepo(session).release_starting_job_evals()
+        if released:
+            log.info("job evals: %d left starting by a stopped service start again", released)
         for run_id in unfinished:
             log.info("resuming eval run %s", run_id)
             self.submit(run_id)
+        self._jobs_task = self._loop.create_task(self._job_evals_forever(), name="job-evals")
 
     async def aclose(self) -> None:
-        tasks = list(self.tasks.values())
+        tasks = list(self.tasks.values()) + ([self._jobs_task] if self._jobs_task is not None else [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._jobs_task = None
+
+    def wake_threadsafe(self) -> None:
+        """Look for succeeded jobs' evals now instead of at the next poll."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- a succeeded job's base-vs-tuned runs (domain/job_evals.py) --
+    async def _job_evals_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                for run_id in await asyncio.to_thread(self.start_pending_job_evals):
+                    self.submit(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a lost database must not end the loop
+                log.exception("job evals: a pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), JOB_EVALS_POLL_SECONDS)
+            self._wake.clear()
+
+    def start_pending_job_evals(self) -> list[str]:
+        """One pass: creates the runs of the succeeded jobs whose evals are pending; their ids, to submit."""
+        started: list[str] = []
+        with self.sessions() as session:
+            job_ids = SystemRepo(session).jobs_awaiting_evals(JOB_EVALS_BATCH)
+        for job_id in job_ids:
+            with self.sessions() as session:
+                job = SystemRepo(session).claim_job_evals(job_id)
+                if job is None:
+                    continue  # another replica has it
+                entries, runs = start_job_evals(TenantRepo(session, job.tenant_id), self.store, job,
+                                                self.settings.limits.max_eval_items)
+                SystemRepo(session).set_job_evals(job.id, entries, "started")
+                for entry in entries:
+                    if entry.get("error"):
+                        add_event(session, job, f"Eval {entry['eval_id']} could not run: {entry['error']}",
+                                  level="warn", data={"eval_id": entry["eval_id"]})
+                    elif entry.get("base_run_id") in {r.id for r in runs}:
+                        add_event(session, job, f"Eval {entry['eval_id']} started on the base model ({job.model}: "
+                                  f"run {entry['base_run_id']}) and the tuned model ({job.fine_tuned_model}: run "
+                                  f"{entry['tuned_run_id']})", data={
+                                      "eval_id": entry["eval_id"], "base_run_id": entry["base_run_id"],
+                                      "tuned_run_id": entry["tuned_run_id"]})
+                started += [r.id for r in runs]
+        return started
+
+    def _tell_job(self, run_id: str) -> None:
+        """A finished run that a job compares: one event on the job."""
+        with self.sessions() as session:
+            system = SystemRepo(session)
+            found = system.eval_run(run_id)
+            if found is None:
+                return
+            run = found[0]
+            job_id = (run.run_metadata or {}).get("fine_tuning_job_id")
+            job = system.job(job_id) if isinstance(job_id, str) else None
+            role = is_compared_run(job, run) if job is not None else None
+            if job is None or role is None:
+                return
+            counts = run.result_counts or {}
+            message = (f"Eval run {run.id} on the {role} model {run.status}: {counts.get('passed', 0)} of "
+                       f"{counts.get('total', 0)} items passed")
+            if run.status == "failed" and run.error:
+                message += f" ({run.error.get('message', '')})"
+            add_event(session, job, message, level="warn" if run.status == "failed" else "info",
+                      data={"eval_id": run.eval_id, "run_id": run.id, "compared_as": role, "status": run.status,
+                            "result_counts": counts})
 
     def submit(self, run_id: str) -> None:
         if run_id in self.tasks:
@@ -238,12 +320,14 @@ class EvalRunner:
         workers = [self._worker(job, pending) for _ in range(self.settings.serving.eval_concurrency)]
         await asyncio.gather(*workers)
         if job.failure is not None:
-            await asyncio.to_thread(self._system, SystemRepo.set_eval_run, run_id, only_if=("in_progress",),
-                                    status="failed", finished_at=now(),
-                                    error={"code": "model_error", "message": job.failure})
+            ended = await asyncio.to_thread(self._system, SystemRepo.set_eval_run, run_id, only_if=("in_progress",),
+                                            status="failed", finished_at=now(),
+                                            error={"code": "model_error", "message": job.failure})
         else:
-            await asyncio.to_thread(self._system, SystemRepo.set_eval_run, run_id, only_if=("in_progress",),
-                                    status="completed", finished_at=now())
+            ended = await asyncio.to_thread(self._system, SystemRepo.set_eval_run, run_id, only_if=("in_progress",),
+                                            status="completed", finished_at=now())
+        if ended and (job.run.run_metadata or {}).get("fine_tuning_job_id"):
+            await asyncio.to_thread(self._tell_job, run_id)
 
     async def _worker(self, job: _Job, pending: Iterator[int]) -> None:
         for index in pending:

@@ -317,6 +317,8 @@
     let refreshTimer = null;
     let stopped = false;
     $('events').replaceChildren();
+    $('eval-report').hidden = true;
+    $('eval-report-body').replaceChildren();
     $('job-title').textContent = jobId;
     $('job-subtitle').textContent = '';
     $('stream-state').textContent = 'connecting…';
@@ -336,6 +338,53 @@
       $('job-bar').style.width = (job && job.status === 'succeeded' ? 100 : pct).toFixed(1) + '%';
     }
 
+    // the job's evals (base vs tuned): asked again whenever the job or one of its eval runs changes
+    async function refreshEvals() {
+      if (!job || !job.evals || !job.evals.length) { $('eval-report').hidden = true; return; }
+      try {
+        const report = await api('/v1/fine_tuning/jobs/' + encodeURIComponent(jobId) + '/eval_report');
+        if (!stopped) renderEvalReport(report);
+      } catch (err) {
+        if (!handleError(err)) $('eval-report-body').textContent = 'error: ' + err.message;
+      }
+    }
+
+    function renderEvalReport(report) {
+      $('eval-report').hidden = false;
+      const pct = (v) => (100 * v).toFixed(1) + '%';
+      const signed = (v, f) => (v > 0 ? '+' : '') + f(v);
+      const interval = (c, f) => signed(c.difference, f) + ' [' + signed(c.ci_low, f) + ', ' + signed(c.ci_high, f) + ']';
+      const score = (v) => v.toFixed(3);
+      const body = report.evals.map((ev) => {
+        const head = el('h3', null, (ev.eval_name || ev.eval_id));
+        if (ev.error) return el('div', { class: 'card eval-card' }, head, el('p', { class: 'error' }, ev.error));
+        const state = ['base', 'tuned'].map((role) => {
+          const run = ev[role + '_run'];
+          return role + ': ' + (run ? run.status + ' (' + (run.result_counts.total || 0) + ' items)' : 'waiting for the job');
+        }).join(' · ');
+        const c = ev.comparison;
+        if (!c) return el('div', { class: 'card eval-card' }, head, el('p', { class: 'muted' }, state));
+        const rows = [['all criteria (pass rate)', c.pass_rate, pct]].concat(c.per_testing_criteria.flatMap((k) => [
+          [k.testing_criteria + ' (pass rate)', k.pass_rate, pct],
+          [k.testing_criteria + ' (mean score)', k.mean_score, score]]));
+        const table = el('table', { class: 'eval-table' },
+          el('thead', null, el('tr', null, el('th', null, 'criterion'), el('th', null, 'base'), el('th', null, 'tuned'),
+            el('th', null, 'tuned − base [' + Math.round(100 * c.confidence) + '% CI]'))),
+          el('tbody', null, ...rows.map(([name, v, f]) => el('tr', { class: v.ci_low > 0 ? 'better' : (v.ci_high < 0 ? 'worse' : '') },
+            el('td', null, name), el('td', null, f(v.base)), el('td', null, f(v.tuned)), el('td', null, interval(v, f))))));
+        const items = el('details', { class: 'eval-items' }, el('summary', null, 'Items where the models differ most (' + c.most_different_items.length + ')'),
+          ...c.most_different_items.map((it) => el('div', { class: 'eval-item' },
+            el('pre', { class: 'item' }, JSON.stringify(it.item)),
+            el('div', { class: 'eval-outputs' },
+              el('figure', null, el('figcaption', null, 'base · ' + it.base.status), el('pre', null, it.base.output_text)),
+              el('figure', null, el('figcaption', null, 'tuned · ' + it.tuned.status), el('pre', null, it.tuned.output_text))))));
+        return el('div', { class: 'card eval-card' }, head,
+          el('p', { class: 'muted small' }, state + ' · ' + c.items + ' paired items, bootstrap ' + c.resamples + ' resamples'),
+          table, items);
+      });
+      $('eval-report-body').replaceChildren(...body);
+    }
+
     function renderJob() {
       if (!job) return;
       statusBadge($('job-status'), job.status);
@@ -349,7 +398,7 @@
     async function refreshJob() {
       try {
         job = await api('/v1/fine_tuning/jobs/' + encodeURIComponent(jobId));
-        if (!stopped) renderJob();
+        if (!stopped) { renderJob(); refreshEvals(); }
       } catch (err) {
         if (!handleError(err)) $('job-subtitle').textContent = 'error: ' + err.message;
       }
@@ -398,7 +447,7 @@
         }
         scheduleDraw();
       }
-      if (d.status) scheduleRefresh();
+      if (d.status || d.run_id) scheduleRefresh();
     }
 
     const stopStream = streamEvents(jobId, onEvent, (status) => {

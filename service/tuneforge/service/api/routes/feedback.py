@@ -9,19 +9,22 @@ the same 404 as a missing one.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
 from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
 from tuneforge.service.api.eval_presenters import page_of
-from tuneforge.service.api.feedback_presenters import campaign_object, label_object
+from tuneforge.service.api.feedback_presenters import campaign_object, label_object, round_object
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery
 from tuneforge.service.api.presenters import file_object
 from tuneforge.service.core.errors import Conflict, Unavailable
 from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.db.models import now
 from tuneforge.service.domain import feedback as domain
+from tuneforge.service.domain import feedback_rounds as rounds
+from tuneforge.service.domain import jobs as job_actions
 from tuneforge.service.domain.feedback_export import export_campaign
 from tuneforge.service.domain.feedback_report import report
 from tuneforge.service.domain.upload_validation import token_counter
@@ -103,6 +106,54 @@ def export(campaign_id: str, repo: RepoDep, state: StateDep, principal: Principa
     return file_object(export_campaign(repo, state.store, row, body, quota=limits_of(state, principal),
                                        max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
                                        count_tokens=counter))
+
+
+# -- rounds of the loop --
+@router.post("/{campaign_id}/rounds", summary="Run one round of the feedback loop from this campaign",
+             description="Exports the agreed labels (`export`: min_agreement, min_rater_accuracy), trains a "
+             "reward model on them (`reward_model`: model, hyperparameters), then a `reinforcement` job (algorithm "
+             "ppo or grpo, model, hyperparameters, training_file: default the campaign's prompts) graded by it with "
+             "the round's `evals` on its base and tuned model, and opens the next campaign on the tuned model "
+             "(`next_campaign`: name, file_id; null for none). Each step is an ordinary file, job, eval run or "
+             "campaign; the round links them.")
+def create_round(campaign_id: str, repo: RepoDep, state: StateDep, principal: PrincipalDep,
+                 body: Any = Body(None)) -> dict[str, Any]:
+    campaign = repo.get_campaign(campaign_id)
+    limits = state.settings.limits
+    counter = token_counter(state.settings.executor.model_cache, state.settings.default_base_model)
+
+    def export_file(repo: Any, store: Any, row: Any, options: Any) -> Any:
+        return export_campaign(repo, store, row, options, quota=limits_of(state, principal),
+                               max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
+                               count_tokens=counter)
+
+    made, _ = rounds.create_round(repo, state.store, state.settings, campaign, body, export_file=export_file)
+    if state.executor:
+        state.executor.wake()
+    return round_object(made)
+
+
+@router.get("/{campaign_id}/rounds", summary="List the rounds of the loop started from this campaign")
+def list_rounds(campaign_id: str, repo: RepoDep, after: AfterQuery = None, limit: LimitQuery = 20,
+                order: OrderQuery = "asc") -> dict[str, Any]:
+    campaign = repo.get_campaign(campaign_id)
+    rows, more = repo.list_rounds(campaign.id, after, limit, newest_first=order == "desc")
+    return page_of([round_object(r) for r in rows], more)
+
+
+@router.get("/{campaign_id}/rounds/{round_id}", summary="Retrieve a round: its step, status and what it made")
+def get_round(campaign_id: str, round_id: str, repo: RepoDep) -> dict[str, Any]:
+    return round_object(repo.get_round(campaign_id, round_id))
+
+
+@router.post("/{campaign_id}/rounds/{round_id}/cancel", summary="Cancel a running round and its running job",
+             description="What it made stays (the export, finished jobs and their models).")
+def cancel_round(campaign_id: str, round_id: str, repo: RepoDep, state: StateDep) -> dict[str, Any]:
+    row = repo.get_round(campaign_id, round_id)
+    for job_id in rounds.cancel_round(repo, row):
+        with contextlib.suppress(Conflict):  # it finished meanwhile
+            job_actions.cancel(repo, state.executor, job_id)
+    return round_object(repo.get_round(campaign_id, round_id))
 
 
 # -- raters --

@@ -23,6 +23,7 @@ from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.domain import jobs as job_actions
 from tuneforge.service.domain.artifacts import list_artifacts as artifact_list
+from tuneforge.service.domain.job_evals import job_eval_report
 from tuneforge.service.domain.job_requests import create_job, estimate_job
 from tuneforge.service.schemas import DeletedObject, JobCreate, JobObject, ListObject
 
@@ -142,6 +143,16 @@ def list_checkpoints(job_id: str, repo: RepoDep, after: AfterQuery = None, limit
     job = repo.get_job(job_id)
     rows, has_more = repo.list_checkpoints(job, after, limit)
     return page(rows, has_more, checkpoint_object)
+
+
+@router.get("/{job_id}/eval_report", summary="The job's evals on its base and its tuned model, compared "
+            "(tuneforge extension)",
+            description="For each eval the job named at creation (`evals`): its run on the base model and on the "
+            "tuned model (created when the job succeeds) and, once both have completed, per-criterion pass rates "
+            "and mean scores side by side, the difference (tuned - base) with a 95% paired bootstrap interval, "
+            "and the items where the two models differ most, with both outputs.")
+def eval_report(job_id: str, repo: RepoDep) -> dict[str, Any]:
+    return job_eval_report(repo, repo.get_job(job_id))
 
 
 @router.get("/{job_id}/artifacts", response_model=ListObject,
