@@ -8,6 +8,7 @@ Then what a round refuses at once (and that nothing is left behind when it does)
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,6 +170,44 @@ def test_one_round_from_labels_to_the_next_campaign(server: ProcessServer, label
         assert [r["id"] for r in listed] == [made["id"]]
         # finished: nothing left to cancel
         assert_error(client.post(f"/v1/feedback_campaigns/{campaign['id']}/rounds/{made['id']}/cancel"), 409)
+    _check_the_pages(server, campaign["id"], made["id"], rm["id"], rl["id"])
+
+
+def _check_the_pages(server: ProcessServer, campaign_id: str, round_id: str, rm_id: str, rl_id: str) -> None:
+    """The built-in page (Chromium): the campaign lists its round; the round's page links its jobs."""
+    from tests.observability.support import CHROMIUM, CHROMIUM_ARGS, ROOT
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{server.url}/ui")
+            page.fill("#api-key", server.api_key)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
+            page.evaluate("location.hash = '#/feedback'")
+            page.wait_for_selector(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
+            page.click(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
+            page.wait_for_selector('tr[data-step="next_campaign"] code')
+            assert page.inner_text("#round-status") == "succeeded"
+            for step, job_id in (("reward_model", rm_id), ("reinforcement", rl_id)):
+                assert page.get_attribute(f'tr[data-step="{step}"] a', "href") == f"#/jobs/{job_id}"
+            shots = ROOT / "test-artifacts"
+            shots.mkdir(exist_ok=True)
+            page.screenshot(path=shots / "ui-feedback-round.png", full_page=True)
+            # from the round to the tuned model's page, with its base-vs-tuned report
+            page.click('tr[data-step="evaluation"] a')
+            page.wait_for_selector("#eval-report .eval-table tbody tr")
+            assert not errors, errors
+        finally:
+            browser.close()
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -179,6 +218,7 @@ def test_one_round_from_labels_to_the_next_campaign(server: ProcessServer, label
     # refused by the reward-model job's own checks, after the export was written: the export goes again
     ({"reward_model": {"model": "no-such-model"}}, "reward_model.model"),
     ({"reinforcement": {"training_file": "file-nope"}}, "reinforcement.training_file"),
+    ({"reward_model": {"validation_file": "file-nope"}}, "reward_model.validation_file"),
     ({"evals": ["eval_" + "0" * 32]}, "evals.0.eval_id"),
     ({"export": {"min_agreement": 2}}, "export.min_agreement"),
     ({"next_campaign": {"file_id": "file-nope"}}, "next_campaign.file_id"),

@@ -1,5 +1,6 @@
 """The engine pod's adapter-fetcher sidecar and weight fetcher (``python -m tuneforge.engine.adapter_fetcher``),
-as real processes over a local object store: copies checked against the manifest, bad input refused."""
+as real processes over a local object store: copies checked against the manifest, bad input refused, requests
+without the shared bearer token refused."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pytest
 
 from tests.support.processes import stop_process
 from tests.support.waiting import free_port, wait_for
+from tuneforge.contracts.servingengine import FETCHER_TOKEN_ENV
 from tuneforge.storage import open_store
 from tuneforge.storage.manifest import publish_dir
 
 pytestmark = pytest.mark.timeout(120)
 MODULE = "tuneforge.engine.adapter_fetcher"
+TOKEN = "fetcher-token-of-the-test-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def publish(store_dir: Path, src: Path, prefix: str) -> None:
@@ -36,7 +40,8 @@ def sidecar(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     port = free_port()
     log = open(tmp_path / "fetcher.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", MODULE, "serve", "--store", store_dir.as_uri(), "--dir", str(root),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, FETCHER_TOKEN_ENV: TOKEN})
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -57,7 +62,7 @@ def sidecar(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
 def test_fetch_checks_the_manifest_and_evicts(sidecar: tuple[str, Path, Path], tmp_path: Path) -> None:
     url, store_dir, root = sidecar
     publish(store_dir, tmp_path / "src", "jobs/ftjob-1/checkpoints/step-10")
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+    with httpx.Client(base_url=url, trust_env=False, timeout=30, headers=AUTH) as http:
         files = ["adapter_config.json", "adapter_model.safetensors"]
         r = http.post("/fetch", json={"name": "ft:base:org:x:step-10", "prefix": "jobs/ftjob-1/checkpoints/step-10",
                                       "files": files})
@@ -100,11 +105,61 @@ def test_fetch_checks_the_manifest_and_evicts(sidecar: tuple[str, Path, Path], t
 ])
 def test_bad_fetch_requests_are_refused(sidecar: tuple[str, Path, Path], body: object) -> None:
     url, _, root = sidecar
-    r = httpx.post(f"{url}/fetch", json=body, trust_env=False, timeout=10)
+    r = httpx.post(f"{url}/fetch", json=body, trust_env=False, timeout=10, headers=AUTH)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert not any(root.iterdir())
-    assert httpx.post(f"{url}/fetch", content=b"{not json", trust_env=False, timeout=10).status_code == 400
+    assert httpx.post(f"{url}/fetch", content=b"{not json", trust_env=False, timeout=10,
+                      headers=AUTH).status_code == 400
+
+
+WRONG_AUTHORIZATIONS = [
+    None, "", "Bearer", f"Bearer  {TOKEN} x", f"Basic {TOKEN}", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
+    f"Bearer x{TOKEN}", f"Bearer {TOKEN.upper()}", TOKEN, "Bearer \u00e9t\u00e9-not-latin-1-\u4e2d\u6587-0123456789",
+]
+
+
+def test_requests_without_the_token_are_refused(sidecar: tuple[str, Path, Path], tmp_path: Path) -> None:
+    """Without the api's token nothing is copied from the store and nothing is deleted; /health stays open."""
+    url, store_dir, root = sidecar
+    publish(store_dir, tmp_path / "src", "jobs/ftjob-1/model")
+    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+        for authorization in WRONG_AUTHORIZATIONS:
+            headers = {} if authorization is None else {"Authorization": authorization.encode("utf-8")}
+            for method, path, body in (("POST", "/fetch", {"name": "ft:a", "prefix": "jobs/ftjob-1/model"}),
+                                       ("DELETE", "/adapters/ft:a", None), ("GET", "/fetch", None),
+                                       ("GET", "/nowhere", None)):
+                r = http.request(method, path, json=body, headers=headers)
+                assert r.status_code == 401, (authorization, method, path, r.text)
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                error = r.json()["error"]
+                assert error["code"] == "invalid_token" and "bearer token" in error["message"]
+                assert error["type"] == "invalid_request_error" and TOKEN not in r.text
+        assert not root.exists() or not any(root.iterdir())
+        assert http.get("/health").status_code == 200
+        # the right token (the scheme is case-insensitive) is accepted; the copy is made, and deleted only with it
+        r = http.post("/fetch", json={"name": "ft:a", "prefix": "jobs/ftjob-1/model"},
+                      headers={"Authorization": f"bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+        copy = Path(r.json()["path"])
+        assert copy.exists()
+        assert http.delete("/adapters/ft:a", headers={"Authorization": f"Bearer {TOKEN[:-1]}"}).status_code == 401
+        assert http.delete("/adapters/ft:a").status_code == 401
+        assert copy.exists()
+        assert http.delete("/adapters/ft:a", headers=AUTH).json()["deleted"] is True
+        assert not copy.exists()
+
+
+@pytest.mark.parametrize("token", [None, "", "short-token"])
+def test_the_sidecar_does_not_start_without_a_token(tmp_path: Path, token: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != FETCHER_TOKEN_ENV}
+    if token is not None:
+        env[FETCHER_TOKEN_ENV] = token
+    done = subprocess.run([sys.executable, "-m", MODULE, "serve", "--store", (tmp_path / "store").as_uri(), "--dir",
+                           str(tmp_path / "adapters"), "--port", str(free_port())], env=env, capture_output=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"needs a bearer token of at least 16 characters in {FETCHER_TOKEN_ENV}".encode() in done.stderr
 
 
 def test_weights_from_a_store_prefix_are_linked_into_place(tmp_path: Path) -> None:

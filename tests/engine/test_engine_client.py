@@ -137,6 +137,36 @@ def test_a_base_model_that_cannot_start_is_a_503_with_the_reason(tmp_path: Path)
     assert events.kinds() == ["start_failed"]
 
 
+def test_an_engine_still_starting_is_stopped_with_the_manager_or_its_request(peaked_model: Path,
+                                                                             tmp_path: Path) -> None:
+    """A service that stops while an engine loads (or a request that gives up waiting for it) leaves no engine
+    process behind: it was once orphaned, holding a core and a model's memory."""
+
+    async def scenario() -> list[int]:
+        pids = []
+        for ending in ("manager closes", "request cancelled"):
+            manager = EngineManager(lambda base: tuneforge_spec(peaked_model, base, tmp_path, max_model_len=512))
+            asking = asyncio.create_task(manager.request("peaked", CHAT, BODY))
+            while "peaked" not in manager.starting or manager.starting["peaked"].pid is None:
+                await asyncio.sleep(0.01)
+            process = manager.starting["peaked"]
+            pids.append(process.pid)
+            if ending == "manager closes":
+                await manager.aclose()
+                await asyncio.gather(asking, return_exceptions=True)
+            else:
+                asking.cancel()
+                await asyncio.gather(asking, return_exceptions=True)
+                await manager.aclose()
+            assert not process.alive(), ending
+            assert manager.starting == {} or ending == "manager closes"
+        return pids
+
+    for pid in run(scenario()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 @pytest.fixture(scope="module")
 def lru_engine(peaked_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     from tests.engine.conftest import start_engine, stop_engine

@@ -204,6 +204,9 @@ def test_scores_export_scored_rows_and_bad_scores_change_nothing(served: Served)
         replaced = rater.post(url, json={"score": 6})
         assert (first.json()["revision"], replaced.json()["revision"]) == (1, 2)
         assert replaced.json()["label"] == {"score": 6.0} and replaced.json()["comment"] is None
+        # the same label again is a duplicate: refused, and neither the label nor its history changes
+        assert_error(rater.post(url, json={"score": 6}), 409, code="duplicate_label", param="item_id")
+        assert_error(rater.post(url, json={"score": 6.0, "comment": None}), 409, code="duplicate_label")
         second = rater.get(f"/v1/feedback_campaigns/{cid}/next_item").json()["item"]
         assert second["id"] != item["id"]
         assert rater.post(f"/v1/feedback_campaigns/{cid}/items/{second['id']}/labels",

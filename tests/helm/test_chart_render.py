@@ -61,7 +61,8 @@ def _kinds(docs: list[Manifest]) -> dict[str, int]:
 
 
 def test_lint_strict(helm: Helm):
-    for extra in ([], ["-f", str(PRODUCTION_VALUES)], ["--set", "operator.clusterWide=true"]):
+    for extra in ([], ["-f", str(PRODUCTION_VALUES)], ["--set", "operator.clusterWide=true"],
+                  ["-f", str(PRODUCTION_VALUES), "--set", "serving.enabled=true"]):
         out = helm.run("lint", "--strict", str(CHART), *extra)
         assert "1 chart(s) linted, 0 chart(s) failed" in out, out
 
@@ -204,10 +205,12 @@ def test_rbac_is_least_privilege(defaults: list[Manifest], helm: Helm):
     assert not by_kind(defaults, "ClusterRole") and not by_kind(defaults, "ClusterRoleBinding")
     operator = one(defaults, "Role", "-operator")
     assert not any("secrets" in r["resources"] for r in operator["rules"]), "the operator needs no Secrets"
-    # the same permissions as docs/cluster/rbac.yaml (tested there against the code), in one namespace
-    api = one(defaults, "Role", "-api")
+    # the same permissions as docs/cluster/rbac.yaml (tested there against the code), in one namespace; rbac.yaml
+    # includes serving's (serving.enabled: false drops them: test_chart_serving.py)
+    with_serving = helm.template(sets={"serving.enabled": "true"})
+    api = one(with_serving, "Role", "-api")
     assert _rules(api) == _rules(_rbac_doc("Role", "tuneforge-service"))
-    cluster_wide = helm.template(sets={"operator.clusterWide": "true"})
+    cluster_wide = helm.template(sets={"operator.clusterWide": "true", "serving.enabled": "true"})
     cluster_role = one(cluster_wide, "ClusterRole")
     assert cluster_role["metadata"]["name"] == "tuneforge-tf-tuneforge-operator"  # namespaced name
     # rbac.yaml also allows namespaced KopfPeerings (for namespace globs); --all-namespaces peers cluster-wide only

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "helm" / "crds"
 RBAC_YAML = ROOT / "docs" / "cluster" / "rbac.yaml"
 GPU_LABEL = "tuneforge.dev/gpu-type"
+#: the Secret the session operator names for the engine pods' adapter-fetcher token
+FETCHER_TOKEN_SECRET = "tuneforge-serving"
 TIMEOUT = 60.0
 
 
@@ -141,6 +143,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "TUNEFORGE_OPERATOR_GPU_TYPE_LABEL": GPU_LABEL,
             "TUNEFORGE_OPERATOR_RESYNC_SECONDS": "3",
+            # engine pods reference it (kwok starts no containers, so it need not exist)
+            "TUNEFORGE_OPERATOR_FETCHER_TOKEN_SECRET": FETCHER_TOKEN_SECRET,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")]),
             "NO_PROXY": "127.0.0.1,localhost",
         })

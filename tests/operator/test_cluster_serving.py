@@ -4,7 +4,8 @@ handlers, Deployments and Services, kwok engine pods.
 kwok runs no containers, so the engine behind the Service is played by processes this test starts on 127.0.0.1
 (the service's URL templates point at them): a small OpenAI-compatible engine with vLLM's adapter routes
 (tests/support/fake_openai_engine.py, which records adapter calls) and the real adapter-fetcher sidecar
-(``python -m tuneforge.engine.adapter_fetcher serve``) over the service's object store. The test also restarts
+(``python -m tuneforge.engine.adapter_fetcher serve``, with the bearer token the service sends) over the service's
+object store. The test also restarts
 the engine process (its adapters are gone) and the service (which adopts the engine it finds scaled up).
 """
 
@@ -23,27 +24,28 @@ import httpx
 import pytest
 from kubernetes import client as k8s
 
-from tests.operator.helpers import GPU_LABEL, ROOT
+from tests.operator.helpers import FETCHER_TOKEN_SECRET, GPU_LABEL, ROOT
 from tests.serving.published import succeeded_job
 from tests.support.k8s_testbed import K8sTestbed
 from tests.support.live_server import ThreadServer
 from tests.support.processes import stop_process
 from tests.support.waiting import free_port, wait_for
 from tuneforge.contracts.finetunejob import GROUP, VERSION
-from tuneforge.contracts.servingengine import PLURAL, engine_name
+from tuneforge.contracts.servingengine import FETCHER_TOKEN_ENV, PLURAL, engine_name
 
 pytestmark = [pytest.mark.usefixtures("running_operator", "gpu_pool"), pytest.mark.timeout(300)]
 
 BASE = "SmolLM2-135M-Instruct"
 CHAT = "/v1/chat/completions"
 ASK = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+FETCHER_TOKEN = "the-fetcher-token-of-this-test"
 
 
 class Helper:
     """A process on 127.0.0.1 that stands in for a container of the engine pod."""
 
-    def __init__(self, argv: list[str], port: int, log: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), **(env or {})}
         for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env.pop(proxy, None)
         self.url = f"http://127.0.0.1:{port}"
@@ -91,13 +93,14 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
     server: ThreadServer = make_service(groups={"serving": {
         "cluster_url_template": f"http://127.0.0.1:{engine_port}",
         "cluster_fetcher_url_template": f"http://127.0.0.1:{fetcher_port}",
-        "cluster_gpu_type": gpu_type, "idle_seconds": 4, "max_loras": 2, "start_timeout_seconds": 90}})
+        "cluster_gpu_type": gpu_type, "idle_seconds": 4, "max_loras": 2, "start_timeout_seconds": 90,
+        "cluster_fetcher_token": FETCHER_TOKEN}})
     helpers: list[Any] = [
         Helper([sys.executable, "-m", "tests.support.fake_openai_engine", "--port", str(engine_port),
                 "--served-name", BASE], engine_port, tmp_path / "engine.log"),
         Helper([sys.executable, "-m", "tuneforge.engine.adapter_fetcher", "serve", "--store",
                 server.settings.storage.url, "--dir", str(tmp_path / "adapters"), "--port", str(fetcher_port)],
-               fetcher_port, tmp_path / "fetcher.log"),
+               fetcher_port, tmp_path / "fetcher.log", env={FETCHER_TOKEN_ENV: FETCHER_TOKEN}),
     ]
     engine, fetcher = helpers
     name = engine_name(BASE)
@@ -121,8 +124,10 @@ def test_chat_through_a_serving_engine_scales_to_zero_and_back(
         wait_for("the engine's Service", lambda: _read(core.read_namespaced_service, name, namespace), 30)
         assert deployment.spec.replicas == 1
         assert deployment.spec.template.spec.node_selector == {GPU_LABEL: gpu_type}
-        vllm = deployment.spec.template.spec.containers[0]
+        vllm, sidecar = deployment.spec.template.spec.containers
         assert "--enable-lora" in vllm.args and vllm.readiness_probe.http_get.path == "/health"
+        (token,) = [e for e in sidecar.env if e.name == FETCHER_TOKEN_ENV]
+        assert token.value is None and token.value_from.secret_key_ref.name == FETCHER_TOKEN_SECRET
         wait_for("the engine reported Unschedulable", lambda: _cr(custom, namespace, name).get("status", {}).get(
             "reason") == "Unschedulable", 30)
         assert _cr(custom, namespace, name)["status"]["phase"] == "Starting"
@@ -219,6 +224,26 @@ def _cr(custom: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, An
     found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
         GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
     return found
+
+
+def test_with_serving_off_completions_are_a_clear_503_and_no_engine_is_made(
+        make_service: Any, namespace: str, custom: k8s.CustomObjectsApi) -> None:
+    server: ThreadServer = make_service(groups={"serving": {"enabled": False}})
+    client = server.client()
+    for body in ({"model": BASE, **ASK}, {"model": BASE, **ASK, "stream": True}):
+        reply = client.post(CHAT, json=body)
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "serving_not_enabled" and error["param"] == "model"
+        assert "Serving is not enabled in this deployment" in error["message"]
+    assert client.post("/v1/completions", json={"model": BASE, "prompt": "hi"}).json()["error"]["code"] == \
+        "serving_not_enabled"
+    # an unknown model is still a 404: the error says what is wrong with the request first
+    assert client.post(CHAT, json={"model": "ft:nope:x:y:z", **ASK}).status_code == 404
+    assert client.get("/v1/serving/engines").json()["data"] == []
+    assert {m["engine"] for m in client.get("/v1/models").json()["data"]} == {None}
+    engines = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=10)
+    assert engines["items"] == []
 
 
 def test_a_request_whose_engine_cannot_start_in_time_is_a_clear_503(

@@ -379,6 +379,51 @@ def test_calls_outside_the_charts_rbac_are_refused(installed: dict[str, Any], ru
             GROUP, VERSION, "default", PLURAL, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
                                                 "metadata": {"name": "x"}, "spec": {}}, _request_timeout=10)) == 403
         assert _status(lambda: api_core.read_namespaced_secret("tuneforge-auth", ns, _request_timeout=10)) == 200
+        # serving is off in these values: neither may touch ServingEngines or Deployments, the operator watches
+        # none (no 403s in its log), and the api refuses completions clearly
+        for custom in (op_custom, api_custom):
+            assert _status(lambda c=custom: c.list_namespaced_custom_object(
+                GROUP, VERSION, ns, "servingengines", _request_timeout=10)) == 403
+        assert _status(lambda: k8s.AppsV1Api(op_api).list_namespaced_deployment(ns, _request_timeout=10)) == 403
+        assert "servingengines" not in running["operator"].tail(2000)
+        assert "deployments" not in running["operator"].tail(2000)
+        with httpx.Client(base_url=running["url"], headers={"Authorization": f"Bearer {API_KEY}"},
+                          timeout=60) as client:
+            reply = client.post("/v1/chat/completions", json={
+                "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"]["code"] == "serving_not_enabled"
     finally:
         op_api.close()
         api_api.close()
+
+
+def test_serving_turned_on_by_an_upgrade_keeps_its_fetcher_token(installed: dict[str, Any],
+                                                                 api_client: k8s.ApiClient) -> None:
+    """Last in this module (it changes the release): ``helm upgrade --set serving.enabled=true`` creates the
+    adapter-fetcher token Secret that the api reads and the operator names, the apiserver accepts the serving RBAC,
+    and a later upgrade keeps the token (``lookup``), so running engine pods and the api keep agreeing."""
+    ns, helm = installed["ns"], installed["helm"]
+    apps, rbac = k8s.AppsV1Api(api_client), k8s.RbacAuthorizationV1Api(api_client)
+
+    def upgrade(*sets: str) -> None:
+        helm.run("upgrade", RELEASE, str(CHART), "--namespace", ns, "--reuse-values", *sets, "--wait",
+                 "--timeout", "180s", timeout=240)
+
+    def token() -> tuple[str, str]:
+        secrets = {s["metadata"]["name"]: secret_data(s) for s in
+                   _raw(installed["core"].list_namespaced_secret(ns, _preload_content=False))["items"]}
+        api = container_env(_raw(apps.read_namespaced_deployment(RELEASE, ns, _preload_content=False)), secrets)
+        operator = container_env(_raw(apps.read_namespaced_deployment(f"{RELEASE}-operator", ns,
+                                                                      _preload_content=False)), secrets)
+        assert operator["TUNEFORGE_OPERATOR_FETCHER_TOKEN_SECRET"] == f"{RELEASE}-serving"
+        assert operator["TUNEFORGE_OPERATOR_SERVING_ENABLED"] == "true"
+        return api["TUNEFORGE_SERVING_CLUSTER_FETCHER_TOKEN"], secrets[f"{RELEASE}-serving"]["fetcher-token"]
+
+    upgrade("--set", "serving.enabled=true")
+    first, stored = token()
+    assert first == stored and len(first) == 48
+    api_role = rbac.read_namespaced_role(f"{RELEASE}-api", ns, _request_timeout=10)
+    assert any("servingengines" in rule.resources for rule in api_role.rules)
+    upgrade("--set", "serving.maxLoras=4")
+    assert token() == (first, first), "an upgrade must not change the token the running engine pods have"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,8 @@ from tuneforge.service.executors.serving_cluster import build_servingengine, is_
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = explicit(OperatorSettings, gpu_type_label="tuneforge.dev/gpu-type", storage_secret="store-creds",
-                  serving_image="vllm/vllm-openai:v0.11.0", default_image="tuneforge/trainer:1")
+                  serving_image="vllm/vllm-openai:v0.11.0", default_image="tuneforge/trainer:1",
+                  fetcher_token_secret="tf-serving")
 BASE = "SmolLM2-135M-Instruct"
 
 
@@ -110,6 +114,11 @@ def test_a_serving_engine_becomes_a_vllm_deployment_and_its_service() -> None:
     for container in (init, sidecar):
         assert container["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
     assert "envFrom" not in vllm, "vLLM never sees the store's credentials"
+    # the sidecar's bearer token: by reference to the operator's Secret, in the sidecar only
+    assert {"name": "TUNEFORGE_FETCHER_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "tf-serving", "key": "fetcher-token"}}} in sidecar["env"]
+    for container in (init, vllm):
+        assert "TUNEFORGE_FETCHER_TOKEN" not in {e["name"] for e in container["env"]}
 
     # shared volumes: the init container writes the weights, the sidecar the adapters, vLLM reads both
     def mounts(c: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -179,6 +188,28 @@ def test_a_bad_spec_is_refused_with_the_field_named(spec: dict[str, Any], needle
 
 
 # --------------------------------------------------------------------------- plan
+
+
+def test_the_fetcher_token_secret_is_the_operators_and_changes_the_template() -> None:
+    other = explicit(OperatorSettings, **{**CONFIG.model_dump(), "fetcher_token_secret": "mine",
+                                          "fetcher_token_key": "token"})
+    deployment = serving_manifests(engine(), other)[0]
+    sidecar = deployment["spec"]["template"]["spec"]["containers"][1]
+    assert {"name": "TUNEFORGE_FETCHER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "mine", "key": "token"}}} in \
+        sidecar["env"]
+    # another Secret is another pod template: the running engine is replaced, not left with the old reference
+    assert deployment["metadata"]["annotations"] != serving_manifests(engine(), CONFIG)[0]["metadata"]["annotations"]
+
+
+def test_no_engine_is_made_without_a_fetcher_token_secret() -> None:
+    """An operator without the Secret would make a sidecar that cannot start (or, before, one anybody could
+    use): the ServingEngine fails with the setting named, and nothing is created."""
+    unset = explicit(OperatorSettings, **{**CONFIG.model_dump(), "fetcher_token_secret": ""})
+    result = serving_plan(engine(), None, None, unset)
+    assert result.actions == []
+    assert result.status["phase"] == "Failed" and result.status["reason"] == "NoFetcherToken"
+    assert "TUNEFORGE_OPERATOR_FETCHER_TOKEN_SECRET" in result.status["message"]
+    assert result.events and result.events[0][0] == "Warning"
 
 
 def test_plan_creates_the_children_first() -> None:
@@ -333,3 +364,35 @@ def test_serving_engine_crd_shape() -> None:
     from tuneforge.operator.serving import OWNED_FIELDS
 
     assert set(OWNED_FIELDS) <= set(schema["status"]["properties"])
+
+
+# --------------------------------------------------------------------------- serving off
+
+_HANDLERS = """
+import json, kopf
+import tuneforge.operator.handlers
+registry = kopf.get_default_registry()
+print(json.dumps(sorted({(h.id, h.selector.any_name) for r in (registry._changing, registry._watching,
+                                                                registry._spawning) for h in r.get_all_handlers()})))
+"""
+
+
+def _registered(**env: str) -> set[tuple[str, str]]:
+    """The kopf handlers ``python -m tuneforge.operator`` registers (its handlers module, imported in a fresh
+    process with these settings): (handler id, resource plural)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_OPERATOR_")}
+    done = subprocess.run([sys.executable, "-c", _HANDLERS], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {(h, plural) for h, plural in json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def test_with_serving_off_the_operator_registers_no_serving_handlers() -> None:
+    on, off = _registered(), _registered(TUNEFORGE_OPERATOR_SERVING_ENABLED="false")
+    serving = {h for h in on if h[1] in ("servingengines", "deployments") or h[0].startswith(("on_engine",
+                                                                                                "engine_"))}
+    assert {p for _, p in serving} == {"servingengines", "deployments", "pods"}  # on: the default
+    # off: kopf watches no ServingEngines or Deployments (the chart grants neither) and no engine pods
+    assert off == on - serving
+    assert not {p for _, p in off} & {"servingengines", "deployments"}
+    assert {"on_create", "on_job_event", "on_pod_event", "resync"} <= {h for h, _ in off}

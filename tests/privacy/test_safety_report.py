@@ -142,6 +142,21 @@ def test_turned_off_every_succeeded_job_is_marked_skipped_silently(quick_server:
         assert _events(client, job["id"]) == []
 
 
+def test_without_serving_every_succeeded_job_is_marked_skipped_silently(tmp_path: Path) -> None:
+    """A deployment without serving (the chart's serving.enabled: false) cannot ask any model: no report is tried."""
+    settings = make_settings(tmp_path / "home", free_port(), groups={
+        "privacy": {"safety_report_enabled": True, "safety_poll_seconds": 0.2}, "serving": {"enabled": False}})
+    server = ThreadServer(settings, start_executor=False).start()
+    try:
+        with server.client() as client:
+            job = create_job(client, upload(client, jsonl([chat_row(0)]))["id"])
+            update_job(server, job["id"], status="succeeded", fine_tuned_model="ft:x", finished_at=now())
+            wait_for("skipped", lambda: _report_state(server, job["id"]) == "skipped", timeout=30)
+            assert _events(client, job["id"]) == []
+    finally:
+        server.stop()
+
+
 def test_one_claim_wins_and_a_restart_releases_a_report_left_running(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", free_port(), groups={"privacy": {"safety_report_enabled": True,
                                                                           "safety_poll_seconds": 0.2}})

@@ -115,7 +115,7 @@ MISSING = {"job_id": "ftjob-000000000000000000000000", "file_id": "file-00000000
            "name": "model.safetensors", "endpoint_id": "we_000000000000000000000000",
            "fmt": "gguf", "eval_id": "eval_000000000000000000000000", "run_id": "evalrun_000000000000000000000000",
            "output_item_id": "outputitem_000000000000000000000000", "campaign_id": "fbc-000000000000000000000000",
-           "item_id": "fbitem-000000000000000000000000"}
+           "item_id": "fbitem-000000000000000000000000", "round_id": "fbround-000000000000000000000000"}
 #: what an authorized caller may get instead of a success: never 401 or 403
 AUTHORIZED = {200, 400, 404, 409}
 KEYS = {role: f"tf-role-test-{role.value}-key-0123456789abcdef" for role in Role}

@@ -91,6 +91,10 @@ app.kubernetes.io/component: trainer
 {{- .Values.auth.existingSecret | default (printf "%s-auth" (include "tuneforge.fullname" .)) -}}
 {{- end -}}
 
+{{- define "tuneforge.fetcherTokenSecret" -}}
+{{- .Values.serving.fetcherToken.existingSecret | default (printf "%s-serving" (include "tuneforge.fullname" .)) -}}
+{{- end -}}
+
 {{- define "tuneforge.storageSecret" -}}
 {{- .Values.objectStore.existingSecret | default (printf "%s-storage" (include "tuneforge.fullname" .)) -}}
 {{- end -}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from tuneforge.contracts.servingengine import FETCHER_TOKEN_KEY
 from tuneforge.contracts.settings import EnvSettings
 
 
@@ -14,8 +15,14 @@ class OperatorSettings(EnvSettings):
 
     default_image: str = Field("tuneforge/trainer:latest", description="Trainer image when a FineTuneJob names none")
     image_pull_policy: str = Field("IfNotPresent", description="Trainer image pull policy")
+    serving_enabled: bool = Field(True, description="Reconcile ServingEngines into vLLM Deployments (false: the "
+                                  "ServingEngine handlers are not registered; nothing of serving is watched)")
     serving_image: str = Field("vllm/vllm-openai:latest", description="vLLM image of ServingEngines that name none "
                                "(their weight fetcher and adapter sidecar use the trainer image above)")
+    fetcher_token_secret: str = Field(
+        "", description="Secret holding the bearer token of the engine pods' adapter-fetcher sidecar (the api "
+        "sends the same token); required for ServingEngines: without it they fail with reason NoFetcherToken")
+    fetcher_token_key: str = Field(FETCHER_TOKEN_KEY, min_length=1, description="Key of that Secret")
     gpu_type_label: str = Field(
         "nvidia.com/gpu.product", description="Node label that spec.scheduling.gpuType selects on (NVIDIA GPU "
         "feature discovery sets nvidia.com/gpu.product)")

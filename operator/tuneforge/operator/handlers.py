@@ -189,5 +189,7 @@ def _child_event(namespace: str | None, labels: kopf.Labels) -> None:
                     labels[LABEL_FINETUNEJOB], exc.reason)
 
 
-# ServingEngines (vLLM Deployments) are reconciled by their own handlers, registered on import
-from tuneforge.operator import serving_handlers  # noqa: E402,F401
+# ServingEngines (vLLM Deployments) are reconciled by their own handlers, registered on import; with serving off
+# they are never registered, so kopf watches no ServingEngines or Deployments (the chart grants it neither then)
+if CONFIG.serving_enabled:
+    from tuneforge.operator import serving_handlers  # noqa: F401

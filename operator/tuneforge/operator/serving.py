@@ -11,7 +11,9 @@ The engine pod:
   runtime adapter loading on (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``); a readiness probe on ``/health`` keeps the
   Service from sending traffic to an engine that is still loading;
 - sidecar ``adapter-fetcher`` (``python -m tuneforge.engine.adapter_fetcher serve``): the service asks it to put
-  an adapter from the object store into the shared ``/adapters`` emptyDir before telling vLLM to load it.
+  an adapter from the object store into the shared ``/adapters`` emptyDir before telling vLLM to load it. It
+  answers only requests with the shared bearer token, which it reads from the operator's fetcher-token Secret (by
+  reference: no manifest holds the token); without such a Secret configured no engine is made (``NoFetcherToken``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tuneforge.contracts.servingengine import (
     ENGINE_PORT,
     FETCHER_CONTAINER,
     FETCHER_PORT,
+    FETCHER_TOKEN_ENV,
     KIND,
     LABEL_BASE_MODEL,
     LABEL_SERVINGENGINE,
@@ -192,6 +195,12 @@ def _weights_container(spec: ServingEngineSpec, config: OperatorSettings) -> JSO
     }
 
 
+def _fetcher_token_env(config: OperatorSettings) -> JSON:
+    """The sidecar's bearer token, by reference to the operator's Secret: the token itself is in no manifest."""
+    return {"name": FETCHER_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": config.fetcher_token_secret,
+                                                                       "key": config.fetcher_token_key}}}
+
+
 def _fetcher_container(spec: ServingEngineSpec, config: OperatorSettings) -> JSON:
     return {
         "name": FETCHER_CONTAINER,
@@ -199,7 +208,7 @@ def _fetcher_container(spec: ServingEngineSpec, config: OperatorSettings) -> JSO
         "imagePullPolicy": spec.image_pull_policy or config.image_pull_policy,
         "command": ["python", "-m", FETCHER_MODULE, "serve", "--store", spec.storage_url, "--dir", ADAPTERS_DIR,
                     "--host", "0.0.0.0", "--port", str(FETCHER_PORT)],
-        "env": list(_COMMON_ENV),
+        "env": [*_COMMON_ENV, _fetcher_token_env(config)],
         **_store_env(spec, config),
         "ports": [{"name": "fetcher", "containerPort": FETCHER_PORT}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
@@ -405,6 +414,13 @@ def serving_plan(engine: Mapping[str, Any], deployment: Mapping[str, Any] | None
     except InvalidServingSpec as exc:
         status.update(phase="Failed", reason="InvalidSpec", message=str(exc), replicas=0, readyReplicas=0,
                       observedGeneration=generation)
+        return _finish(prior, status, actions)
+    if not config.fetcher_token_secret:
+        # an engine pod whose sidecar takes requests from anyone who reaches it is never made
+        status.update(phase="Failed", reason="NoFetcherToken", replicas=0, readyReplicas=0,
+                      observedGeneration=generation,
+                      message="The operator has no TUNEFORGE_OPERATOR_FETCHER_TOKEN_SECRET: the Secret with the "
+                      "adapter-fetcher sidecar's bearer token (the chart creates it with serving.enabled)")
         return _finish(prior, status, actions)
 
     wanted = build_deployment(engine, spec, config)

@@ -2,6 +2,9 @@
 calls :func:`reconcile_engine`, which reads it, its Deployment and Service, asks
 :func:`tuneforge.operator.serving.serving_plan` what to do (create, scale, replace the template), does it and
 mirrors the Deployment's readiness into the status. Level-triggered and idempotent.
+
+Registered by importing this module, which :mod:`.handlers` does only with ``TUNEFORGE_OPERATOR_SERVING_ENABLED``
+on (the default); off, kopf watches no ServingEngines, Deployments or engine pods.
 """
 
 from __future__ import annotations

@@ -52,6 +52,10 @@ FETCHER_PORT = 8001
 MODELS_DIR = "/models"
 BASE_MODEL_DIR = f"{MODELS_DIR}/base"
 ADAPTERS_DIR = "/adapters"
+#: the adapter-fetcher sidecar's shared bearer token: the environment variable the sidecar reads it from, and the
+#: default key of the Secret that holds it (the operator names the Secret, never the token, in the engine pod)
+FETCHER_TOKEN_ENV = "TUNEFORGE_FETCHER_TOKEN"
+FETCHER_TOKEN_KEY = "fetcher-token"
 
 Phase = Literal["Pending", "ScaledToZero", "Starting", "Ready", "Stopping", "Failed"]
 

@@ -9,14 +9,18 @@
     checked file by file against its manifest (as embedded serving does), and answers ``{"name", "path"}``: the
     path vLLM's ``/v1/load_lora_adapter`` then loads (the volume is mounted at the same path there).
     ``DELETE /adapters/{name}`` removes the copy of an evicted adapter. ``GET /health`` for the readiness probe.
-    Errors: ``{"error": {"message", "type", "param", "code"}}`` (400 bad input, 404 not published, 502 the store
-    or the copy failed).
+    Every request but ``GET /health`` needs ``Authorization: Bearer TOKEN``, the token shared with the api (in
+    ``$TUNEFORGE_FETCHER_TOKEN``, from a Secret; the sidecar does not start without one): anything else that
+    reaches the pod could otherwise make it copy from the object store or delete adapters.
+    Errors: ``{"error": {"message", "type", "param", "code"}}`` (400 bad input, 401 no or a wrong token, 404 not
+    published, 502 the store or the copy failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -28,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tuneforge.contracts.servingengine import FETCHER_TOKEN_ENV
 from tuneforge.storage import ObjectStore, StoreError, open_store
 from tuneforge.storage.base import check_key
 from tuneforge.storage.published import NotPublished, fetch_published
@@ -42,6 +49,8 @@ log = logging.getLogger("tuneforge.adapter_fetcher")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,255}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_BODY = 64 * 1024
+#: a shorter shared token could be guessed; the chart generates 48 characters
+MIN_TOKEN_LENGTH = 16
 
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -96,7 +105,43 @@ class AdapterFetcher:
         return True
 
 
-def build_app(fetcher: AdapterFetcher) -> Starlette:
+class BearerAuth:
+    """Refuses every request without ``Authorization: Bearer <token>`` (401), except ``GET /health`` (the kubelet's
+    readiness probe carries no token). Compared in constant time, as bytes."""
+
+    OPEN = frozenset({("GET", "/health"), ("HEAD", "/health")})
+
+    def __init__(self, app: ASGIApp, token: bytes) -> None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the bearer token must have at least {MIN_TOKEN_LENGTH} characters")
+        self.app = app
+        self.token = token
+
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        try:
+            raw = given.strip().encode("latin-1")  # how ASGI servers decode header bytes
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(raw, self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.OPEN:
+            await self.app(scope, receive, send)
+            return
+        if not self.authorized(Headers(scope=scope).get("authorization")):
+            response = _error(401, "the adapter fetcher needs the api's bearer token: Authorization: Bearer TOKEN "
+                              f"(the token in {FETCHER_TOKEN_ENV}), and this request has none or another one",
+                              "invalid_token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="adapter-fetcher"'
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(fetcher: AdapterFetcher, token: bytes) -> Starlette:
     async def health(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
@@ -122,11 +167,13 @@ def build_app(fetcher: AdapterFetcher) -> Starlette:
         name = request.path_params["name"]
         return JSONResponse({"name": name, "deleted": fetcher.evict(name)})
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/fetch", fetch, methods=["POST"]),
         Route("/adapters/{name:path}", evict, methods=["DELETE"]),
     ])
+    app.add_middleware(BearerAuth, token=token)
+    return app
 
 
 def fetch_weights(store_url: str, dest: Path, catalogue: str | None = None, prefix: str | None = None) -> Path:
@@ -174,8 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import uvicorn
 
+    token = os.environ.get(FETCHER_TOKEN_ENV, "").strip().encode("latin-1", "replace")
+    if len(token) < MIN_TOKEN_LENGTH:
+        print(f"tuneforge: the adapter fetcher needs a bearer token of at least {MIN_TOKEN_LENGTH} characters in "
+              f"{FETCHER_TOKEN_ENV} (the operator sets it from its fetcher-token Secret)", file=sys.stderr)
+        return 2
     args.dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(AdapterFetcher(open_store(args.store), args.dir))
+    app = build_app(AdapterFetcher(open_store(args.store), args.dir), token)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -76,6 +76,8 @@ class EngineManager:
         self.on_event = on_event or (lambda kind, base, data: None)
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), trust_env=False)
         self.engines: dict[str, RunningEngine] = {}
+        #: engines launched and not ready yet: stopped with the rest when the manager closes
+        self.starting: dict[str, EngineProcess] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._adapter_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -105,11 +107,14 @@ class EngineManager:
             spec = self.spec_for(base)
             process = EngineProcess(spec)
             started = time.monotonic()
+            self.starting[base] = process
             try:
                 await process.start(self.http)
             except EngineStartError as exc:
                 self._emit("start_failed", base, error=str(exc))
                 raise
+            finally:
+                self.starting.pop(base, None)
             running = RunningEngine(spec, process, EngineClient(process.base_url, self.http))
             self.engines[base] = running
             self._emit("started", base, engine=spec.kind, pid=process.pid, seconds=time.monotonic() - started)
@@ -142,6 +147,8 @@ class EngineManager:
                 await self.reap_idle()
 
     async def aclose(self) -> None:
+        for process in list(self.starting.values()):
+            await process.stop()
         for base in list(self.engines):
             await self.stop(base)
         await self.http.aclose()

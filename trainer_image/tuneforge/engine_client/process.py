@@ -138,7 +138,12 @@ class EngineProcess:
 
     async def start(self, http: httpx.AsyncClient) -> None:
         self.launch()
-        await self.wait_ready(http)
+        try:
+            await self.wait_ready(http)
+        except BaseException:
+            # a start given up (its request or the whole service cancelled): the process must not outlive it
+            await asyncio.shield(self.stop())
+            raise
 
     async def stop(self, timeout: float = 20.0) -> None:
         proc = self.proc

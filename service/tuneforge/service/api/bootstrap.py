@@ -82,6 +82,10 @@ def build_serving(settings: ServiceSettings, store: ObjectStore, metrics: Servic
         level = logging.WARNING if kind in ("crashed", "start_failed", "stream_cut") else logging.INFO
         log.log(level, "engine %s for %s: %s", kind, base, {k: v for k, v in data.items() if k != "log_tail"})
 
+    if not settings.serving.enabled:
+        from tuneforge.service.executors.serving_disabled import DisabledServing
+
+        return DisabledServing()
     if settings.executor.kind == "kubernetes":
         from tuneforge.service.executors.serving_cluster import ClusterServing
 

@@ -142,6 +142,9 @@ class ExecutorSettings(EnvSettings):
 class ServingSettings(EnvSettings):
     """Chat and text completions on base and tuned models (OpenAI's /v1/chat/completions, /v1/completions)."""
 
+    enabled: bool = Field(True, validation_alias="TUNEFORGE_SERVING_ENABLED",
+                          description="Serving: answer completions at all (false: completion requests, evals and "
+                          "safety reports are refused with 503 serving_not_enabled; no engine is ever started)")
     engine: Literal["tuneforge", "vllm"] = Field(
         "tuneforge", validation_alias="TUNEFORGE_SERVING_ENGINE",
         description="Serving engine: tuneforge (transformers + PEFT, batches requests with different adapters; the "
@@ -165,6 +168,10 @@ class ServingSettings(EnvSettings):
     cluster_fetcher_url_template: str = Field(
         "http://{service}.{namespace}.svc:8001", validation_alias="TUNEFORGE_SERVING_CLUSTER_FETCHER_URL_TEMPLATE",
         description="Serving, kubernetes executor: URL of a ServingEngine's adapter-fetcher sidecar")
+    cluster_fetcher_token: str = Field(
+        "", validation_alias="TUNEFORGE_SERVING_CLUSTER_FETCHER_TOKEN", repr=False,
+        description="Serving, kubernetes executor: bearer token of the engine pods' adapter-fetcher sidecar (the "
+        "chart shares it with the operator through a Secret)")
     cluster_image: str = Field("", validation_alias="TUNEFORGE_SERVING_CLUSTER_IMAGE",
                                description="Serving, kubernetes executor: vLLM image (empty: the operator's default)")
     cluster_gpus: int = Field(1, ge=0, le=64, validation_alias="TUNEFORGE_SERVING_CLUSTER_GPUS",

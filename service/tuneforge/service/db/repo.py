@@ -539,6 +539,10 @@ class TenantRepo:
                 label = FeedbackLabel(id=new_id("fblabel"), campaign_id=campaign.id, item_id=item.id,
                                       tenant_id=self.tenant_id, rater_key_id=key_id, revision=0)
                 session.add(label)
+            elif label.submitted == submitted and label.comment == comment:
+                raise Conflict(f"This rater has already labelled item '{item.id}' with exactly this label and "
+                               "comment; send a different one to replace it.", param="item_id",
+                               code="duplicate_label")
             label.value, label.submitted, label.comment = value, submitted, comment
             label.revision = (label.revision or 0) + 1
             label.created_at = at

@@ -53,6 +53,8 @@ class RoundRewardModel(_Request):
     model: str | None = Field(None, min_length=1, max_length=512, description="The base model the reward model "
                               "is trained from (default: the campaign's first model)")
     hyperparameters: dict[str, Any] | None = Field(None, description="The reward_model method's hyperparameters")
+    validation_file: str | None = Field(None, min_length=1, max_length=64, description="Held-out preference pairs: "
+                                        "the job reports the reward model's accuracy on them")
 
 
 class RoundReinforcement(_Request):
@@ -172,13 +174,16 @@ def create_round(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings
     rm_base = request.reward_model.model or first
     method = _method("reward_model", {"hyperparameters": request.reward_model.hyperparameters or {}},
                      "reward_model")
+    rm_extra = ({"validation_file": request.reward_model.validation_file}
+                if request.reward_model.validation_file else {})
     try:
-        job = _create_job(repo, store, settings, _job_body(rm_base, exported.id, method, round_id, campaign.id),
-                          f"{round_id}:reward_model")
+        job = _create_job(repo, store, settings, _job_body(rm_base, exported.id, method, round_id, campaign.id,
+                                                           **rm_extra), f"{round_id}:reward_model")
     except ServiceError as exc:
         repo.delete_file(exported)
         store.delete(exported.key)
-        raise _renamed(exc, {"model": "reward_model.model", "method.reward_model": "reward_model"}) from None
+        raise _renamed(exc, {"model": "reward_model.model", "method.reward_model": "reward_model",
+                             "validation_file": "reward_model.validation_file"}) from None
     options = {"reward_model": {"model": rm_base, **request.reward_model.model_dump(exclude={"model"})},
                "reinforcement": {**rl_options, "model": policy, "training_file": training.id,
                                  "validation_file": validation.id if validation else None},

@@ -64,7 +64,8 @@ class EngineReply:
 class ServingBackend(abc.ABC):
     """Runs engines and talks to them (embedded: local processes; cluster: Deployments)."""
 
-    kind: str
+    #: the engine kind that answers (``/v1/models``' ``engine``); None: serving is off in this deployment
+    kind: str | None
 
     @abc.abstractmethod
     async def request(self, target: Target, path: str, body: dict[str, Any]) -> EngineReply: ...

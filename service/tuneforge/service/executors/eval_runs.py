@@ -17,7 +17,6 @@ all runs together are in flight, so evals never crowd out interactive requests b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -48,6 +47,7 @@ from tuneforge.service.domain.grading import ServingJudge, judge_targets, usage_
 from tuneforge.service.domain.job_evals import is_compared_run, start_job_evals
 from tuneforge.service.domain.lifecycle import add_event
 from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.service.executors.background import KeyedTasks, PollLoop
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -125,28 +125,32 @@ class _Job:
 ItemHook = Callable[[str, list[str]], None]
 
 
-class EvalRunner:
+class _JobEvals(PollLoop):
+    """Starts the base and tuned runs of succeeded jobs' evals (domain/job_evals.py)."""
+
+    name = "job-evals"
+
+    def __init__(self, runner: EvalRunner) -> None:
+        super().__init__(JOB_EVALS_POLL_SECONDS)
+        self.runner = runner
+
+    async def tick(self) -> None:
+        for run_id in await asyncio.to_thread(self.runner.start_pending_job_evals):
+            self.runner.submit(run_id)
+
+
+class EvalRunner(KeyedTasks):
     def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore,
                  serving: ServingBackend, on_item: ItemHook | None = None) -> None:
+        super().__init__(settings.serving.eval_concurrency, "eval-run")
         self.settings, self.sessions, self.store, self.serving = settings, sessions, store, serving
         self.on_item = on_item
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._limit: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._jobs_task: asyncio.Task[None] | None = None
-
-    @property
-    def limit(self) -> asyncio.Semaphore:
-        if self._limit is None:  # made inside the service's event loop
-            self._limit = asyncio.Semaphore(self.settings.serving.eval_concurrency)
-        return self._limit
+        self.job_evals = _JobEvals(self)
 
     # -- lifecycle --
     async def start(self) -> None:
         """Resume the runs a stopped service left unfinished; start looking for succeeded jobs' evals."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        self.attach()
         with self.sessions() as session:
             unfinished = SystemRepo(session).unfinished_eval_runs()
             released = SystemRepo(session).release_starting_job_evals()
@@ -155,35 +159,17 @@ class EvalRunner:
         for run_id in unfinished:
             log.info("resuming eval run %s", run_id)
             self.submit(run_id)
-        self._jobs_task = self._loop.create_task(self._job_evals_forever(), name="job-evals")
+        self.job_evals.start_polling()
 
     async def aclose(self) -> None:
-        tasks = list(self.tasks.values()) + ([self._jobs_task] if self._jobs_task is not None else [])
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._jobs_task = None
+        await self.job_evals.stop_polling()
+        await super().aclose()
 
     def wake_threadsafe(self) -> None:
         """Look for succeeded jobs' evals now instead of at the next poll."""
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self.job_evals.wake_threadsafe()
 
     # -- a succeeded job's base-vs-tuned runs (domain/job_evals.py) --
-    async def _job_evals_forever(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                for run_id in await asyncio.to_thread(self.start_pending_job_evals):
-                    self.submit(run_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug or a lost database must not end the loop
-                log.exception("job evals: a pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), JOB_EVALS_POLL_SECONDS)
-            self._wake.clear()
-
     def start_pending_job_evals(self) -> list[str]:
         """One pass: creates the runs of the succeeded jobs whose evals are pending; their ids, to submit."""
         started: list[str] = []
@@ -232,40 +218,12 @@ class EvalRunner:
                       data={"eval_id": run.eval_id, "run_id": run.id, "compared_as": role, "status": run.status,
                             "result_counts": counts})
 
-    def submit(self, run_id: str) -> None:
-        if run_id in self.tasks:
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(run_id), name=f"eval-run-{run_id}")
-        self.tasks[run_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(run_id, None))
-
-    def stop(self, run_id: str) -> None:
-        """Stop a run's task (after its row was marked canceled or deleted)."""
-        task = self.tasks.get(run_id)
-        if task is not None:
-            task.cancel()
-
-    def submit_threadsafe(self, run_id: str) -> None:
-        """:meth:`submit` from a route's worker thread."""
-        if self._loop is None:
-            raise RuntimeError("the eval runner has not been started")
-        self._loop.call_soon_threadsafe(self.submit, run_id)
-
-    def stop_threadsafe(self, run_id: str) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.stop, run_id)
-
-    async def wait(self, run_id: str) -> None:
-        task = self.tasks.get(run_id)
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-
     # -- a run --
     def _system(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         with self.sessions() as session:
             return call(SystemRepo(session), *args, **kwargs)
 
-    async def _guarded(self, run_id: str) -> None:
+    async def run(self, run_id: str) -> None:
         try:
             await self._run(run_id)
         except asyncio.CancelledError:

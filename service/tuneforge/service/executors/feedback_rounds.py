@@ -9,7 +9,6 @@ replica) picks the rounds up where they were.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.service.core.config import ServiceSettings
 from tuneforge.service.db.repo import SystemRepo, TenantRepo
 from tuneforge.service.domain.feedback_rounds import Advanced, advance_round
+from tuneforge.service.executors.background import PollLoop
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -25,47 +25,27 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 
 
-class RoundRunner:
+class RoundRunner(PollLoop):
+    name = "feedback-rounds"
+
     def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore, *,
                  wake_executor: Callable[[], None], open_campaign: Callable[[str], None]) -> None:
+        super().__init__(POLL_SECONDS)
         self.settings, self.sessions, self.store = settings, sessions, store
         self.wake_executor, self.open_campaign = wake_executor, open_campaign
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._task = self._loop.create_task(self._forever(), name="feedback-rounds")
+        self.start_polling()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.stop_polling()
 
-    def wake_threadsafe(self) -> None:
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    async def _forever(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                for advanced in await asyncio.to_thread(self.advance_all):
-                    if advanced.new_job:
-                        self.wake_executor()
-                    if advanced.new_campaign_id:
-                        self.open_campaign(advanced.new_campaign_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug or a lost database must not end the loop
-                log.exception("feedback rounds: a pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            self._wake.clear()
+    async def tick(self) -> None:
+        for advanced in await asyncio.to_thread(self.advance_all):
+            if advanced.new_job:
+                self.wake_executor()
+            if advanced.new_campaign_id:
+                self.open_campaign(advanced.new_campaign_id)
 
     def advance_all(self) -> list[Advanced]:
         """One pass over the running rounds; what each did."""

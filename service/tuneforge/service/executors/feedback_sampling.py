@@ -29,6 +29,7 @@ from tuneforge.service.db.models import FeedbackCampaign, now
 from tuneforge.service.db.repo import SystemRepo, TenantRepo
 from tuneforge.service.domain.feedback import Prompt, prompt_items, read_prompts
 from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.service.executors.background import KeyedTasks
 from tuneforge.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -49,57 +50,22 @@ class _Work:
     failure: str | None = None
 
 
-class FeedbackSampler:
+class FeedbackSampler(KeyedTasks):
     def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore,
                  serving: ServingBackend, on_sample: SampleHook | None = None,
                  on_prompt: Callable[[], None] | None = None) -> None:
+        super().__init__(settings.serving.eval_concurrency, "feedback")
         self.settings, self.sessions, self.store, self.serving = settings, sessions, store, serving
         self.on_sample, self.on_prompt = on_sample, on_prompt
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._limit: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def limit(self) -> asyncio.Semaphore:
-        if self._limit is None:  # made inside the service's event loop
-            self._limit = asyncio.Semaphore(self.settings.serving.eval_concurrency)
-        return self._limit
 
     # -- lifecycle --
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.attach()
         with self.sessions() as session:
             unfinished = SystemRepo(session).unfinished_feedback_campaigns()
         for campaign_id in unfinished:
             log.info("resuming the sampling of feedback campaign %s", campaign_id)
             self.submit(campaign_id)
-
-    async def aclose(self) -> None:
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def submit(self, campaign_id: str) -> None:
-        if campaign_id in self.tasks:
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(campaign_id), name=f"feedback-{campaign_id}")
-        self.tasks[campaign_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(campaign_id, None))
-
-    def stop(self, campaign_id: str) -> None:
-        task = self.tasks.get(campaign_id)
-        if task is not None:
-            task.cancel()
-
-    def submit_threadsafe(self, campaign_id: str) -> None:
-        if self._loop is None:
-            raise RuntimeError("the feedback sampler has not been started")
-        self._loop.call_soon_threadsafe(self.submit, campaign_id)
-
-    def stop_threadsafe(self, campaign_id: str) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.stop, campaign_id)
 
     # -- a campaign --
     def _system(self, call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -110,7 +76,7 @@ class FeedbackSampler:
         self._system(SystemRepo.set_feedback_campaign, campaign_id, only_if=("pending", "sampling"),
                      status="failed", finished_at=now(), error={"code": code, "message": message[:1000]})
 
-    async def _guarded(self, campaign_id: str) -> None:
+    async def run(self, campaign_id: str) -> None:
         try:
             await self._run(campaign_id)
         except asyncio.CancelledError:

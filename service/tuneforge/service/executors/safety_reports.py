@@ -17,7 +17,6 @@ one job event. The job's status never waits for it and never changes because of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from tuneforge.service.domain.safety.leaks import TrainingValues, training_value
 from tuneforge.service.domain.safety.prompts import Messages, file_prompts, redteam_data, redteam_prompts
 from tuneforge.service.domain.safety.report import HTML_NAME, JSON_NAME, Answer, Item, build, page, summary
 from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.service.executors.background import PollLoop
 from tuneforge.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,56 +84,32 @@ def _file_or_none(repo: TenantRepo, file_id: str) -> File | None:
         return None
 
 
-class SafetyReporter:
+class SafetyReporter(PollLoop):
+    name = "safety-reports"
+
     def __init__(self, settings: ServiceSettings, sessions: sessionmaker[Session], store: ObjectStore,
                  serving: ServingBackend) -> None:
+        super().__init__(settings.privacy.safety_poll_seconds)
         self.settings, self.sessions, self.store, self.serving = settings, sessions, store, serving
         self.privacy = settings.privacy
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         released = await asyncio.to_thread(self._system, SystemRepo.release_running_safety_reports)
         if released:
             log.info("safety reports: %d left running by a stopped service start again", released)
-        self._task = self._loop.create_task(self._forever(), name="safety-reports")
+        self.start_polling()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def wake_threadsafe(self) -> None:
-        """Look now instead of at the next poll (tests)."""
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        await self.stop_polling()
 
     def _system(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         with self.sessions() as session:
             return call(SystemRepo(session), *args, **kwargs)
 
-    async def _forever(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug must not stop the loop for every later job
-                log.exception("safety reports: a poll failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.privacy.safety_poll_seconds)
-            self._wake.clear()
-
     async def tick(self) -> None:
         for job_id in await asyncio.to_thread(self._system, SystemRepo.jobs_awaiting_safety_report, BATCH):
-            if not self.privacy.safety_report_enabled:
+            if not (self.privacy.safety_report_enabled and self.settings.serving.enabled):
                 await asyncio.to_thread(self._system, SystemRepo.set_safety_report, job_id, "skipped")
                 continue
             if await asyncio.to_thread(self._system, SystemRepo.set_safety_report, job_id, "running"):

@@ -9,12 +9,13 @@
   found scaled up at start (a restarted service) are adopted, so they go to zero too.
 - Requests and streams are proxied with :class:`tuneforge.engine_client.EngineClient` to
   ``cluster_url_template`` (the engine's Service by default).
-- An adapter is loaded on its first use in an engine: the pod's adapter-fetcher sidecar copies it from the
-  object store into the shared volume (checked against its manifest), then vLLM's ``/v1/load_lora_adapter``
-  loads it from there. Beyond ``max_loras`` the least recently used adapter without requests in flight is
-  unloaded (``/v1/unload_lora_adapter``) and its copy deleted. An engine that was restarted (scaled down and
-  up, or its pod replaced) has lost its adapters: they are forgotten when it becomes ready again, and an
-  answer "model does not exist" for an adapter reloads it once.
+- An adapter is loaded on its first use in an engine: the pod's adapter-fetcher sidecar (asked with the bearer
+  token the two share, ``cluster_fetcher_token``) copies it from the object store into the shared volume
+  (checked against its manifest), then vLLM's ``/v1/load_lora_adapter`` loads it from there. Beyond
+  ``max_loras`` the least recently used adapter without requests in flight is unloaded
+  (``/v1/unload_lora_adapter``) and its copy deleted. An engine that was restarted (scaled down and up, or its
+  pod replaced) has lost its adapters: they are forgotten when it becomes ready again, and an answer "model does
+  not exist" for an adapter reloads it once.
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ class ClusterServing(ServingBackend):
         self._custom: client.CustomObjectsApi | None = None
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), trust_env=False)
         self.engines_by_base: dict[str, _Engine] = {}
+        token = settings.serving.cluster_fetcher_token
+        #: the adapter-fetcher sidecars answer only requests with the token they share with the service
+        self._fetcher_auth = {"Authorization": f"Bearer {token}"} if token else {}
+        if not token:
+            log.warning("TUNEFORGE_SERVING_CLUSTER_FETCHER_TOKEN is not set: the engine pods' adapter fetchers will "
+                        "refuse this service's requests, so tuned models cannot be served (the chart sets it with "
+                        "serving.enabled)")
         self._reaper: asyncio.Task[None] | None = None
 
     # -- Kubernetes --
@@ -296,7 +304,8 @@ class ClusterServing(ServingBackend):
     async def _fetch(self, engine: _Engine, adapter: AdapterRef) -> str:
         try:
             r = await self.http.post(f"{engine.fetcher_url}/fetch", json={
-                "name": adapter.name, "prefix": adapter.prefix, "files": list(adapter.files)}, timeout=600)
+                "name": adapter.name, "prefix": adapter.prefix, "files": list(adapter.files)}, timeout=600,
+                headers=self._fetcher_auth)
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"the adapter fetcher of {engine.name} does not answer ({exc})") from exc
         if r.status_code != 200:
@@ -321,7 +330,8 @@ class ClusterServing(ServingBackend):
                 log.warning("unloading adapter %s from %s failed: %s", name, engine.name, exc)
             engine.adapters.pop(name, None)
             with contextlib.suppress(httpx.HTTPError):
-                await self.http.delete(f"{engine.fetcher_url}/adapters/{name}", timeout=30)
+                await self.http.delete(f"{engine.fetcher_url}/adapters/{name}", timeout=30,
+                                       headers=self._fetcher_auth)
             self._emit("adapter_evicted", engine.base, adapter=name)
 
     # -- requests --

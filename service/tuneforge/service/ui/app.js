@@ -88,7 +88,7 @@
   }
 
   // ---------- views and routing ----------
-  const views = ['login', 'jobs-view', 'job-view', 'playground-view'];
+  const views = ['login', 'jobs-view', 'job-view', 'feedback-view', 'round-view', 'playground-view'];
   let cleanup = [];
   function show(id) {
     for (const v of views) $(v).hidden = v !== id;
@@ -107,6 +107,9 @@
     const m = /^#\/jobs\/([^/?]+)/.exec(location.hash);
     if (m) return showJob(decodeURIComponent(m[1]));
     if (location.hash.startsWith('#/playground')) return showPlayground();
+    const r = /^#\/feedback\/([^/?]+)\/rounds\/([^/?]+)/.exec(location.hash);
+    if (r) return showRound(decodeURIComponent(r[1]), decodeURIComponent(r[2]));
+    if (location.hash.startsWith('#/feedback')) return showFeedback();
     return showJobs();
   }
 
@@ -184,6 +187,91 @@
     const more = () => { pages += 1; clearTimeout(timer); load(); };
     $('jobs-more').addEventListener('click', more);
     cleanup.push(() => { stopped = true; clearTimeout(timer); $('jobs-more').removeEventListener('click', more); });
+    load();
+  }
+
+  // ---------- feedback campaigns and rounds of the loop ----------
+  const roundHref = (round) => '#/feedback/' + encodeURIComponent(round.campaign_id) + '/rounds/' + encodeURIComponent(round.id);
+  const jobLink = (id) => id ? el('a', { href: '#/jobs/' + encodeURIComponent(id) }, id) : el('span', { class: 'muted' }, '–');
+
+  function showFeedback() {
+    show('feedback-view');
+    let timer = null;
+    let stopped = false;
+    async function load() {
+      try {
+        const campaigns = (await api('/v1/feedback_campaigns?limit=100&order=desc')).data;
+        const cards = [];
+        for (const c of campaigns) {
+          const rounds = (await api('/v1/feedback_campaigns/' + encodeURIComponent(c.id) + '/rounds?limit=100')).data;
+          const badge = el('span');
+          statusBadge(badge, c.status);
+          const p = c.progress || {};
+          cards.push(el('div', { class: 'card campaign-card', 'data-campaign-id': c.id },
+            el('h3', null, c.name + ' ', badge),
+            el('p', { class: 'muted small' }, c.kind + ' · ' + c.models.join(', ') + ' · ' + (p.labelled_items || 0) + '/' +
+              (p.items || 0) + ' items labelled · ' + c.id),
+            rounds.length ? el('ul', { class: 'rounds' }, ...rounds.map((round) => {
+              const b = el('span');
+              statusBadge(b, round.status);
+              return el('li', null, el('a', { href: roundHref(round) }, round.id), ' ', b, ' ', el('span', { class: 'muted small' }, round.step));
+            })) : el('p', { class: 'muted small' }, 'No rounds yet.')));
+        }
+        if (stopped) return;
+        $('feedback-body').replaceChildren(...cards);
+        $('feedback-empty').hidden = campaigns.length > 0;
+        $('feedback-updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+      } catch (err) {
+        if (handleError(err)) return;
+        $('feedback-updated').textContent = 'error: ' + err.message;
+      }
+      if (!stopped) timer = setTimeout(load, 5000);
+    }
+    cleanup.push(() => { stopped = true; clearTimeout(timer); });
+    load();
+  }
+
+  function showRound(campaignId, roundId) {
+    show('round-view');
+    let timer = null;
+    let stopped = false;
+    $('round-title').textContent = roundId;
+    $('round-body').replaceChildren();
+    async function jobState(id) {
+      if (!id) return '';
+      const job = await api('/v1/fine_tuning/jobs/' + encodeURIComponent(id));
+      return job.status + (job.fine_tuned_model ? ' → ' + job.fine_tuned_model : '');
+    }
+    async function load() {
+      try {
+        const round = await api('/v1/feedback_campaigns/' + encodeURIComponent(campaignId) + '/rounds/' + encodeURIComponent(roundId));
+        const rm = await jobState(round.reward_model_job_id);
+        const rl = await jobState(round.reinforcement_job_id);
+        let next = '';
+        if (round.next_campaign_id) {
+          const c = await api('/v1/feedback_campaigns/' + encodeURIComponent(round.next_campaign_id));
+          next = c.name + ': ' + c.status;
+        }
+        if (stopped) return;
+        statusBadge($('round-status'), round.status);
+        $('round-subtitle').textContent = 'from campaign ' + round.campaign_id + ' · step ' + round.step + ' · ' +
+          round.reinforcement.algorithm + ' on ' + round.reinforcement.model;
+        const evals = round.reinforcement_job_id && round.evals.length
+          ? el('a', { href: '#/jobs/' + encodeURIComponent(round.reinforcement_job_id) }, 'base vs tuned on the job\'s page')
+          : el('span', { class: 'muted' }, round.evals.length ? '–' : 'no evals asked');
+        $('round-body').replaceChildren(
+          el('tr', null, el('td', null, 'Export of the agreed labels'), el('td', null, el('code', null, round.export_file_id)), el('td', null, 'done')),
+          el('tr', { 'data-step': 'reward_model' }, el('td', null, 'Reward model'), el('td', null, jobLink(round.reward_model_job_id)), el('td', null, rm)),
+          el('tr', { 'data-step': 'reinforcement' }, el('td', null, 'Reinforcement (' + round.reinforcement.algorithm + ')'), el('td', null, jobLink(round.reinforcement_job_id)), el('td', null, rl)),
+          el('tr', { 'data-step': 'evaluation' }, el('td', null, 'Base vs tuned'), el('td', null, evals), el('td', null, round.eval_report ? 'see the report' : '')),
+          el('tr', { 'data-step': 'next_campaign' }, el('td', null, 'Next campaign'), el('td', null, round.next_campaign_id ? el('code', null, round.next_campaign_id) : el('span', { class: 'muted' }, round.next_campaign ? '–' : 'none asked')), el('td', null, next)));
+        $('round-error').textContent = round.error ? round.error.message : '';
+        if (round.status === 'running') timer = setTimeout(load, 3000);
+      } catch (err) {
+        if (!handleError(err)) $('round-error').textContent = 'error: ' + err.message;
+      }
+    }
+    cleanup.push(() => { stopped = true; clearTimeout(timer); });
     load();
   }
 

@@ -172,7 +172,8 @@ def get_next_item(campaign_id: str, repo: RepoDep, principal: PrincipalDep) -> d
 @router.post("/{campaign_id}/items/{item_id}/labels", openapi_extra=RATE, summary="Label an item",
              description="`score`, `preferred` (index of the better shown answer), `ranking` (shown indices, best "
              "first) or `choice` (`a`, `b` or `tie`), and an optional `comment`. A resubmission replaces this "
-             "rater's label (the history keeps every one).")
+             "rater's label (the history keeps every one); the same label and comment again is a 409 "
+             "`duplicate_label`.")
 def post_label(campaign_id: str, item_id: str, repo: RepoDep, state: StateDep, principal: PrincipalDep,
                body: Any = Body(...)) -> dict[str, Any]:
     row = repo.get_assigned_campaign(campaign_id, principal.key_id)

@@ -24,11 +24,11 @@ class ExportRequestBody(BaseModel):
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _base(model_id: str, engine: str) -> ModelObject:
+def _base(model_id: str, engine: str | None) -> ModelObject:
     return ModelObject(id=model_id, created=BASE_CREATED, owned_by="tuneforge", engine=engine)
 
 
-def _tuned(job: Job, engine: str) -> ModelObject:
+def _tuned(job: Job, engine: str | None) -> ModelObject:
     generates = (job.method or {}).get("type") != "reward_model"
     return ModelObject(
         id=job.fine_tuned_model or job.id, created=job.finished_at or job.created_at, owned_by=job.tenant_id,

@@ -31,7 +31,9 @@ _REQUESTS: dict[str, TypeAdapter[Any]] = {CHAT: TypeAdapter(ChatCompletionReques
                                           TEXT: TypeAdapter(CompletionRequest)}
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"description": text, **ERROR_MODEL} for status, text in (
     (400, "invalid request"), (401, "missing or wrong API key"), (404, "no such model for this organization"),
-    (413, "request body too large"), (503, "the engine could not be started or stopped while answering"))}
+    (413, "request body too large"),
+    (503, "the engine could not be started or stopped while answering, or serving is not enabled in this deployment "
+          "(code serving_not_enabled)"))}
 
 
 def _request_schema(model: type[Any]) -> dict[str, Any]:
