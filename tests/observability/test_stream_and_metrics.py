@@ -282,7 +282,8 @@ def test_a_scrape_reads_a_few_rows_not_every_job(api_server: ThreadServer, clien
     engine = api_server.state.engine
 
     def count(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "FROM webhook_deliveries" not in statement:  # the webhook sender's poll: a background loop, not the scrape
+        # background loops' polls, not the scrape: the webhook sender's, the feedback rounds' and the job evals'
+        if not any(poll in statement for poll in ("FROM webhook_deliveries", "FROM feedback_rounds", "evals_state")):
             statements.append(statement)
             executed.append((statement, parameters))
 
