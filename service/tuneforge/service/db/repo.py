@@ -45,6 +45,9 @@ from tuneforge.service.db.models import (
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
             FeedbackCampaign, FeedbackRound)
+#: the most jobs' (seq, metadata) pairs read by one query while a metadata-filtered list fills its page
+METADATA_SCAN_BATCH = 2000
+UNFINISHED_STATUSES = tuple(sorted(set(JobStatus) - TERMINAL_STATUSES))
 
 
 def _page(
@@ -135,18 +138,39 @@ class TenantRepo:
     def list_jobs(
         self, after: str | None, limit: int, metadata: dict[str, str] | None = None
     ) -> tuple[list[Job], bool]:
-        stmt = select(Job).where(Job.tenant_id == self.tenant_id)
         if metadata:
-            # metadata is tiny and filtering is rare: filter in Python over the tenant's jobs
-            jobs = [
-                j for j in self.session.scalars(stmt.order_by(Job.seq.desc()))
-                if all((j.job_metadata or {}).get(k) == v for k, v in metadata.items())
-            ]
-            if after:
-                ids = [j.id for j in jobs]
-                jobs = jobs[ids.index(after) + 1:] if after in ids else jobs
-            return jobs[:limit], len(jobs) > limit
-        return _page(self.session, stmt, Job, after, limit, newest_first=True)
+            return self._list_jobs_matching(after, limit, metadata)
+        return _page(self.session, select(Job).where(Job.tenant_id == self.tenant_id), Job, after, limit,
+                     newest_first=True)
+
+    def _list_jobs_matching(self, after: str | None, limit: int, metadata: dict[str, str]) -> tuple[list[Job], bool]:
+        """A page of the jobs whose metadata holds every pair of ``metadata``, newest first.
+
+        Matched in Python (the same on SQLite and PostgreSQL, for any key), over (seq, metadata) pairs read newest
+        first in batches through the (tenant, seq) index until the page is full: a page costs the rows down to its
+        last match, not the tenant's whole history, and only the page's jobs are loaded whole."""
+        def matches(value: dict[str, Any] | None) -> bool:
+            return all((value or {}).get(k) == v for k, v in metadata.items())
+
+        pairs = select(Job.seq, Job.job_metadata).where(Job.tenant_id == self.tenant_id)
+        below: int | None = None
+        if after:  # a cursor outside the filtered list (unknown, another tenant's, not matching) is ignored
+            cursor = self.session.execute(pairs.where(Job.id == after)).first()
+            if cursor is not None and matches(cursor[1]):
+                below = cursor[0]
+        found: list[int] = []
+        # a first batch that a common filter fills the page from, then doubling batches for a rare one
+        size = min(4 * (limit + 1), METADATA_SCAN_BATCH)
+        while len(found) <= limit:
+            batch_stmt = pairs.order_by(Job.seq.desc()).limit(size)
+            batch = self.session.execute(batch_stmt if below is None else batch_stmt.where(Job.seq < below)).all()
+            found += [seq for seq, value in batch if matches(value)]
+            if len(batch) < size:
+                break
+            below = batch[-1][0]
+            size = min(size * 2, METADATA_SCAN_BATCH)
+        rows = list(self.session.scalars(select(Job).where(Job.seq.in_(found[:limit + 1])).order_by(Job.seq.desc())))
+        return rows[:limit], len(rows) > limit
 
     # -- quotas: reserve inside one transaction that starts with lock_quotas() --
     def lock_quotas(self) -> None:
@@ -646,7 +670,7 @@ class SystemRepo:
         the tenants' quotas, found through the status index, never a scan of finished jobs."""
         rows = self.session.execute(
             select(Job.tenant_id, Job.status, Job.method, Job.resources, Job.created_at, Job.started_at)
-            .where(Job.status.not_in(TERMINAL_STATUSES)))
+            .where(Job.status.in_(UNFINISHED_STATUSES)))  # IN, not NOT IN: only IN can search the status index
         return [(str(t), str(st), m, r, int(c), s) for t, st, m, r, c, s in rows]
 
     def running_progress(self) -> list[tuple[str, str, Any, dict[str, Any], int | None]]:
