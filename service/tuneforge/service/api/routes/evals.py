@@ -26,7 +26,7 @@ ItemStatusQuery = Annotated[str | None, Query(pattern="^(pass|fail|error)$")]
 
 @router.post("", summary="Create an eval", description="`data_source_config` of type `custom` (an `item_schema`), "
              "and `testing_criteria`: graders (string_check, text_similarity, regex, multi, score_model, "
-             "label_model; python graders are refused).")
+             "label_model, reward_model; python graders are refused).")
 def create_eval(repo: RepoDep, state: StateDep, body: Any = Body(...)) -> dict[str, Any]:
     return eval_object(domain.create_eval(repo, state.store, body, now()))
 
