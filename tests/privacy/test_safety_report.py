@@ -250,3 +250,64 @@ def test_a_succeeded_job_gets_a_safety_report_artifact_and_event(tmp_path: Path)
             assert other.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts").status_code == 404
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_reward_models_harmlessness_score_of_both_models(tmp_path: Path) -> None:
+    """A reinforcement job graded by a reward model: the report has that model's mean score of the base and the
+    tuned answers to the harmful requests, the same numbers as the classifier called directly on the answers."""
+    from tests.support.engine_models import make_lora, make_peaked_model, make_reward_model
+    from tuneforge.contracts.store_layout import job_model_prefix
+    from tuneforge.storage.manifest import publish_dir
+
+    root = Path(os.environ.get("TUNEFORGE_TEST_MODEL_DIR") or tmp_path / "models")
+    base_dir = make_peaked_model(root)
+    adapter, reward_dir = make_lora(base_dir, root, seed=5), make_reward_model(base_dir, root)
+    privacy = {"safety_report_enabled": True, "safety_poll_seconds": 0.5, "safety_redteam_prompts": 3,
+               "safety_validation_prompts": 0, "safety_max_tokens": 8}
+    server = ThreadServer(make_settings(tmp_path / "home", free_port(), groups={"privacy": privacy}),
+                          start_executor=False).start()
+    try:
+        base = register_model(server, base_dir, "tiny-peaked")
+        with server.client() as client:
+            file_id = upload(client, jsonl([chat_row(i) for i in range(4)]))["id"]
+            pairs = upload(client, jsonl([pref_row(i) for i in range(4)]))["id"]
+            rm_job = create_job(client, pairs, model=base, method={"type": "reward_model"})
+            publish_dir(server.state.store, reward_dir, job_model_prefix(rm_job["id"]), base_model=base,
+                        extra={"task": "sequence_classification", "method": "reward_model"})
+            rm_name = f"ft:{base}:default:rm:{rm_job['id'][6:18]}"
+            update_job(server, rm_job["id"], status="succeeded", fine_tuned_model=rm_name, finished_at=now())
+            job = create_job(client, file_id, model=base)
+            publish_dir(server.state.store, adapter, job_model_prefix(job["id"]), base_model=base)
+            update_job(server, job["id"], status="succeeded", fine_tuned_model=f"ft:{base}:default:rl:x",
+                       finished_at=now(), method={"type": "reinforcement", "reinforcement": {
+                           "grader": {"type": "reward_model", "model": rm_name}}})
+            (event,) = wait_for("the report's event", lambda: _events(client, job["id"]), timeout=600, interval=0.5)
+            data = event["data"]["safety_report"]
+            assert data["status"] == "completed", event
+            reward = data["reward_model"]
+            assert reward["available"] is True and reward["model"] == rm_name, reward
+            assert reward["answers"] == {"base": 3, "tuned": 3}
+            listed = {a["name"]: a for a in client.get(f"/v1/fine_tuning/jobs/{job['id']}/artifacts").json()["data"]}
+            report = httpx.get(listed["reports/safety_report.json"]["url"], timeout=30).json()
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(reward_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(str(reward_dir)).eval()
+        for role in ("base", "tuned"):
+            scores = []
+            for item in (i for i in report["items"] if i["set"] == "redteam"):
+                text = tokenizer.apply_chat_template([{"role": "user", "content": item["prompt"]},
+                                                      {"role": "assistant", "content": item[role]["text"]}],
+                                                     tokenize=False)
+                with torch.no_grad():
+                    scores.append(float(model(**tokenizer(text, return_tensors="pt",
+                                                          add_special_tokens=False)).logits[0, 0]))
+            assert reward["mean_score"][role] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+        assert reward["difference"] == pytest.approx(reward["mean_score"]["tuned"] - reward["mean_score"]["base"],
+                                                     abs=1e-5)
+        assert "reward-model score of the answers to harmful requests" in event["message"]
+    finally:
+        server.stop()

@@ -34,7 +34,7 @@ from tuneforge.service.domain.lifecycle import add_event
 from tuneforge.service.domain.safety.leaks import TrainingValues, training_values
 from tuneforge.service.domain.safety.prompts import Messages, file_prompts, redteam_data, redteam_prompts
 from tuneforge.service.domain.safety.report import HTML_NAME, JSON_NAME, Answer, Item, build, page, summary
-from tuneforge.service.domain.serving import CHAT, ServingBackend, Target, resolve_target
+from tuneforge.service.domain.serving import CHAT, SCORE, ServingBackend, Target, resolve_reward_model, resolve_target
 from tuneforge.service.executors.background import PollLoop
 from tuneforge.storage import ObjectNotFound, ObjectStore
 
@@ -71,9 +71,7 @@ def _reward_model(method: dict[str, Any]) -> dict[str, Any]:
     if not models:
         return {"available": False, "model": None,
                 "reason": "the job's method used no reward_model grader: no harmlessness score"}
-    return {"available": False, "model": models[0],
-            "reason": "not computed: reward models run in the trainer (torch), which the service does not load; "
-                      "score the answers with a reinforcement job's grader instead"}
+    return {"available": False, "model": models[0], "reason": "not scored yet"}
 
 
 def _file_or_none(repo: TenantRepo, file_id: str) -> File | None:
@@ -123,6 +121,8 @@ class SafetyReporter(PollLoop):
                 await asyncio.to_thread(self._finish, job_id, "skipped", f"Safety report skipped: {work}", None)
                 return
             items = await self._ask(work)
+            if work.reward_model.get("model"):
+                work.reward_model = await self._harmlessness(work, items)
             report = build(job_id=job_id, created_at=int(time.time()),
                            models={role: t.public_id for role, t in work.targets.items()}, items=items,
                            training=work.training, settings=work.settings, reward_model=work.reward_model,
@@ -194,6 +194,36 @@ class SafetyReporter(PollLoop):
             items.append(Item(set_name, prompt, {"base": answers[2 * i], "tuned": answers[2 * i + 1]}))
         return items
 
+    async def _harmlessness(self, work: _Work, items: list[Item]) -> dict[str, Any]:
+        """The reward model's mean score of the base and the tuned answers to the harmful requests (a higher score
+        is what the reward model prefers); why not, when it cannot score."""
+        model = str(work.reward_model["model"])
+        pairs = [(item, role) for item in items if item.set == "redteam" for role in ("base", "tuned")
+                 if item.answers[role].error is None]
+        try:
+            target = await asyncio.to_thread(self._scorer, work.tenant_id, model)
+            body = {"model": model, "input": [{"messages": [{"role": "user", "content": item.prompt}],
+                                               "output_text": item.answers[role].text} for item, role in pairs]}
+            reply = await self.serving.request(target, SCORE, body) if pairs else None
+        except ServiceError as exc:
+            return {"available": False, "model": model, "reason": f"the reward model could not score: {exc.message}"}
+        if reply is None or reply.status != 200:
+            shown = json.dumps(reply.body)[:300] if reply is not None else "no answers to score"
+            return {"available": False, "model": model, "reason": f"the reward model could not score: {shown}"}
+        scores: dict[str, list[float]] = {"base": [], "tuned": []}
+        for (_, role), entry in zip(pairs, reply.body["data"], strict=True):
+            scores[role].append(float(entry["score"]))
+        means = {role: round(sum(v) / len(v), 6) if v else None for role, v in scores.items()}
+        difference = (round(means["tuned"] - means["base"], 6)
+                      if means["base"] is not None and means["tuned"] is not None else None)
+        return {"available": True, "model": model, "set": "redteam", "answers": {r: len(v) for r, v in scores.items()},
+                "mean_score": means, "difference": difference,
+                "reason": "the job's reward model's mean score of the answers to the harmful requests"}
+
+    def _scorer(self, tenant_id: str, model: str) -> Target:
+        with self.sessions() as session:
+            return resolve_reward_model(TenantRepo(session, tenant_id), model)
+
     def _publish(self, job_id: str, report: dict[str, Any]) -> None:
         self.store.put_bytes(report_key(job_id, JSON_NAME), json.dumps(report, indent=1).encode("utf-8"))
         self.store.put_bytes(report_key(job_id, HTML_NAME), page(report).encode("utf-8"))
@@ -202,6 +232,7 @@ class SafetyReporter(PollLoop):
                                    for s in ("redteam", "validation")}
         compact["pii"] = {r: {k: report["pii"][r][k] for k in ("found_total", "leaked_total")}
                           for r in ("base", "tuned")}
+        compact["reward_model"] = report["reward_model"]
         compact["artifacts"] = [f"reports/{JSON_NAME}", f"reports/{HTML_NAME}"]
         self._finish(job_id, "completed", summary(report), compact)
 

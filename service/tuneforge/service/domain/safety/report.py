@@ -118,8 +118,17 @@ def summary(report: dict[str, Any]) -> str:
             f"{_pct(red['tuned']['refusal_rate'])} (tuned), {_signed(red['difference']['refusal_rate'])}; refusals "
             f"of validation prompts {_pct(val['base']['refusal_rate'])} -> {_pct(val['tuned']['refusal_rate'])}; "
             f"personal data in answers {pii['base']['found_total']} -> {pii['tuned']['found_total']}, of it from the "
-            f"training file {pii['base']['leaked_total']} -> {pii['tuned']['leaked_total']}. Artifacts: "
-            f"reports/{JSON_NAME}, reports/{HTML_NAME}")
+            f"training file {pii['base']['leaked_total']} -> {pii['tuned']['leaked_total']}{_reward_line(report)}. "
+            f"Artifacts: reports/{JSON_NAME}, reports/{HTML_NAME}")
+
+
+def _reward_line(report: dict[str, Any]) -> str:
+    reward = report["reward_model"]
+    if not reward.get("available") or None in reward["mean_score"].values():
+        return ""
+    means = reward["mean_score"]
+    return (f"; reward-model score of the answers to harmful requests {means['base']:.3f} -> {means['tuned']:.3f} "
+            f"({reward['difference']:+.3f})")
 
 
 _STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
@@ -151,8 +160,15 @@ def page(report: dict[str, Any]) -> str:
         out.append(f"<tr><td>{label}</td><td class=n>{pii['base'][key]}</td><td class=n>{pii['tuned'][key]}</td>"
                    f"<td class=n>{pii['difference'][key]:+d}</td></tr>")
     reward = report["reward_model"]
-    out.append("<tr><td>Reward-model harmlessness</td><td colspan=3>"
-               + (_e(reward.get("reason", "")) if not reward.get("available") else _e(reward)) + "</td></tr></table>")
+    if reward.get("available"):
+        means = reward["mean_score"]
+        out.append("<tr><td>Reward-model score of the answers to harmful requests (" + _e(reward["model"]) + ")</td>"
+                   + "".join(f"<td class=n>{'n/a' if means[r] is None else f'{means[r]:.3f}'}</td>" for r in ROLES)
+                   + "<td class=n>" + ("n/a" if reward["difference"] is None else f"{reward['difference']:+.3f}")
+                   + "</td></tr></table>")
+    else:
+        out.append("<tr><td>Reward-model harmlessness</td><td colspan=3>" + _e(reward.get("reason", ""))
+                   + "</td></tr></table>")
     training = pii["training_file"]
     out.append(f"<p>Training file: {training['values']} distinct personal values in {training['bytes_read']} bytes "
                f"read{'' if training['complete'] else ' (not the whole file)'}. Refusals are detected by phrase "
