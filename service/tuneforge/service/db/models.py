@@ -138,7 +138,7 @@ class Job(Base):
     #: (``[{eval_id, data_source, base_run_id, tuned_run_id, error}]``)
     evals: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     #: None (no evals asked), pending (until the job succeeds), starting (claimed by one replica), started
-    evals_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    evals_state: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_idempotency"),

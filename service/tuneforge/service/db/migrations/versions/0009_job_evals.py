@@ -20,9 +20,12 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("evals", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("evals_state", sa.String(length=16), nullable=True))
+        # the poll for succeeded jobs whose evals wait reads the few pending rows, not every succeeded job
+        batch_op.create_index(batch_op.f("ix_jobs_evals_state"), ["evals_state"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_evals_state"))
         batch_op.drop_column("evals_state")
         batch_op.drop_column("evals")
