@@ -122,6 +122,25 @@ def test_the_loop_campaign_raters_report_export_and_a_reward_model_job(served: S
         # alpha without the random rater: the careful pair agrees on everything
         assert rand["alpha_without"] == 1.0 and careful["alpha_without"] < 1.0
 
+        # the campaign's events: sampling started, its progress in tenths, done, and the last label completing it
+        events = client.get(f"/v1/feedback_campaigns/{campaign_id}/events", params={"order": "asc",
+                                                                                 "limit": 100}).json()["data"]
+        messages = [e["message"] for e in events]
+        assert messages[0].startswith("Sampling started: 6 of 6 prompts") and events[0]["object"] == (
+            "feedback_campaign.event"), messages
+        progress = [e["data"]["sampled_prompts"] for e in events if e["message"].startswith("Sampling: ")]
+        assert sorted(progress) == [1, 2, 3, 4, 5], messages  # two prompts answered at once may land either way
+        assert messages[-2].startswith("Sampling done: 6 prompts answered") and events[-2]["data"]["status"] == (
+            "collecting")
+        assert messages[-1] == "Every item has its raters: the campaign is completed"
+        newest = client.get(f"/v1/feedback_campaigns/{campaign_id}/events", params={"limit": 1}).json()
+        assert newest["has_more"] is True and newest["data"][0]["id"] == events[-1]["id"]
+        # another organization: the events are as missing as an unknown campaign's
+        foreign = served.other.get(f"/v1/feedback_campaigns/{campaign_id}/events")
+        unknown = served.other.get("/v1/feedback_campaigns/fbc-000000000000000000000000/events")
+        assert foreign.status_code == unknown.status_code == 404
+        assert foreign.text.replace(campaign_id, "X") == unknown.text.replace("fbc-000000000000000000000000", "X")
+
         files_before = client.get("/v1/files").json()["data"]
         # only raters perfect on gold, and a consensus of all their votes
         exported = client.post(f"/v1/feedback_campaigns/{campaign_id}/export",
@@ -273,6 +292,8 @@ def test_labels_on_unknown_foreign_or_closed_items_are_refused(served: Served, p
         assert_error(rater.post(url, json={"preferred": 0}), 409, code="campaign_not_collecting",
                      param="campaign_id")
         assert client.get(f"/v1/feedback_campaigns/{other['id']}").json()["progress"]["labels"] == 0
+        last = client.get(f"/v1/feedback_campaigns/{other['id']}/events", params={"limit": 1}).json()["data"][0]
+        assert last["message"].startswith("Cancelled by the user") and last["data"] == {"status": "cancelled"}
         assert_error(client.post(f"/v1/feedback_campaigns/{other['id']}/cancel"), 409,
                      code="campaign_not_cancelable")
         assert_error(client.post(f"/v1/feedback_campaigns/{other['id']}/export", json={}), 400,

@@ -101,6 +101,7 @@ EXPECTED: dict[tuple[str, str], Permission | str] = {
     ("POST", "/v1/feedback_campaigns/{campaign_id}/cancel"): P.WRITE,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/raters"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/report"): P.READ,
+    ("GET", "/v1/feedback_campaigns/{campaign_id}/events"): P.READ,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/export"): P.WRITE,
     ("POST", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.WRITE,
     ("GET", "/v1/feedback_campaigns/{campaign_id}/rounds"): P.READ,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.service.db.models import FeedbackCampaign, FeedbackLabel, FeedbackRound
+from tuneforge.service.db.models import FeedbackCampaign, FeedbackEvent, FeedbackLabel, FeedbackRound
 from tuneforge.service.db.repo import TenantRepo
 
 
@@ -41,3 +41,8 @@ def round_object(row: FeedbackRound) -> dict[str, Any]:
             "reward_model": row.options["reward_model"], "reinforcement": row.options["reinforcement"],
             "evals": [e["eval_id"] for e in row.options.get("evals") or []],
             "next_campaign": row.options.get("next_campaign")}
+
+
+def event_object(row: FeedbackEvent) -> dict[str, Any]:
+    return {"object": "feedback_campaign.event", "id": row.id, "created_at": row.created_at, "level": row.level,
+            "message": row.message, "data": row.data}

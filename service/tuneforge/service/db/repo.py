@@ -28,6 +28,7 @@ from tuneforge.service.db.models import (
     EvalOutputItem,
     EvalRun,
     FeedbackCampaign,
+    FeedbackEvent,
     FeedbackItem,
     FeedbackLabel,
     FeedbackLabelHistory,
@@ -44,7 +45,7 @@ from tuneforge.service.db.models import (
 )
 
 T = TypeVar("T", File, Job, JobEvent, Checkpoint, WebhookEndpoint, WebhookDelivery, Eval, EvalRun, EvalOutputItem,
-            FeedbackCampaign, FeedbackRound)
+            FeedbackCampaign, FeedbackRound, FeedbackEvent)
 #: the most jobs' (seq, metadata) pairs read by one query while a metadata-filtered list fills its page
 METADATA_SCAN_BATCH = 2000
 UNFINISHED_STATUSES = tuple(sorted(set(JobStatus) - TERMINAL_STATUSES))
@@ -412,7 +413,8 @@ class TenantRepo:
 
     def delete_campaign(self, row: FeedbackCampaign) -> None:
         """The campaign with its raters, items, labels and their history, in one transaction."""
-        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater, FeedbackRound):
+        for model in (FeedbackLabelHistory, FeedbackLabel, FeedbackItem, FeedbackRater, FeedbackRound,
+                      FeedbackEvent):
             self.session.execute(delete(model).where(model.campaign_id == row.id,
                                                      model.tenant_id == self.tenant_id))
         self.session.delete(row)
@@ -441,6 +443,18 @@ class TenantRepo:
                 known.add(key_id)
                 self.session.add(FeedbackRater(campaign_id=row.id, tenant_id=self.tenant_id, key_id=key_id,
                                                created_at=at))
+        self.session.commit()
+
+    def list_campaign_events(self, campaign_id: str, after: str | None, limit: int,
+                             newest_first: bool) -> tuple[list[FeedbackEvent], bool]:
+        return _page(self.session, select(FeedbackEvent).where(FeedbackEvent.campaign_id == campaign_id,
+                                                               FeedbackEvent.tenant_id == self.tenant_id),
+                     FeedbackEvent, after, limit, newest_first)
+
+    def add_campaign_event(self, campaign: FeedbackCampaign, message: str, *, level: str = "info",
+                           data: dict[str, Any] | None = None) -> None:
+        self.session.add(FeedbackEvent(id=new_id("fbevent"), campaign_id=campaign.id, tenant_id=self.tenant_id,
+                                       level=level, message=message, data=data, created_at=now()))
         self.session.commit()
 
     # -- rounds of the feedback loop --
@@ -557,6 +571,9 @@ class TenantRepo:
             if not short:
                 session.execute(update(FeedbackCampaign).where(FeedbackCampaign.id == campaign.id)
                                 .values(status="completed", finished_at=at))
+                session.add(FeedbackEvent(id=new_id("fbevent"), campaign_id=campaign.id, tenant_id=self.tenant_id,
+                                          message="Every item has its raters: the campaign is completed",
+                                          data={"status": "completed"}, created_at=at))
             session.commit()
         except BaseException:
             session.rollback()
@@ -851,6 +868,16 @@ class SystemRepo:
         self.session.add_all(items)
         self.session.commit()
         return True
+
+    def add_campaign_event(self, campaign_id: str, message: str, *, level: str = "info",
+                           data: dict[str, Any] | None = None) -> None:
+        """An event of the campaign (nothing when it was deleted meanwhile)."""
+        tenant = self.session.scalar(select(FeedbackCampaign.tenant_id).where(FeedbackCampaign.id == campaign_id))
+        if tenant is None:
+            return
+        self.session.add(FeedbackEvent(id=new_id("fbevent"), campaign_id=campaign_id, tenant_id=tenant,
+                                       level=level, message=message, data=data, created_at=now()))
+        self.session.commit()
 
     def feedback_campaigns_by_status(self) -> list[tuple[str, int]]:
         rows = self.session.execute(select(FeedbackCampaign.status, func.count()).group_by(FeedbackCampaign.status))

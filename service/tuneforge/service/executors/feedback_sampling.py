@@ -48,6 +48,8 @@ class _Work:
     targets: dict[str, Target]
     prompts: list[Prompt]
     failure: str | None = None
+    #: prompts answered so far (those of an earlier, interrupted pass included)
+    sampled: int = 0
 
 
 class FeedbackSampler(KeyedTasks):
@@ -73,8 +75,14 @@ class FeedbackSampler(KeyedTasks):
             return call(SystemRepo(session), *args, **kwargs)
 
     def _fail(self, campaign_id: str, code: str, message: str) -> None:
-        self._system(SystemRepo.set_feedback_campaign, campaign_id, only_if=("pending", "sampling"),
-                     status="failed", finished_at=now(), error={"code": code, "message": message[:1000]})
+        if self._system(SystemRepo.set_feedback_campaign, campaign_id, only_if=("pending", "sampling"),
+                        status="failed", finished_at=now(), error={"code": code, "message": message[:1000]}):
+            self._event(campaign_id, f"Sampling failed: {message[:1000]}", level="error",
+                        data={"status": "failed", "code": code})
+
+    def _event(self, campaign_id: str, message: str, *, level: str = "info",
+               data: dict[str, Any] | None = None) -> None:
+        self._system(SystemRepo.add_campaign_event, campaign_id, message, level=level, data=data)
 
     async def run(self, campaign_id: str) -> None:
         try:
@@ -112,13 +120,22 @@ class FeedbackSampler(KeyedTasks):
         if not await asyncio.to_thread(self._system, SystemRepo.set_feedback_campaign, campaign_id,
                                        only_if=("pending", "sampling"), status="sampling"):
             return  # cancelled meanwhile
+        config, total = work.campaign.config, work.campaign.total_prompts
+        work.sampled = total - len(work.prompts)
+        await asyncio.to_thread(
+            self._event, campaign_id,
+            f"Sampling {'resumed' if work.sampled else 'started'}: {len(work.prompts)} of {total} prompts to answer, "
+            f"{config['samples_per_prompt']} answer(s) each from {', '.join(config['models'])}",
+            data={"status": "sampling", "sampled_prompts": work.sampled, "total_prompts": total})
         pending = iter(work.prompts)
         await asyncio.gather(*[self._worker(work, pending) for _ in range(self.settings.serving.eval_concurrency)])
         if work.failure is not None:
             await asyncio.to_thread(self._fail, campaign_id, "model_error", work.failure)
-        else:
-            await asyncio.to_thread(self._system, SystemRepo.set_feedback_campaign, campaign_id,
-                                    only_if=("sampling",), status="collecting")
+        elif await asyncio.to_thread(self._system, SystemRepo.set_feedback_campaign, campaign_id,
+                                     only_if=("sampling",), status="collecting"):
+            await asyncio.to_thread(self._event, campaign_id,
+                                    f"Sampling done: {total} prompts answered; the campaign collects labels",
+                                    data={"status": "collecting", "sampled_prompts": total, "total_prompts": total})
 
     async def _worker(self, work: _Work, pending: Iterator[Prompt]) -> None:
         for prompt in pending:
@@ -138,6 +155,14 @@ class FeedbackSampler(KeyedTasks):
                 return  # cancelled or deleted
             if self.on_prompt is not None:
                 self.on_prompt()
+            work.sampled += 1
+            total = work.campaign.total_prompts
+            # progress in tenths (a 10,000-prompt campaign gets ten events, a 5-prompt one five)
+            if work.sampled < total and work.sampled * 10 // total > (work.sampled - 1) * 10 // total:
+                await asyncio.to_thread(self._event, work.campaign.id,
+                                        f"Sampling: {work.sampled} of {total} prompts answered",
+                                        data={"status": "sampling", "sampled_prompts": work.sampled,
+                                              "total_prompts": total})
 
     async def _sample(self, work: _Work, target: Target, prompt: Prompt, k: int) -> dict[str, Any]:
         sampling = work.campaign.config["sampling"]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Query
 
 from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
 from tuneforge.service.api.eval_presenters import page_of
-from tuneforge.service.api.feedback_presenters import campaign_object, label_object, round_object
+from tuneforge.service.api.feedback_presenters import campaign_object, event_object, label_object, round_object
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery
 from tuneforge.service.api.presenters import file_object
 from tuneforge.service.core.errors import Conflict, Unavailable
@@ -65,6 +65,7 @@ def cancel_campaign(campaign_id: str, repo: RepoDep, state: StateDep) -> dict[st
     if not repo.cancel_campaign(row, now()):
         raise Conflict(f"Feedback campaign '{campaign_id}' has already finished ({row.status}).",
                        code="campaign_not_cancelable")
+    repo.add_campaign_event(row, "Cancelled by the user; its items and labels stay", data={"status": "cancelled"})
     if state.feedback is not None:
         state.feedback.stop_threadsafe(row.id)
     return campaign_object(repo, row)
@@ -106,6 +107,15 @@ def export(campaign_id: str, repo: RepoDep, state: StateDep, principal: Principa
     return file_object(export_campaign(repo, state.store, row, body, quota=limits_of(state, principal),
                                        max_tokens=limits.max_example_tokens, max_errors=limits.max_reported_errors,
                                        count_tokens=counter))
+
+
+@router.get("/{campaign_id}/events", summary="List a campaign's events (sampling progress, cancel, completion)")
+def list_events(campaign_id: str, repo: RepoDep, after: AfterQuery = None, limit: LimitQuery = 20,
+                order: Annotated[str, Query(pattern="^(asc|desc)$", description="desc (newest first) or asc")]
+                = "desc") -> dict[str, Any]:
+    row = repo.get_campaign(campaign_id)
+    rows, more = repo.list_campaign_events(row.id, after, limit, newest_first=order == "desc")
+    return page_of([event_object(e) for e in rows], more)
 
 
 # -- rounds of the loop --
