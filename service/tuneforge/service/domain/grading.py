@@ -106,61 +106,51 @@ class ServingJudge:
                  limit: asyncio.Semaphore | None = None) -> None:
         self.serving, self.targets, self.loop, self.limit = serving, targets, loop, limit
 
-    async def _ask(self, target: Target, body: dict[str, Any]) -> Any:
+    async def _send(self, target: Target, path: str, body: dict[str, Any]) -> Any:
         if self.limit is None:
-            return await self.serving.request(target, CHAT, body)
+            return await self.serving.request(target, path, body)
         async with self.limit:
-            return await self.serving.request(target, CHAT, body)
+            return await self.serving.request(target, path, body)
 
-    def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeReply:
-        target = self.targets[model]
-        body = {**params, "model": target.public_id, "messages": messages}
-        future = asyncio.run_coroutine_threadsafe(self._ask(target, body), self.loop)
+    def _answer(self, target: Target, path: str, body: dict[str, Any], who: str) -> dict[str, Any]:
+        """The engine's 200 body, from a worker thread; anything else is :class:`JudgeUnavailable` naming ``who``."""
+        future = asyncio.run_coroutine_threadsafe(self._send(target, path, body), self.loop)
         try:
             reply = future.result(JUDGE_TIMEOUT_S)
         except ServiceError as exc:
-            raise JudgeUnavailable(f"the judge model '{model}' could not answer: {exc.message}") from None
+            raise JudgeUnavailable(f"{who} could not answer: {exc.message}") from None
         except Exception as exc:
             future.cancel()
-            raise JudgeUnavailable(f"the judge model '{model}' could not answer: {exc or type(exc).__name__}") from None
+            raise JudgeUnavailable(f"{who} could not answer: {exc or type(exc).__name__}") from None
         if reply.status != 200:
             error = reply.body.get("error") if isinstance(reply.body, dict) else None
             message = error.get("message") if isinstance(error, dict) else str(reply.body)[:200]
-            raise JudgeUnavailable(f"the judge model '{model}' answered {reply.status}: {message}")
-        try:
-            text = reply.body["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise JudgeUnavailable(f"the judge model '{model}' sent no message") from None
-        usage = reply.body.get("usage") or {}
-        return JudgeReply(str(text), {k: int(v) for k, v in usage.items() if isinstance(v, int)})
+            raise JudgeUnavailable(f"{who} answered {reply.status}: {message}")
+        body_out: dict[str, Any] = reply.body
+        return body_out
 
-    async def _score(self, target: Target, body: dict[str, Any]) -> Any:
-        if self.limit is None:
-            return await self.serving.request(target, SCORE, body)
-        async with self.limit:
-            return await self.serving.request(target, SCORE, body)
+    def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeReply:
+        target = self.targets[model]
+        who = f"the judge model '{model}'"
+        answer = self._answer(target, CHAT, {**params, "model": target.public_id, "messages": messages}, who)
+        try:
+            text = answer["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise JudgeUnavailable(f"{who} sent no message") from None
+        usage = answer.get("usage") or {}
+        return JudgeReply(str(text), {k: int(v) for k, v in usage.items() if isinstance(v, int)})
 
     def reward(self, model: str, messages: list[dict[str, str]], answer: str) -> RewardReply:
         """The served reward model's score of ``answer`` after ``messages``."""
         target = self.targets[model]
-        body = {"model": target.public_id, "input": [{"messages": messages, "output_text": answer}]}
-        future = asyncio.run_coroutine_threadsafe(self._score(target, body), self.loop)
+        who = f"the reward model '{model}'"
+        scored = self._answer(target, SCORE, {"model": target.public_id, "input": [
+            {"messages": messages, "output_text": answer}]}, who)
         try:
-            reply = future.result(JUDGE_TIMEOUT_S)
-        except ServiceError as exc:
-            raise JudgeUnavailable(f"the reward model '{model}' could not score: {exc.message}") from None
-        except Exception as exc:
-            future.cancel()
-            raise JudgeUnavailable(f"the reward model '{model}' could not score: {exc or type(exc).__name__}") from None
-        if reply.status != 200:
-            error = reply.body.get("error") if isinstance(reply.body, dict) else None
-            message = error.get("message") if isinstance(error, dict) else str(reply.body)[:200]
-            raise JudgeUnavailable(f"the reward model '{model}' answered {reply.status}: {message}")
-        try:
-            score = float(reply.body["data"][0]["score"])
+            score = float(scored["data"][0]["score"])
         except (KeyError, IndexError, TypeError, ValueError):
-            raise JudgeUnavailable(f"the reward model '{model}' sent no score") from None
-        tokens = int((reply.body.get("usage") or {}).get("prompt_tokens", 0))
+            raise JudgeUnavailable(f"{who} sent no score") from None
+        tokens = int((scored.get("usage") or {}).get("prompt_tokens", 0))
         return RewardReply(score, {"prompt_tokens": tokens, "total_tokens": tokens})
 
 
