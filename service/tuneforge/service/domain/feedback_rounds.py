@@ -222,6 +222,21 @@ def _job_or_none(repo: TenantRepo, job_id: str | None) -> Job | None:
         return None
 
 
+def _succeeded(repo: TenantRepo, row: FeedbackRound, job_id: str | None, what: str, code: str) -> Job | None:
+    """The step's job once it has succeeded with a model; None while it runs, or when it is gone or ended
+    otherwise (then the round has failed, with the reason)."""
+    job = _job_or_none(repo, job_id)
+    if job is None:
+        _fail(repo, row, "job_deleted", f"the {what} job {job_id} was deleted")
+        return None
+    if job.status not in _TERMINAL:
+        return None
+    if job.status != JobStatus.SUCCEEDED or not job.fine_tuned_model:
+        _fail(repo, row, code, _ended_badly(job, what))
+        return None
+    return job
+
+
 def _evals_ended(repo: TenantRepo, job: Job) -> bool:
     if job.evals_state != "started":
         return False
@@ -255,14 +270,8 @@ def advance_round(repo: TenantRepo, store: ObjectStore, settings: ServiceSetting
     done = Advanced()
     options = row.options
     if row.step == "reward_model":
-        rm = _job_or_none(repo, row.reward_model_job_id)
-        if rm is None:
-            _fail(repo, row, "job_deleted", f"the reward model job {row.reward_model_job_id} was deleted")
-            return done
-        if rm.status not in _TERMINAL:
-            return done
-        if rm.status != JobStatus.SUCCEEDED or not rm.fine_tuned_model:
-            _fail(repo, row, "reward_model_failed", _ended_badly(rm, "reward model"))
+        rm = _succeeded(repo, row, row.reward_model_job_id, "reward model", "reward_model_failed")
+        if rm is None or rm.fine_tuned_model is None:
             return done
         rl_options = options["reinforcement"]
         extra: dict[str, Any] = {"evals": options["evals"]} if options.get("evals") else {}
@@ -279,14 +288,8 @@ def advance_round(repo: TenantRepo, store: ObjectStore, settings: ServiceSetting
             return done  # cancelled meanwhile (the job stays: it is the tenant's to cancel or keep)
         row.step, row.reinforcement_job_id, done.new_job = "reinforcement", created.id, True
     if row.step == "reinforcement":
-        rl = _job_or_none(repo, row.reinforcement_job_id)
+        rl = _succeeded(repo, row, row.reinforcement_job_id, "reinforcement", "reinforcement_failed")
         if rl is None:
-            _fail(repo, row, "job_deleted", f"the reinforcement job {row.reinforcement_job_id} was deleted")
-            return done
-        if rl.status not in _TERMINAL:
-            return done
-        if rl.status != JobStatus.SUCCEEDED or not rl.fine_tuned_model:
-            _fail(repo, row, "reinforcement_failed", _ended_badly(rl, "reinforcement"))
             return done
         step = "evaluation" if rl.evals else "next_campaign"
         if not repo.set_round(row.id, step=step):
