@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,6 +243,27 @@ def test_cancel_removes_the_pods(make_service, core, batch, custom, namespace):
     assert (cr["status"]["phase"], cr["status"]["reason"]) == ("Cancelled", "Cancelled")
     assert cr["status"]["message"] == "Cancelled: the Job and its pods are deleted"
     assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_finetunejob_that_ran_before_its_job_was_marked_queued_still_runs_it(make_service, custom, core,
+                                                                                namespace):
+    """The operator can set Queued and Running between the service's create and its queued write (a busy
+    service); the watch ignores a validating job's FineTuneJob, so the status must be read once more after."""
+    server = make_service()
+    executor = server.state.executor
+    decide = executor._decide
+
+    def slow_decide(job_id: str, status: str, message: str, **kwargs: Any) -> bool:
+        if status == "queued":  # hold the queued write until the FineTuneJob says Running, and a while more
+            wait_for("the FineTuneJob Running", lambda: (get_cr(custom, namespace, job_id).get("status") or {})
+                     .get("phase") == "Running", 30)
+            time.sleep(1.0)
+        return decide(job_id, status, message, **kwargs)
+
+    executor._decide = slow_decide
+    client, job = submit(server)
+    running_pod(core, namespace, job["id"])
+    assert wait_for_status(client, job["id"], {"running"}, timeout=30)["status"] == "running"
 
 
 def test_service_reconnects_after_an_apiserver_restart(testbed, make_service, core, namespace):

@@ -207,6 +207,8 @@ class KubernetesExecutor(Executor):
         self._pushed: dict[str, tuple[Any, ...]] = {}
         self._last_push = 0.0
         self._signatures: dict[str, tuple[Any, ...]] = {}
+        #: the watch thread and the submitting control loop both apply FineTuneJob statuses: one at a time
+        self._applying = threading.Lock()
         #: set while a watch is open (tests wait on it); ``relists`` counts (re)connections
         self.watching = threading.Event()
         self.relists = 0
@@ -361,6 +363,17 @@ class KubernetesExecutor(Executor):
         submitted = f"Submitted to Kubernetes as FineTuneJob {self.namespace}/{job.id}"
         if not self._decide(job.id, JobStatus.QUEUED, submitted, fields={"token_hash": hash_secret(token)}):
             self.cancel(job.id)  # cancelled while it was being submitted: its FineTuneJob must not run
+            return
+        # The watch ignores a FineTuneJob's status while its job is still validating_files, and the operator can
+        # set Queued and Running between the create above and the queued write: read it once more now, or a
+        # job whose FineTuneJob changes no further would stay queued until the next relist.
+        try:
+            current = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, job.id, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as exc:  # the watch's next relist catches up
+            log.warning("cannot read FineTuneJob %s after submitting it (%s)", job.id, _api_message(exc))
+            return
+        self._handle(cast(JSON, current))
 
     def _decide(self, job_id: str, status: str, message: str, **kwargs: Any) -> bool:
         """One compare-and-set transition of a job still ``validating_files``, in a short session."""
@@ -588,7 +601,7 @@ class KubernetesExecutor(Executor):
 
     def _handle(self, cr: JSON) -> None:
         try:
-            with self.sessions() as session:
+            with self._applying, self.sessions() as session:
                 job = SystemRepo(session).job(cr["metadata"]["name"])
                 final = self.apply_status(session, job, cr) if job is not None else None
             if final is not None:  # the cluster is called after the session is closed
