@@ -7,6 +7,12 @@ clock runs). The named baseline, in the same service right before: the same N ch
 to ``/v1/chat/completions`` with the same concurrency. Printed: items/s of both and the ratio eval / baseline
 (what the run's bookkeeping and grading cost on top of generation).
 
+``compare``: base vs tuned the way a user gets it: an SFT job (``--train-rows`` rows, ``--epochs``) that names an
+eval at creation; when it succeeds the service runs the eval on the base and the tuned model and
+``GET /v1/fine_tuning/jobs/{id}/eval_report`` compares them (pass rates, mean scores, paired bootstrap intervals).
+``--task gsm8k``: GSM8K train rows, the test split's first ``--items`` graded as in ``gsm8k``; ``--task chat``: the
+demo's chat data, ``--items`` held-out rows graded by ROUGE-L against their answers.
+
 ``gsm8k``: the first ``--items`` rows of GSM8K's test split on a base model, greedy, with a numeric
 ``string_check`` (the last number of the answer against the reference after ``####``) and a format ``regex``
 (the answer ends with ``#### <number>``).
@@ -15,6 +21,8 @@ to ``/v1/chat/completions`` with the same concurrency. Printed: items/s of both 
         [--model tiny|SmolLM2-135M-Instruct] [--items 48] [--concurrency 1,4,8] [--tokens 32]
     PYTHONPATH=service:operator:trainer_image:. HF_HUB_OFFLINE=1 .venv/bin/python bench/evals.py gsm8k \\
         [--model SmolLM2-135M-Instruct] [--items 50] [--tokens 256]
+    PYTHONPATH=service:operator:trainer_image:. HF_HUB_OFFLINE=1 .venv/bin/python bench/evals.py compare \\
+        --task gsm8k|chat [--train-rows 200] [--epochs 2] [--items 40] [--tokens 256|64]
 """
 
 from __future__ import annotations
@@ -164,9 +172,109 @@ def gsm8k(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+#: the instruction both models get for a GSM8K problem (the tuned model was trained on answers in this format)
+GSM8K_SYSTEM = "Solve the problem step by step. End with a line '#### <number>'."
+GSM8K_CRITERIA = [
+    {"type": "string_check", "name": "correct", "input": "{{sample.output_text}}", "pattern": r"(-?[\d,]*\.?\d+)",
+     "reference": "{{item.answer}}", "reference_pattern": r"####\s*(.+)", "operation": "eq"},
+    {"type": "regex", "name": "format", "pattern": r"####\s*-?[\d,]*\.?\d+\s*$", "reference": None}]
+CHAT_DATA = REPO / "examples" / "data" / "forge_chat.jsonl"
+
+
+def _compare_task(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(training chats, eval items, the eval's create body) of ``--task``: the training rows and the eval items
+    never overlap."""
+    if args.task == "gsm8k":
+        train_rows = [json.loads(x) for x in GSM8K.with_name("train.jsonl").read_text().splitlines()[: args.train_rows]]
+        chats = [{"messages": [{"role": "system", "content": GSM8K_SYSTEM},
+                               {"role": "user", "content": r["question"]},
+                               {"role": "assistant", "content": r["answer"]}]} for r in train_rows]
+        items = [{"item": {"system": GSM8K_SYSTEM, "question": r["question"], "answer": r["answer"]}}
+                 for r in map(json.loads, GSM8K.read_text().splitlines()[: args.items])]
+        criteria = GSM8K_CRITERIA
+    else:  # the demo's chat data: train on the first rows, evaluate ROUGE-L against the last rows' answers
+        rows = [json.loads(x) for x in CHAT_DATA.read_text().splitlines() if x.strip()]
+        held_out = rows[-args.items:]
+        chats = rows[: min(args.train_rows, len(rows) - args.items)]
+        items = [{"item": {"system": r["messages"][0]["content"], "question": r["messages"][1]["content"],
+                           "answer": r["messages"][2]["content"]}} for r in held_out]
+        criteria = [{"type": "text_similarity", "name": "rouge_l", "input": "{{sample.output_text}}",
+                     "reference": "{{item.answer}}", "evaluation_metric": "rouge_l", "pass_threshold": 0.5}]
+    schema = {"type": "object", "properties": {k: {"type": "string"} for k in ("system", "question", "answer")},
+              "required": ["system", "question", "answer"]}
+    body = {"name": f"{args.task} base vs tuned", "testing_criteria": criteria,
+            "data_source_config": {"type": "custom", "item_schema": schema}}
+    return chats, items, body
+
+
+def compare_tuned(args: argparse.Namespace) -> dict[str, Any]:
+    """The product's own base-vs-tuned path: an SFT job that names the eval at creation; when it succeeds the
+    service runs the eval on the base and on the tuned model and ``/eval_report`` compares them."""
+    chats, items, eval_body = _compare_task(args)
+    home = Path(tempfile.mkdtemp(prefix=f"bench-compare-{args.task}-")) / "home"
+    settings = explicit(ServiceSettings, home=home, server={"host": "127.0.0.1", "port": free_port()},
+                        executor={"trainer_python": sys.executable},
+                        serving={"eval_concurrency": args.concurrency_one, "idle_seconds": 0})
+    server = ThreadServer(settings).start()
+    try:
+        model = _model(server, args.model, Path(args.work))
+        with server.client() as client:
+            client.timeout = httpx.Timeout(600)
+            data = "".join(json.dumps(c) + "\n" for c in chats).encode()
+            file = client.post("/v1/files", data={"purpose": "fine-tune"},
+                               files={"file": (f"{args.task}-train.jsonl", data)}).json()
+            assert "id" in file, file
+            created = client.post("/v1/evals", json=eval_body).json()
+            assert "id" in created, created
+            source = {"source": {"type": "file_content", "content": items},
+                      "sampling_params": {"temperature": 0, "max_completion_tokens": args.tokens},
+                      "input_messages": {"type": "template", "template": [
+                          {"role": "system", "content": "{{item.system}}"},
+                          {"role": "user", "content": "{{item.question}}"}]}}
+            hyperparameters = {"n_epochs": args.epochs, "batch_size": 8, "learning_rate_multiplier": 5}
+            started = time.perf_counter()
+            job = client.post("/v1/fine_tuning/jobs", json={
+                "model": model, "training_file": file["id"], "suffix": f"bench-{args.task}",
+                "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+                "evals": [{"eval_id": created["id"], "data_source": source}]}).json()
+            assert "id" in job, job
+            while (job := client.get(f"/v1/fine_tuning/jobs/{job['id']}").json())["status"] not in (
+                    "succeeded", "failed", "cancelled"):
+                time.sleep(2)
+            trained = time.perf_counter() - started
+            assert job["status"] == "succeeded", job
+            print(f"job {job['id']} succeeded after {trained:.0f} s: {job['fine_tuned_model']}", flush=True)
+            while True:
+                report = client.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_report").json()
+                entry = report["evals"][0]
+                runs = [entry.get("base_run"), entry.get("tuned_run")]
+                if entry.get("comparison") or entry.get("error") or any(
+                        r and r["status"] in ("failed", "canceled") for r in runs):
+                    break
+                time.sleep(2)
+            seconds = time.perf_counter() - started
+    finally:
+        server.stop()
+    comparison = entry.get("comparison") or {}
+    result = {"mode": "compare", "task": args.task, "model": args.model, "train_rows": len(chats),
+              "epochs": args.epochs, "items": len(items), "tokens": args.tokens, "job_seconds": trained,
+              "total_seconds": seconds, "trained_tokens": job.get("trained_tokens"),
+              "runs": runs, "error": entry.get("error"),
+              "pass_rate": comparison.get("pass_rate"),
+              "per_testing_criteria": comparison.get("per_testing_criteria"),
+              "most_different_items": (comparison.get("most_different_items") or [])[:3]}
+    print(json.dumps({k: v for k, v in result.items() if k != "most_different_items"}, indent=1), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["throughput", "gsm8k"])
+    parser.add_argument("mode", choices=["throughput", "gsm8k", "compare"])
+    parser.add_argument("--task", choices=["gsm8k", "chat"], default="gsm8k",
+                        help="compare: GSM8K (numeric string_check + format regex) or the demo's chat data "
+                        "(ROUGE-L against held-out answers)")
+    parser.add_argument("--train-rows", type=int, default=200, help="compare: SFT training rows")
+    parser.add_argument("--epochs", type=int, default=2, help="compare: SFT epochs")
     parser.add_argument("--model", default=None, help="tiny (a random tiny Llama) or a registered base model")
     parser.add_argument("--items", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None)
@@ -178,6 +286,10 @@ def main() -> None:
     if args.mode == "throughput":
         args.model, args.items, args.tokens = args.model or "tiny", args.items or 48, args.tokens or 32
         result = throughput(args)
+    elif args.mode == "compare":
+        args.model, args.items = args.model or "SmolLM2-135M-Instruct", args.items or 40
+        args.tokens = args.tokens or (256 if args.task == "gsm8k" else 64)
+        result = compare_tuned(args)
     else:
         args.model, args.items = args.model or "SmolLM2-135M-Instruct", args.items or 50
         args.tokens = args.tokens or 256

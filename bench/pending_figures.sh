@@ -4,10 +4,13 @@
 # idle one gives 13) and leave it alone. Each result lands in $OUT (default /tmp/tuneforge-figures) as JSON plus
 # its log; bench/README.md and the docs name the section each one fills.
 #
-#   bash bench/pending_figures.sh [serving] [ppo_memory] [gsm8k] [safety]   # default: all, in this order
+#   bash bench/pending_figures.sh [rlhf] [serving] [rl_compare] [gsm8k] [chat] [ppo_memory] [safety]
+#                                                               # default: all, in this order
 #
-# About an hour on 2 idle cores: serving (issue #12) ~25 min, PPO memory (#14) ~15 min, GSM8K base model
-# (#15) ~10 min, the safety report (#16) ~10 min.
+# About two hours on 2 idle cores: the classic RLHF pipeline SFT -> reward model -> PPO on HH-RLHF (#14)
+# ~20 min, serving (#12) ~25 min, PPO vs GRPO vs RLOO on the pipeline's reward model (#14, needs rlhf) ~40 min,
+# GSM8K and the demo's chat data (ROUGE-L), each base vs an SFT job's tuned model through the job's evals (#15)
+# ~15 min each, PPO memory (#14) ~15 min, the safety report (#16) ~10 min.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/tuneforge-figures}
@@ -16,7 +19,7 @@ export PYTHONPATH=.:service:operator:trainer_image HF_HUB_OFFLINE=1
 export TUNEFORGE_SHARED_DATA=${TUNEFORGE_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 PY=.venv/bin/python
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(serving ppo_memory gsm8k safety)
+[ ${#steps[@]} -eq 0 ] && steps=(rlhf serving rl_compare gsm8k chat ppo_memory safety)
 
 run() {  # name, command...
   local name=$1; shift
@@ -29,12 +32,18 @@ run() {  # name, command...
 
 for step in "${steps[@]}"; do
   case $step in
+    rlhf) run rlhf $PY -u examples/trainer_methods.py ppo --keep "$OUT/rlhf" --steps 16 ;;
+    rl_compare) run rl_compare $PY -u bench/rl_reward_model.py --store "$OUT/rlcmp" --pipeline "$OUT/rlhf" \
+                  --steps 16 ;;
     serving) run serving $PY -u bench/serving.py --engines tuneforge,vllm,hf --concurrency 1,4,16 \
                --mixes base,one,four --max-tokens 128 --out "$OUT/serving.json" ;;
     ppo_memory) run ppo_memory $PY -u bench/trainer_ppo_memory.py --steps 2 --out "$OUT/ppo_memory.json" ;;
-    gsm8k) run gsm8k $PY -u bench/evals.py gsm8k --model SmolLM2-135M-Instruct --items 50 --tokens 256 --out "$OUT/gsm8k.json" ;;
+    gsm8k) run gsm8k $PY -u bench/evals.py compare --task gsm8k --train-rows 200 --epochs 1 --items 50 \
+             --tokens 256 --out "$OUT/gsm8k.json" ;;
+    chat) run chat $PY -u bench/evals.py compare --task chat --train-rows 220 --epochs 2 --items 40 --tokens 64 \
+            --out "$OUT/chat.json" ;;
     safety) run safety $PY -u bench/safety_report.py --rows 48 --redteam 20 --max-tokens 48 \
               --out "$OUT/safety_report.json" ;;
-    *) echo "unknown step: $step (serving, ppo_memory, gsm8k, safety)"; exit 2 ;;
+    *) echo "unknown step: $step (rlhf, serving, rl_compare, gsm8k, chat, ppo_memory, safety)"; exit 2 ;;
   esac
 done
