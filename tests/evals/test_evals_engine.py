@@ -6,6 +6,7 @@ One server and one engine for the module; few items and few tokens (the engine s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.service.helpers import chat_file, create_job, update_job, upload
+from tests.service.helpers import chat_file, chat_row, create_job, update_job, upload
 from tests.support.engine_models import make_lora, make_peaked_model, make_reward_model
 from tests.support.live_server import ThreadServer, make_settings
 from tests.support.models import register_model
@@ -223,6 +224,54 @@ def test_a_succeeded_job_compares_its_base_and_tuned_models(served: tuple[Thread
         assert shown["tuned"]["output_text"] == outputs["tuned"][shown["index"]]
         assert shown["item"] == ITEMS[shown["index"]]["item"]
     _check_the_page(server, job["id"])
+
+
+def test_jobs_evaluate_their_validation_files_on_base_and_tuned(served: tuple[ThreadServer, str],
+                                                               models: tuple[Path, Path]) -> None:
+    """``evals: ["validation_file"]``: a supervised job's eval grades the answers to its validation prompts by
+    ROUGE-L against the rows' answers; a reinforcement job's grades them with its own grader. Both eval and runs
+    are made when the job succeeds, and compared like any named eval."""
+    server, _ = served
+    grader = {"type": "string_check", "name": "says", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "ilike"}
+    with server.client() as http:
+        train = upload(http, chat_file(4))["id"]
+        valid = upload(http, chat_file(3), "valid.jsonl")["id"]
+        sft = create_job(http, train, model=BASE, validation_file=valid, evals=[
+            {"type": "validation_file", "sampling_params": {"max_completion_tokens": 6}}])
+        rows = [{"messages": [{"role": "user", "content": f"say {w}"}], "answer": w} for w in ("hi", "yes", "blue")]
+        prompts = upload(http, "".join(json.dumps(r) + "\n" for r in rows).encode(), "prompts.jsonl")["id"]
+        rl = create_job(http, prompts, model=BASE, validation_file=prompts, evals=["validation_file"], method={
+            "type": "reinforcement", "reinforcement": {"grader": grader,
+                                                       "hyperparameters": {"max_completion_length": 5}}})
+    for job in (sft, rl):
+        publish_dir(server.state.store, models[1], job_model_prefix(job["id"]), base_model=BASE)
+        update_job(server, job["id"], status="succeeded", fine_tuned_model=f"ft:{BASE}:default:v:{job['id'][6:18]}",
+                   finished_at=now())
+    server.state.evals.wake_threadsafe()
+    client = _client(server)
+    with server.client() as http:
+        for job, criterion, tokens in ((sft, "rouge_l", 6), (rl, "says", 5)):
+            report = wait_for("the comparison", lambda job=job: http.get(  # type: ignore[misc]
+                f"/v1/fine_tuning/jobs/{job['id']}/eval_report").json()["evals"][0]["comparison"],
+                timeout=600, interval=0.2)
+            (entry,) = http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["evals"]
+            assert entry["type"] == "validation_file" and entry["eval_id"] and entry["error"] is None
+            assert report["items"] == 3 and [c["testing_criteria"] for c in report["per_testing_criteria"]] == [
+                criterion]
+            made = client.evals.retrieve(entry["eval_id"])
+            assert made.metadata == {"validation_file": job["validation_file"]}
+            run = client.evals.runs.retrieve(entry["base_run_id"], eval_id=made.id)
+            source = run.data_source.model_dump()
+            assert source["sampling_params"]["max_completion_tokens"] == tokens
+            items = [r["item"] for r in source["source"]["content"]]
+            if job is sft:
+                assert made.testing_criteria[0].type == "text_similarity"
+                assert items == [{"messages": chat_row(i)["messages"][:2], "reference": chat_row(i)["messages"][2][
+                    "content"]} for i in range(3)]
+            else:  # the job's own grader, over its prompt rows with their other fields
+                assert made.testing_criteria[0].type == "string_check"
+                assert items == rows
 
 
 def _check_the_page(server: ThreadServer, job_id: str) -> None:

@@ -5,6 +5,7 @@ The runs themselves (base and tuned generating through the engine, then compared
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,7 +53,8 @@ def test_a_job_names_its_evals_and_sees_them_pending(server: ThreadServer) -> No
         eval_id = _eval(client)
         file_id = upload(client, chat_file())["id"]
         job = create_job(client, file_id, evals=[{"eval_id": eval_id, "data_source": DATA_SOURCE}])
-        assert job["evals"] == [{"eval_id": eval_id, "base_run_id": None, "tuned_run_id": None, "error": None}]
+        assert job["evals"] == [{"type": "eval", "eval_id": eval_id, "base_run_id": None, "tuned_run_id": None,
+                                 "error": None}]
         report = client.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_report").json()
         assert report["object"] == "fine_tuning.job.eval_report" and report["fine_tuning_job_id"] == job["id"]
         assert [(e["eval_id"], e["base_run"], e["tuned_run"], e["comparison"]) for e in report["evals"]] == [
@@ -155,7 +157,8 @@ def test_a_failed_or_cancelled_job_runs_no_evals(server: ThreadServer) -> None:
         assert client.get(f"/v1/evals/{eval_id}/runs").json()["data"] == []
         for job in (cancelled, failed):
             shown = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["evals"]
-            assert shown == [{"eval_id": eval_id, "base_run_id": None, "tuned_run_id": None, "error": None}]
+            assert shown == [{"type": "eval", "eval_id": eval_id, "base_run_id": None, "tuned_run_id": None,
+                              "error": None}]
 
 
 def test_a_deleted_eval_is_the_reports_error_not_a_crash(server: ThreadServer) -> None:
@@ -176,3 +179,62 @@ def test_a_deleted_eval_is_the_reports_error_not_a_crash(server: ThreadServer) -
         assert "eval" in shown.lower() and eval_id in shown
         events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
         assert any(e["level"] == "warn" and eval_id in e["message"] for e in events), events
+
+
+def _preference_file(n: int = 3) -> bytes:
+    rows = [{"input": {"messages": [{"role": "user", "content": f"question {i}"}]},
+             "preferred_output": [{"role": "assistant", "content": f"good answer {i}"}],
+             "non_preferred_output": [{"role": "assistant", "content": f"bad answer {i}"}]} for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_a_job_can_build_its_eval_from_its_validation_file(server: ThreadServer) -> None:
+    """``"validation_file"`` (or the object form) is checked at creation and waits, with no eval yet, until the
+    job succeeds; the report names it."""
+    with server.client() as client:
+        train = upload(client, chat_file())["id"]
+        valid = upload(client, chat_file(5), "valid.jsonl")["id"]
+        for form in ("validation_file", {"type": "validation_file", "max_items": 2,
+                                         "sampling_params": {"max_completion_tokens": 16}}):
+            job = create_job(client, train, validation_file=valid, evals=[form])
+            assert job["evals"] == [{"type": "validation_file", "eval_id": None, "base_run_id": None,
+                                     "tuned_run_id": None, "error": None}]
+            report = client.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_report").json()["evals"]
+            assert [(e["type"], e["eval_id"], e["base_run"], e["comparison"]) for e in report] == [
+                ("validation_file", None, None, None)]
+            assert valid in report[0]["eval_name"]
+        # next to an eval named by id; a preference (DPO) job's validation file works the same way
+        eval_id = _eval(client)
+        pairs = upload(client, _preference_file(), "pairs.jsonl")["id"]
+        job = create_job(client, pairs, validation_file=pairs, method={"type": "dpo"},
+                         evals=["validation_file", {"eval_id": eval_id, "data_source": DATA_SOURCE}])
+        assert [(e["type"], e["eval_id"]) for e in job["evals"]] == [("validation_file", None), ("eval", eval_id)]
+
+
+@pytest.mark.parametrize(("body", "evals", "param", "words"), [
+    ({}, ["validation_file"], "evals.0.type", "validation_file"),  # the job has none
+    ({"validation_file": "VALID"}, ["validation_file", "validation_file"], "evals.1", "twice"),
+    ({"validation_file": "VALID"}, [{"type": "validation_file", "max_items": 0}], "evals.0.max_items", "1"),
+    ({"validation_file": "VALID"}, [{"type": "validation_file", "eval_id": "x"}], "evals.0.eval_id", "eval_id"),
+    ({"validation_file": "VALID"}, [{"type": "eval"}], "evals.0.eval_id", "missing"),
+    ({"validation_file": "VALID"}, [{"eval_id": "eval_x", "max_items": 3}], "evals.0.max_items", "validation_file"),
+    ({"validation_file": "VALID"}, [{"type": "validation_files"}], "evals.0.type", "validation_file"),
+    ({"validation_file": "VALID"}, [{"type": "validation_file", "sampling_params": {"temperature": 5}}],
+     "evals.0.data_source.sampling_params.temperature", "2"),
+    ({"validation_file": "PAIRS", "training_file": "PAIRS", "method": {"type": "reward_model"}},
+     ["validation_file"], "evals.0.type", "reward_model"),
+])
+def test_bad_validation_file_evals_refuse_the_job(server: ThreadServer, body: dict[str, Any], evals: list[Any],
+                                                  param: str, words: str) -> None:
+    with server.client() as client:
+        files = {"TRAIN": upload(client, chat_file())["id"], "VALID": upload(client, chat_file(2), "v.jsonl")["id"],
+                 "PAIRS": upload(client, _preference_file(), "pairs.jsonl")["id"]}
+        request = {"model": BASE_MODEL, "training_file": files["TRAIN"], "evals": evals,
+                   **{k: files.get(v, v) if isinstance(v, str) else v for k, v in body.items()}}
+        before = client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
+        resp = client.post("/v1/fine_tuning/jobs", json=request)
+        error = assert_error(resp, 400)
+        assert error["param"] == param, (error, param)
+        assert words.lower() in resp.text.lower(), resp.text
+        assert client.post("/v1/fine_tuning/jobs/estimate", json=request).status_code == 400
+        assert client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"] == before

@@ -182,19 +182,40 @@ class ListObject(BaseModel):
 MAX_JOB_EVALS = 5
 
 
+#: an entry that builds an eval from the job's validation file (``"validation_file"`` alone is short for it)
+VALIDATION_FILE_EVAL = "validation_file"
+#: validation rows a built eval uses unless the entry says otherwise
+DEFAULT_VALIDATION_EVAL_ITEMS = 100
+
+
 class JobEvalRequest(BaseModel):
-    """An eval to run on the job's base model and on its tuned model once the job succeeds."""
+    """An eval to run on the job's base model and on its tuned model once the job succeeds: one of the
+    organization's evals (``eval_id``), or one built from the job's validation file (``type: validation_file``)."""
 
     model_config = ConfigDict(extra="forbid")
-    eval_id: str = Field(..., min_length=1, max_length=64, description="An eval of this organization")
+    type: Literal["eval", "validation_file"] = Field(
+        "eval", description="eval: the eval named by eval_id; validation_file: an eval built from the job's "
+        "validation file and its method's graders (the rows' prompts, their answers graded by ROUGE-L, or a "
+        "reinforcement job's own grader)")
+    eval_id: str | None = Field(None, min_length=1, max_length=64, description="An eval of this organization "
+                                "(type eval)")
     data_source: dict[str, Any] | None = Field(
-        None, description="A `completions` run data source (source, input_messages, sampling_params) without "
-        "`model`: the job sets it, once to the base model and once to the tuned one. Default: the data source of "
-        "the eval's latest completions run")
+        None, description="Type eval: a `completions` run data source (source, input_messages, sampling_params) "
+        "without `model`: the job sets it, once to the base model and once to the tuned one. Default: the data "
+        "source of the eval's latest completions run")
+    max_items: int | None = Field(None, ge=1, le=10_000, description="Type validation_file: use the first N "
+                                  f"validation rows (default {DEFAULT_VALIDATION_EVAL_ITEMS}, at most the "
+                                  "deployment's eval item limit)")
+    sampling_params: dict[str, Any] | None = Field(
+        None, description="Type validation_file: as a completions run's (default: temperature 0, "
+        "max_completion_tokens 256, or a reinforcement job's max_completion_length)")
 
 
 def _eval_id_alone(value: Any) -> Any:
-    """An eval's id alone is short for ``{"eval_id": id}`` (one object model: errors name its fields)."""
+    """An eval's id alone is short for ``{"eval_id": id}``, and ``"validation_file"`` for ``{"type":
+    "validation_file"}`` (one object model: errors name its fields)."""
+    if value == VALIDATION_FILE_EVAL:
+        return {"type": VALIDATION_FILE_EVAL}
     return {"eval_id": value} if isinstance(value, str) else value
 
 
@@ -202,7 +223,10 @@ JobEval = Annotated[JobEvalRequest, BeforeValidator(_eval_id_alone, json_schema_
 
 
 class JobEvalObject(BaseModel):
-    eval_id: str
+    #: ``eval``: an eval the job named; ``validation_file``: built from its validation file when it succeeds
+    type: Literal["eval", "validation_file"] = "eval"
+    #: the eval (for a built one: once the job has succeeded and it was created)
+    eval_id: str | None = None
     #: the two runs, once the job has succeeded and they were created
     base_run_id: str | None = None
     tuned_run_id: str | None = None
@@ -237,7 +261,8 @@ class JobCreate(BaseModel):
     resources: ResourceSpec | None = None
     evals: list[JobEval] | None = Field(
         None, max_length=MAX_JOB_EVALS, description="Evals to run on the base and the tuned model when the job "
-        "succeeds (an eval id, or {eval_id, data_source}); the comparison is at GET "
+        "succeeds (an eval id, {eval_id, data_source}, or 'validation_file' / {type: validation_file, max_items, "
+        "sampling_params}: an eval built from the validation file and the method's graders); the comparison is at GET "
         "/v1/fine_tuning/jobs/{id}/eval_report and on the job's page")
 
 

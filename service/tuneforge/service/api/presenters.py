@@ -32,7 +32,7 @@ def job_object(row: Job) -> JobObject:
         trained_tokens=row.trained_tokens, seed=row.seed, suffix=row.suffix, metadata=row.job_metadata,
         integrations=(row.spec or {}).get("integrations") or None,
         adapter=row.adapter, resources=row.resources, progress=row.progress or {}, attempts=row.attempts,
-        evals=[JobEvalObject(eval_id=e["eval_id"], base_run_id=e.get("base_run_id"),
+        evals=[JobEvalObject(type=e.get("type", "eval"), eval_id=e.get("eval_id"), base_run_id=e.get("base_run_id"),
                              tuned_run_id=e.get("tuned_run_id"), error=e.get("error")) for e in row.evals]
         if row.evals else None,
     )

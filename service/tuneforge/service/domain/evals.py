@@ -106,6 +106,11 @@ def criteria_of(row: Eval) -> list[AnyEvalGrader]:
 
 
 def create_eval(repo: TenantRepo, store: ObjectStore, body: Any, created_at: int) -> Eval:
+    return repo.add_eval(build_eval(repo, store, body, created_at))
+
+
+def build_eval(repo: TenantRepo, store: ObjectStore, body: Any, created_at: int) -> Eval:
+    """Every check of an eval's creation; the row, not yet stored."""
     request: EvalCreate = _validated(EvalCreate, body)
     config = request.data_source_config
     declared = _schema_fields(config.item_schema)
@@ -121,9 +126,9 @@ def create_eval(repo: TenantRepo, store: ObjectStore, body: Any, created_at: int
                                  param=f"{param}.name")
         names.add(name)
         criteria.append(grader.model_copy(update={"name": name}).model_dump(mode="json"))
-    return repo.add_eval(Eval(
+    return Eval(
         id=new_eval_id("eval"), name=request.name or "eval", created_at=created_at, testing_criteria=criteria,
-        data_source_config=config.model_dump(mode="json"), eval_metadata=request.metadata))
+        data_source_config=config.model_dump(mode="json"), eval_metadata=request.metadata)
 
 
 def update_eval(repo: TenantRepo, row: Eval, body: Any) -> Eval:

@@ -28,7 +28,7 @@ from tuneforge.service.db.repo import TenantRepo
 from tuneforge.service.domain.budgets import check_budget, spent_gpu_hours
 from tuneforge.service.domain.estimate import estimate
 from tuneforge.service.domain.integrations import resolve_integrations
-from tuneforge.service.domain.job_evals import check_job_evals
+from tuneforge.service.domain.job_evals import JobBeingCreated, check_job_evals
 from tuneforge.service.domain.model_registry import StartingPoint, starting_point
 from tuneforge.service.domain.quotas import Limits, admit_job, effective_limits
 from tuneforge.service.schemas import JobCreate
@@ -218,7 +218,8 @@ def create_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, 
     check_budget(repo)
     job_id = new_id("ftjob")
     spec, training, validation = describe_request(repo, store, settings, req, job_id)
-    evals = check_job_evals(repo, store, req.evals or [], req.model, settings.limits.max_eval_items)
+    evals = check_job_evals(repo, store, req.evals or [], req.model, settings.limits.max_eval_items,
+                            JobBeingCreated(spec.method, validation, req.suffix or job_id))
     adapter, resources = spec.adapter, spec.resources
     job = Job(
         id=job_id,
@@ -260,8 +261,9 @@ def quota_default_gpus(settings: ServiceSettings) -> int:
 
 def estimate_job(repo: TenantRepo, store: ObjectStore, settings: ServiceSettings, req: JobCreate) -> dict[str, Any]:
     """What creating ``req`` would cost (every check of a create, nothing stored)."""
-    spec, training, _ = describe_request(repo, store, settings, req, "ftjob-estimate")
-    check_job_evals(repo, store, req.evals or [], req.model, settings.limits.max_eval_items)
+    spec, training, validation = describe_request(repo, store, settings, req, "ftjob-estimate")
+    check_job_evals(repo, store, req.evals or [], req.model, settings.limits.max_eval_items,
+                    JobBeingCreated(spec.method, validation, req.suffix or "estimate"))
     budget = repo.budget()
     shown = None
     if budget is not None:

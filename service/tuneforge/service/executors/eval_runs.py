@@ -185,7 +185,8 @@ class EvalRunner(KeyedTasks):
                 SystemRepo(session).set_job_evals(job.id, entries, "started")
                 for entry in entries:
                     if entry.get("error"):
-                        add_event(session, job, f"Eval {entry['eval_id']} could not run: {entry['error']}",
+                        which = entry["eval_id"] or "from the validation file"
+                        add_event(session, job, f"Eval {which} could not run: {entry['error']}",
                                   level="warn", data={"eval_id": entry["eval_id"]})
                     elif entry.get("base_run_id") in {r.id for r in runs}:
                         add_event(session, job, f"Eval {entry['eval_id']} started on the base model ({job.model}: "
