@@ -11,7 +11,8 @@ to ``/v1/chat/completions`` with the same concurrency. Printed: items/s of both 
 eval at creation; when it succeeds the service runs the eval on the base and the tuned model and
 ``GET /v1/fine_tuning/jobs/{id}/eval_report`` compares them (pass rates, mean scores, paired bootstrap intervals).
 ``--task gsm8k``: GSM8K train rows, the test split's first ``--items`` graded as in ``gsm8k``; ``--task chat``: the
-demo's chat data, ``--items`` held-out rows graded by ROUGE-L against their answers.
+demo's chat data, the last ``--items`` rows as the job's validation file and its eval built from it
+(``evals: ["validation_file"]``: ROUGE-L of the answers against the rows' own).
 
 ``gsm8k``: the first ``--items`` rows of GSM8K's test split on a base model, greedy, with a numeric
 ``string_check`` (the last number of the answer against the reference after ``####``) and a format ``regex``
@@ -224,19 +225,32 @@ def compare_tuned(args: argparse.Namespace) -> dict[str, Any]:
             file = client.post("/v1/files", data={"purpose": "fine-tune"},
                                files={"file": (f"{args.task}-train.jsonl", data)}).json()
             assert "id" in file, file
-            created = client.post("/v1/evals", json=eval_body).json()
-            assert "id" in created, created
-            source = {"source": {"type": "file_content", "content": items},
-                      "sampling_params": {"temperature": 0, "max_completion_tokens": args.tokens},
-                      "input_messages": {"type": "template", "template": [
-                          {"role": "system", "content": "{{item.system}}"},
-                          {"role": "user", "content": "{{item.question}}"}]}}
+            extra: dict[str, Any] = {}
+            if args.task == "chat":  # the held-out rows as the job's validation file, and the eval built from it
+                held_out = "".join(json.dumps({"messages": [
+                    {"role": "system", "content": i["item"]["system"]},
+                    {"role": "user", "content": i["item"]["question"]},
+                    {"role": "assistant", "content": i["item"]["answer"]}]}) + "\n" for i in items).encode()
+                valid = client.post("/v1/files", data={"purpose": "fine-tune"},
+                                    files={"file": ("chat-valid.jsonl", held_out)}).json()
+                extra["validation_file"] = valid["id"]
+                evals: list[Any] = [{"type": "validation_file", "max_items": len(items),
+                                     "sampling_params": {"temperature": 0, "max_completion_tokens": args.tokens}}]
+            else:
+                created = client.post("/v1/evals", json=eval_body).json()
+                assert "id" in created, created
+                evals = [{"eval_id": created["id"], "data_source": {
+                    "source": {"type": "file_content", "content": items},
+                    "sampling_params": {"temperature": 0, "max_completion_tokens": args.tokens},
+                    "input_messages": {"type": "template", "template": [
+                        {"role": "system", "content": "{{item.system}}"},
+                        {"role": "user", "content": "{{item.question}}"}]}}}]
             hyperparameters = {"n_epochs": args.epochs, "batch_size": 8, "learning_rate_multiplier": 5}
             started = time.perf_counter()
             job = client.post("/v1/fine_tuning/jobs", json={
-                "model": model, "training_file": file["id"], "suffix": f"bench-{args.task}",
+                "model": model, "training_file": file["id"], "suffix": f"bench-{args.task}", **extra,
                 "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-                "evals": [{"eval_id": created["id"], "data_source": source}]}).json()
+                "evals": evals}).json()
             assert "id" in job, job
             while (job := client.get(f"/v1/fine_tuning/jobs/{job['id']}").json())["status"] not in (
                     "succeeded", "failed", "cancelled"):
