@@ -279,6 +279,8 @@ def test_a_scrape_reads_a_few_rows_not_every_job(api_server: ThreadServer, clien
         assert client.post(f"/v1/fine_tuning/jobs/{ended[-1]}/cancel").status_code == 200
     statements: list[str] = []
     executed: list[tuple[str, Any]] = []
+    scraping: set[int] = set()  # the thread that ran the scrape's statements
+    checkouts: list[int] = []
     engine = api_server.state.engine
 
     def count(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
@@ -286,12 +288,22 @@ def test_a_scrape_reads_a_few_rows_not_every_job(api_server: ThreadServer, clien
         if not any(poll in statement for poll in ("FROM webhook_deliveries", "FROM feedback_rounds", "evals_state")):
             statements.append(statement)
             executed.append((statement, parameters))
+            scraping.add(threading.get_ident())
+
+    def checkout(*args: Any) -> None:
+        checkouts.append(threading.get_ident())
 
     event.listen(engine, "after_cursor_execute", count)
+    event.listen(engine.pool, "checkout", checkout)
     try:
         text = _metrics(api_server)
     finally:
         event.remove(engine, "after_cursor_execute", count)
+        event.remove(engine.pool, "checkout", checkout)
+    # one session, one connection from the pool, for the whole scrape (each checkout is a pre-ping round trip
+    # on PostgreSQL: three of them made /metrics 2-3x slower there, issue #13's benchmark)
+    (thread,) = scraping
+    assert checkouts.count(thread) == 1, checkouts
     assert _samples(text, "tuneforge_jobs_finished_total")[
         'tuneforge_jobs_finished_total{method="supervised",status="cancelled"}'] == 6
     assert _samples(text, "tuneforge_tenant_jobs_total") == {'tuneforge_tenant_jobs_total{tenant="default"}': 6}

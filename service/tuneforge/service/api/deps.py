@@ -32,7 +32,9 @@ from tuneforge.service.domain.quotas import Limits, effective_limits
 log = logging.getLogger(__name__)
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies that do no I/O are ``async``: FastAPI runs a sync one in the thread pool, one hop per
+# dependency per request, and a keyed request made about six where /healthz makes one (issue #13's benchmark).
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.tuneforge
     return state
 
@@ -131,14 +133,14 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
+async def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
     return TenantRepo(session, principal.tenant_id)
 
 
 RepoDep = Annotated[TenantRepo, Depends(get_tenant_repo, scope="function")]
 
 
-def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
+async def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
     return OrganizationRepo(session, principal.tenant_id, instance_admin=principal.instance_admin)
 
 

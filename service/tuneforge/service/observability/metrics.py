@@ -30,7 +30,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
 from tuneforge.contracts.methods import METHOD_TYPES
@@ -71,7 +70,8 @@ def _finite(value: Any) -> bool:
 
 
 class FleetCollector:
-    """The fleet's metrics, read from the database at every scrape (three small queries)."""
+    """The fleet's metrics, read from the database at every scrape: a few small queries in ONE session (each
+    session is a pool checkout and, on PostgreSQL, a pre-ping round trip)."""
 
     def __init__(self, sessions: Callable[[], AbstractContextManager[Session]],
                  clock: Callable[[], float] = time.time) -> None:
@@ -85,8 +85,13 @@ class FleetCollector:
             unfinished = repo.unfinished_jobs()
             finished = repo.finished_usage()
             running = repo.running_progress() if private else []
+            eval_runs = repo.eval_runs_by_status()
+            campaigns = repo.feedback_campaigns_by_status()
         now = self.clock()
-        out = self._fleet(unfinished, finished, now)
+        out = [*self._fleet(unfinished, finished, now),
+               _by_status("tuneforge_eval_runs", "Eval runs by status", EVAL_RUN_STATUSES, eval_runs),
+               _by_status("tuneforge_feedback_campaigns", "Feedback campaigns by status", FEEDBACK_CAMPAIGN_STATUSES,
+                          campaigns)]
         if private:
             out += self._running_jobs(running, now) + self._tenants(unfinished, finished, now)
         return out
@@ -213,9 +218,6 @@ class ServiceMetrics:
         self.serving = ServingMetrics(self.registry)
         self.evals = EvalMetrics(self.registry)
         self.feedback = FeedbackMetrics(self.registry)
-        if sessions is not None:
-            self.registry.register(EvalRunCollector(sessions))
-            self.registry.register(FeedbackCampaignCollector(sessions))
         self.fleet = FleetCollector(sessions) if sessions is not None else None
 
     def exposition(self, *, private: bool) -> bytes:
@@ -283,22 +285,14 @@ class EvalMetrics:
             self.grader_errors.labels(grader).inc()
 
 
-class EvalRunCollector(Collector):
-    """Eval runs by status, read from the database on every scrape (one aggregate query)."""
-
-    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
-        self.sessions = sessions
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        with self.sessions() as session:
-            counts = dict.fromkeys(EVAL_RUN_STATUSES, 0) | dict(SystemRepo(session).eval_runs_by_status())
-        runs = GaugeMetricFamily("tuneforge_eval_runs", "Eval runs by status", labels=["status"])
-        for status, n in sorted(counts.items()):
-            runs.add_metric([status], n)
-        yield runs
+def _by_status(name: str, documentation: str, statuses: Iterable[str], rows: Iterable[tuple[str, int]]
+               ) -> GaugeMetricFamily:
+    """A gauge of counts by status, every known status shown (zero included)."""
+    counts = dict.fromkeys(statuses, 0) | dict(rows)
+    family = GaugeMetricFamily(name, documentation, labels=["status"])
+    for status, n in sorted(counts.items()):
+        family.add_metric([status], n)
+    return family
 
 
 #: a feedback campaign's statuses, each reported (zero included)
@@ -328,23 +322,3 @@ class FeedbackMetrics:
 
     def label(self, kind: str) -> None:
         self.labels.labels(kind).inc()
-
-
-class FeedbackCampaignCollector(Collector):
-    """Feedback campaigns by status, read from the database on every scrape (one aggregate query)."""
-
-    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
-        self.sessions = sessions
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        with self.sessions() as session:
-            counts = dict.fromkeys(FEEDBACK_CAMPAIGN_STATUSES, 0) | dict(
-                SystemRepo(session).feedback_campaigns_by_status())
-        campaigns = GaugeMetricFamily("tuneforge_feedback_campaigns", "Feedback campaigns by status",
-                                      labels=["status"])
-        for status, n in sorted(counts.items()):
-            campaigns.add_metric([status], n)
-        yield campaigns
