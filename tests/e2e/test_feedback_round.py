@@ -220,6 +220,7 @@ def _check_the_pages(server: ProcessServer, campaign_id: str, round_id: str, rm_
     ({"reinforcement": {"training_file": "file-nope"}}, "reinforcement.training_file"),
     ({"reward_model": {"validation_file": "file-nope"}}, "reward_model.validation_file"),
     ({"evals": ["eval_" + "0" * 32]}, "evals.0.eval_id"),
+    ({"evals": ["validation_file"]}, "evals.0.type"),  # a round's reinforcement job names its evals by id
     ({"export": {"min_agreement": 2}}, "export.min_agreement"),
     ({"next_campaign": {"file_id": "file-nope"}}, "next_campaign.file_id"),
     ({"rounds": 3}, "rounds"),

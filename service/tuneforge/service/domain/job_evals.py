@@ -62,46 +62,49 @@ def check_job_evals(repo: TenantRepo, store: ObjectStore, requests: list[JobEval
     for i, request in enumerate(requests):
         param = f"evals.{i}"
         if request.type == VALIDATION_FILE_EVAL:
-            for name in ("eval_id", "data_source"):
-                if getattr(request, name) is not None:
-                    raise InvalidRequest(f"An eval built from the validation file has no '{name}'",
-                                         param=f"{param}.{name}")
             entries.append(_check_validation_eval(repo, store, request, base_model, max_items, job, entries, param))
-            continue
-        for name in ("max_items", "sampling_params"):
-            if getattr(request, name) is not None:
-                raise InvalidRequest(f"'{name}' is for an eval built from the validation file (type "
-                                     "validation_file); a named eval's run takes its data_source",
-                                     param=f"{param}.{name}")
-        if request.eval_id is None:
-            raise InvalidRequest(f"Missing required parameter: '{param}.eval_id'.", param=f"{param}.eval_id")
-        try:
-            row = repo.get_eval(request.eval_id)
-        except NotFound as exc:
-            raise _with_param(exc, f"{param}.eval_id") from None
-        if any(e.get("eval_id") == row.id for e in entries):
-            raise InvalidRequest(f"Eval '{row.id}' is named twice", param=param)
-        source = request.data_source
-        if source is None:
-            source = _latest_completions_source(repo, row, param)
-        elif "model" in source:
-            raise InvalidRequest("The job sets the model (its base model, then its tuned model): leave "
-                                 f"'{param}.data_source.model' out", param=f"{param}.data_source.model")
-        elif source.get("type", "completions") != "completions":
-            raise InvalidRequest("A job's eval runs its models, so its data source is of type 'completions'",
-                                 param=f"{param}.data_source.type")
-        body = {"data_source": {**source, "type": "completions", "model": base_model}}
-        try:
-            check_run(repo, store, row, body, max_items)
-        except ServiceError as exc:
-            raise _with_param(exc, param) from None
-        entries.append({"eval_id": row.id, "data_source": {**source, "type": "completions"}})
+        else:
+            entries.append(_check_named_eval(repo, store, request, base_model, max_items, entries, param))
     return entries
+
+
+def _check_named_eval(repo: TenantRepo, store: ObjectStore, request: JobEvalRequest, base_model: str,
+                      max_items: int, entries: list[dict[str, Any]], param: str) -> dict[str, Any]:
+    for name in ("max_items", "sampling_params"):
+        if getattr(request, name) is not None:
+            raise InvalidRequest(f"'{name}' is for an eval built from the validation file (type "
+                                 "validation_file); a named eval's run takes its data_source", param=f"{param}.{name}")
+    if request.eval_id is None:
+        raise InvalidRequest(f"Missing required parameter: '{param}.eval_id'.", param=f"{param}.eval_id")
+    try:
+        row = repo.get_eval(request.eval_id)
+    except NotFound as exc:
+        raise _with_param(exc, f"{param}.eval_id") from None
+    if any(e.get("eval_id") == row.id for e in entries):
+        raise InvalidRequest(f"Eval '{row.id}' is named twice", param=param)
+    source = request.data_source
+    if source is None:
+        source = _latest_completions_source(repo, row, param)
+    elif "model" in source:
+        raise InvalidRequest("The job sets the model (its base model, then its tuned model): leave "
+                             f"'{param}.data_source.model' out", param=f"{param}.data_source.model")
+    elif source.get("type", "completions") != "completions":
+        raise InvalidRequest("A job's eval runs its models, so its data source is of type 'completions'",
+                             param=f"{param}.data_source.type")
+    body = {"data_source": {**source, "type": "completions", "model": base_model}}
+    try:
+        check_run(repo, store, row, body, max_items)
+    except ServiceError as exc:
+        raise _with_param(exc, param) from None
+    return {"eval_id": row.id, "data_source": {**source, "type": "completions"}}
 
 
 def _check_validation_eval(repo: TenantRepo, store: ObjectStore, request: JobEvalRequest, base_model: str,
                            max_items: int, job: JobBeingCreated | None, entries: list[dict[str, Any]],
                            param: str) -> dict[str, Any]:
+    for name in ("eval_id", "data_source"):
+        if getattr(request, name) is not None:
+            raise InvalidRequest(f"An eval built from the validation file has no '{name}'", param=f"{param}.{name}")
     if job is None:
         raise InvalidRequest("Only a fine-tuning job builds an eval from its validation file: name evals by id",
                              param=f"{param}.type")
