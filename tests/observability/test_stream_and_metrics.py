@@ -49,8 +49,9 @@ def _running_job(server: ThreadServer, client: httpx.Client) -> str:
 
 def _post(server: ThreadServer, job_id: str, seq: int, **data: Any) -> None:
     event = {"kind": "metrics", "seq": seq, "data": {"total_steps": 100, **data}}
+    # 30 s, not httpx's 5: on a loaded machine a progress post next to 20 open streams took longer (CI, once)
     response = httpx.post(f"{server.url}/internal/v1/jobs/{job_id}/progress", json={"events": [event]},
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert response.status_code == 200, response.text
 
 
