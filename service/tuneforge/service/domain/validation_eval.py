@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.contracts.datasets import InvalidLine, read_rows
+from tuneforge.contracts.datasets import LOOKAHEAD, InvalidLine, read_rows
 from tuneforge.contracts.methods import ReinforcementMethod
 from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.db.models import File
@@ -65,15 +65,17 @@ def build_validation_eval(store: ObjectStore, validation: File | None, method: A
         raise InvalidRequest("A reward_model job does not generate answers: its validation accuracy is measured "
                              "while it trains (valid_preference_accuracy); name no validation_file eval",
                              param=f"{param}.type")
+    limit = min(request.max_items or DEFAULT_VALIDATION_EVAL_ITEMS, max_items)
     try:
         raw = store.get_bytes(validation.key)
-        fmt, rows = read_rows(raw.splitlines())
+        # only the rows the eval can use are parsed (with room for the few a row without a text answer skips,
+        # and for the format's look-ahead), not a whole large validation file at every job creation
+        fmt, rows = read_rows(raw.splitlines()[: 2 * limit + LOOKAHEAD])
     except ObjectNotFound:
         raise InvalidRequest(f"File '{validation.id}' has no content any more", param="validation_file") from None
     except InvalidLine as exc:  # it was validated at upload: only a file of another method could get here
         raise InvalidRequest(f"File '{validation.id}' cannot be read as validation rows: {exc.message}",
                              param="validation_file") from None
-    limit = min(request.max_items or DEFAULT_VALIDATION_EVAL_ITEMS, max_items)
     items = [item for item in (_item(fmt, r) for r in rows) if item is not None][:limit]
     if not items:
         raise InvalidRequest(f"File '{validation.id}' has no row with a prompt and a text answer to evaluate",
