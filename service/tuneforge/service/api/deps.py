@@ -32,9 +32,7 @@ from tuneforge.service.domain.quotas import Limits, effective_limits
 log = logging.getLogger(__name__)
 
 
-# Dependencies that do no I/O are ``async``: FastAPI runs a sync one in the thread pool, one hop per
-# dependency per request, and a keyed request made about six where /healthz makes one (issue #13's benchmark).
-async def get_state(request: Request) -> AppState:
+def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.tuneforge
     return state
 
@@ -133,14 +131,14 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-async def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
+def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
     return TenantRepo(session, principal.tenant_id)
 
 
 RepoDep = Annotated[TenantRepo, Depends(get_tenant_repo, scope="function")]
 
 
-async def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
+def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
     return OrganizationRepo(session, principal.tenant_id, instance_admin=principal.instance_admin)
 
 
