@@ -137,9 +137,14 @@ def test_reconciles_into_a_job_and_reports_success(testbed, custom, core, batch,
     obj = wait_phase(custom, namespace, "ftj-ok", "Succeeded")
     assert obj["status"]["reason"] == "Completed" and obj["status"]["completionTime"]
     assert condition(obj, "Succeeded")["status"] == "True"
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=ftj-ok",
-                                        _request_timeout=10).items
-    assert {"JobCreated", "PodRunning", "Completed"} <= {e.reason for e in events}
+
+    # kopf posts events from a queue of its own, after the status patch that ends the handler: poll for them
+    def reasons() -> set[str]:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=ftj-ok",
+                                            _request_timeout=10).items
+        return {e.reason for e in events}
+
+    wait_for("the job's events", lambda: {"JobCreated", "PodRunning", "Completed"} <= reasons(), 30)
 
 
 def test_oom_killed_and_deadline_exceeded_are_explained(testbed, custom, core, namespace, gpu_pool):
