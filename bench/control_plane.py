@@ -17,6 +17,10 @@ them), against ``/healthz`` by one client measured right before. Listing is meas
 and events, then (rows added to the same database while the server runs) at the full size, so the table-size ratio
 compares the same server.
 
+Every route also records the CPU time the service process spent per request (``/proc/<pid>/stat``, all its
+threads; PostgreSQL's own processes are not counted): unlike req/s it hardly moves with whatever else the machine
+runs, so an A/B of two commits on a shared machine reads it first.
+
     PYTHONPATH=service:operator:trainer_image:. .venv/bin/python bench/control_plane.py \\
         [--backend sqlite|postgresql|both] [--jobs 10000] [--events 100000] [--seconds 5] [--clients 4] \\
         [--json out.json]
@@ -198,20 +202,33 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     route: str
     seconds: float
     latencies: list[float] = field(default_factory=list)
+    #: CPU seconds the service process spent meanwhile: what a route costs, whatever else the machine runs
+    server_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.seconds
 
+    @property
+    def cpu_ms(self) -> float:
+        return self.server_cpu_s * 1000 / max(1, len(self.latencies))
+
     def row(self) -> dict[str, Any]:
         return {"route": self.route, "requests": len(self.latencies), "rps": round(self.rps, 1),
                 "p50_ms": round(percentile(self.latencies, 50) * 1000, 2),
-                "p99_ms": round(percentile(self.latencies, 99) * 1000, 2)}
+                "p99_ms": round(percentile(self.latencies, 99) * 1000, 2),
+                "cpu_ms_per_request": round(self.cpu_ms, 3)}
 
 
 async def _drive(client: httpx.AsyncClient, paths: Callable[[], str], seconds: float, clients: int,
@@ -236,14 +253,17 @@ async def _drive(client: httpx.AsyncClient, paths: Callable[[], str], seconds: f
 Routes = list[tuple[str, Callable[[], str], dict[str, str], int | None]]
 
 
-async def measure(url: str, routes: Routes, seconds: float, clients: int) -> list[Result]:
-    """Each route for ``seconds`` after a warm-up of a tenth of that (at least 20 requests), one after another."""
+async def measure(url: str, routes: Routes, seconds: float, clients: int, pid: int) -> list[Result]:
+    """Each route for ``seconds`` after a warm-up of a tenth of that (at least 20 requests), one after another;
+    ``pid`` is the service's process, whose CPU time each route's requests cost."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         results = []
         for route, paths, headers, concurrency in routes:
             await _drive(client, paths, max(seconds / 10, 0.05), concurrency or clients, headers, route)
+            cpu_before = process_cpu_seconds(pid)
             results.append(await _drive(client, paths, seconds, concurrency or clients, headers, route))
+            results[-1].server_cpu_s = process_cpu_seconds(pid) - cpu_before
             print(f"  {route:<28} {results[-1].rps:8.1f} req/s", file=sys.stderr, flush=True)
         return results
 
@@ -283,6 +303,8 @@ def all_routes(auth: dict[str, str], jobs: int, events: int) -> Routes:
         ("events limit=20", _cycle([f"{big}?limit=20"]), auth, None),
         ("events limit=100", _cycle([f"{big}?limit=100"]), auth, None),
         ("events limit=100 after", _cycle([f"{big}?limit=100&after={after}"]), auth, None),
+        # every succeeded job of the organization is a model, unpaged as in OpenAI's API (2,800 at 10,000 jobs)
+        ("models", _cycle(["/v1/models"]), auth, None),
         (ONE_CLIENT_HEALTHZ, _cycle(["/healthz"]), {}, 1),
         ("metrics (public)", _cycle(["/metrics"]), {}, 1),
         ("metrics (token)", _cycle(["/metrics"]), {"Authorization": f"Bearer {METRICS_TOKEN}"}, 1),
@@ -292,13 +314,16 @@ def all_routes(auth: dict[str, str], jobs: int, events: int) -> Routes:
 # -- one backend ---------------------------------------------------------------------------------------------------
 
 def _baseline(first: Result, last: Result) -> Result:
-    return Result("healthz", first.seconds + last.seconds, first.latencies + last.latencies)
+    return Result("healthz", first.seconds + last.seconds, first.latencies + last.latencies,
+                  first.server_cpu_s + last.server_cpu_s)
 
 
 def _with_ratios(result: Result, base: Result) -> dict[str, Any]:
     row = result.row()
     row["rps_vs_healthz"] = round(result.rps / base.rps, 3)
     row["p99_vs_healthz"] = round(percentile(result.latencies, 99) / percentile(base.latencies, 99), 2)
+    # the CPU view of the same ratio: healthz's CPU per request over the route's (0.5: the route costs twice as much)
+    row["cpu_vs_healthz"] = round(base.cpu_ms / result.cpu_ms, 3) if result.cpu_ms else None
     return row
 
 
@@ -319,8 +344,10 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str,
         auth = {"Authorization": f"Bearer {API_KEY}"}
         print(f"{backend}: {small_jobs} jobs, {small_events} events (seeded in {seeded_small:.1f} s)",
               file=sys.stderr, flush=True)
+        assert server.proc is not None
+        pid = server.proc.pid
         small = asyncio.run(measure(server.url, healthz() + list_routes(auth) + healthz(), args.seconds,
-                                    args.clients))
+                                    args.clients, pid))
         small_base = _baseline(small[0], small[-1])
 
         started = time.perf_counter()
@@ -332,7 +359,7 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str,
         print(f"{backend}: {counts['jobs']} jobs, {counts['job_events']} events (added in {seeded:.1f} s)",
               file=sys.stderr, flush=True)
         full = asyncio.run(measure(server.url, healthz() + all_routes(auth, args.jobs, args.events) + healthz(),
-                                   args.seconds, args.clients))
+                                   args.seconds, args.clients, pid))
         base = _baseline(full[0], full[-1])
     finally:
         if server is not None:
@@ -383,10 +410,12 @@ def report(result: dict[str, Any]) -> str:
              f"last {result['healthz_runs'][1]['rps']:,.1f}); "
              f"one client (the /metrics rows' baseline): {result['healthz_one_client']['rps']:,.1f} req/s, "
              f"p99 {result['healthz_one_client']['p99_ms']} ms",
-             "", "| route | req/s | p50 ms | p99 ms | req/s ÷ healthz | p99 ÷ healthz |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"; /healthz costs the service {h['cpu_ms_per_request']} ms of CPU a request",
+             "", "| route | req/s | p50 ms | p99 ms | req/s ÷ healthz | p99 ÷ healthz | service CPU ms/req | "
+             "healthz CPU ÷ route CPU |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['route']} | {r['rps']:,.1f} | {r['p50_ms']} | {r['p99_ms']} | {r['rps_vs_healthz']} | "
-              f"{r['p99_vs_healthz']} |" for r in result["routes"]]
+              f"{r['p99_vs_healthz']} | {r['cpu_ms_per_request']} | {r['cpu_vs_healthz']} |"
+              for r in result["routes"]]
     lines += ["", f"listing at {result['small_jobs']:,} vs {result['jobs']:,} jobs:", "",
               f"| route | req/s at {result['small_jobs']:,} | req/s at {result['jobs']:,} | ratio | ratio of "
               "÷ healthz |", "| --- | ---: | ---: | ---: | ---: |"]

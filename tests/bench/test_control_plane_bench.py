@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTES = ["get job", "list limit=20", "list limit=100", "list limit=20 metadata", "list limit=100 metadata",
-          "events limit=20", "events limit=100", "events limit=100 after", "metrics (public)", "metrics (token)"]
+          "events limit=20", "events limit=100", "events limit=100 after", "models", "metrics (public)",
+          "metrics (token)"]
 
 
 def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -40,12 +41,15 @@ def test_tiny_run_measures_every_route(backend: str, tmp_path: Path, pytestconfi
         assert row["requests"] > 0 and row["p50_ms"] <= row["p99_ms"], row
     for row in result["routes"]:
         assert row["rps_vs_healthz"] > 0 and row["p99_vs_healthz"] > 0, row
+    # the service's own CPU per request is measured (some routes take under a clock tick in 0.3 s: >= 0)
+    assert all(row["cpu_ms_per_request"] >= 0 for row in result["routes"] + [result["healthz"]])
+    assert sum(row["cpu_ms_per_request"] for row in result["routes"]) > 0
     assert [s["route"] for s in result["size"]] == [r for r in ROUTES if r.startswith("list")]
 
     table = proc.stdout
     for route in ["healthz", *ROUTES]:
         assert f"{route} |" in table or f"/{route}:" in table, f"{route} missing from:\n{table}"
-    assert "req/s ÷ healthz" in table and "targets (issue #13):" in table
+    assert "req/s ÷ healthz" in table and "service CPU ms/req" in table and "targets (issue #13):" in table
     assert "load average" in table
 
 

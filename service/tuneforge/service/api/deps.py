@@ -10,14 +10,20 @@ Every session here is closed as soon as the route function returns (``scope="fun
 is sent: a request never holds a database connection while it waits on its client (a slow download, a stream,
 a client that stops reading). Routes therefore turn rows into response objects before they return (the
 presenters), and a streaming response reads only the object store, never the database.
+
+Why some dependencies are ``async`` although they never await: FastAPI runs a plain ``def`` dependency in the
+thread pool, one hand-off each (about 0.1 ms of CPU on this project's machine, ``bench/README.md``, "Control
+plane"); the ones that do no I/O run on the event loop instead. The session is created on the loop (a
+``Session`` connects only at its first query) and closed in one thread hop, shielded like FastAPI's own exits.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
@@ -32,7 +38,7 @@ from tuneforge.service.domain.quotas import Limits, effective_limits
 log = logging.getLogger(__name__)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.tuneforge
     return state
 
@@ -40,9 +46,15 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    with state.sessions() as session:
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
+    session = state.sessions()
+    try:
         yield session
+    finally:
+        # in a worker thread (closing returns the connection: a rollback, a round trip on PostgreSQL), shielded so
+        # a cancelled request still closes it, with a limiter of its own so a full thread pool cannot deadlock it
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -131,14 +143,14 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
+async def get_tenant_repo(principal: PrincipalDep, session: SessionDep) -> TenantRepo:
     return TenantRepo(session, principal.tenant_id)
 
 
 RepoDep = Annotated[TenantRepo, Depends(get_tenant_repo, scope="function")]
 
 
-def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
+async def get_org_repo(principal: PrincipalDep, session: SessionDep) -> OrganizationRepo:
     return OrganizationRepo(session, principal.tenant_id, instance_admin=principal.instance_admin)
 
 

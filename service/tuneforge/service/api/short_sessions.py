@@ -29,7 +29,7 @@ def _principal(request: Request, state: StateDep) -> Principal:
 ShortPrincipalDep = Annotated[Principal, Depends(_principal)]
 
 
-def _tenant_id(principal: ShortPrincipalDep) -> str:
+async def _tenant_id(principal: ShortPrincipalDep) -> str:
     return principal.tenant_id
 
 

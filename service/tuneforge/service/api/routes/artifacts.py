@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import StreamingResponse
 
 from tuneforge.service.api.deps import SessionDep, StateDep
+from tuneforge.service.api.routing import Router
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.domain.artifacts import REPORTS, export_download_path, open_artifact, open_signed
 from tuneforge.service.domain.exports import export_prefix
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = Router(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 #: a report page is shown in the browser: no scripts, nothing loaded from elsewhere, only its own inline style

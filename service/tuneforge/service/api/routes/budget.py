@@ -3,13 +3,12 @@ extension; an admin sets budgets with ``tuneforge budgets set``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from tuneforge.service.api.deps import RepoDep
+from tuneforge.service.api.routing import Router
 from tuneforge.service.domain.budgets import state as budget_state
 from tuneforge.service.schemas import BudgetObject
 
-router = APIRouter(prefix="/v1/organization", tags=["organization"])
+router = Router(prefix="/v1/organization", tags=["organization"])
 
 
 @router.get("/budget", response_model=BudgetObject, summary="The organization's GPU-hour budget and spending")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import Body, Query
 
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.eval_presenters import eval_object, output_item_object, page_of, run_object
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.errors import Conflict, Unavailable
 from tuneforge.service.db.models import now
 from tuneforge.service.domain import evals as domain
 
-router = APIRouter(prefix="/v1/evals", tags=["evals"])
+router = Router(prefix="/v1/evals", tags=["evals"])
 
 OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="asc (OpenAI's default) or desc")]
 RunStatusQuery = Annotated[str | None, Query(pattern="^(queued|in_progress|completed|canceled|failed)$")]

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import Body, Query
 
 from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
 from tuneforge.service.api.eval_presenters import page_of
 from tuneforge.service.api.feedback_presenters import campaign_object, event_object, label_object, round_object
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery
 from tuneforge.service.api.presenters import file_object
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.errors import Conflict, Unavailable
 from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.db.models import now
@@ -30,7 +31,7 @@ from tuneforge.service.domain.feedback_report import report
 from tuneforge.service.domain.upload_validation import token_counter
 from tuneforge.service.schemas import FileObject
 
-router = APIRouter(prefix="/v1/feedback_campaigns", tags=["feedback"])
+router = Router(prefix="/v1/feedback_campaigns", tags=["feedback"])
 RATE = requires(Permission.RATE)
 OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="asc (oldest first) or desc")]
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tuneforge.service.api.deps import RepoDep, StateDep, limits_of
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
 from tuneforge.service.api.presenters import file_object
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortPrincipalDep
 from tuneforge.service.domain.uploads import receive_upload
 from tuneforge.service.schemas import DeletedObject, FileObject, ListObject
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = Router(prefix="/v1/files", tags=["files"])
 
 
 @router.post(

@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import Body
 
 from tuneforge.graders import compile_grader
 from tuneforge.service.api.deps import StateDep
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.domain.grading import ServingJudge, judge_targets, parse_grader, run_grader
 
-router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"])
+router = Router(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"])
 
 _GRADER_DOC = ("A grader object as in OpenAI's API: string_check, text_similarity, regex, multi, score_model or "
                "label_model (python graders are refused: no sandbox).")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from sqlalchemy import text
 
 from tuneforge.service import __version__
 from tuneforge.service.api.deps import SessionDep
+from tuneforge.service.api.routing import Router
 
-router = APIRouter(tags=["health"])
+router = Router(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness")

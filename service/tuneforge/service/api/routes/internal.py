@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from tuneforge.contracts.progress import ProgressBatch
 from tuneforge.service.api.deps import SessionDep, bearer_token
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.errors import NotFound, Unauthenticated
 from tuneforge.service.core.security import secrets_match
 from tuneforge.service.db.repo import SystemRepo
 from tuneforge.service.domain.job_requests import fine_tuned_model_name
 from tuneforge.service.domain.progress import apply_events
 
-router = APIRouter(prefix="/internal/v1", tags=["internal"], include_in_schema=True)
+router = Router(prefix="/internal/v1", tags=["internal"], include_in_schema=True)
 
 
 @router.post("/jobs/{job_id}/progress", summary="Trainer progress reports (per-job token)")

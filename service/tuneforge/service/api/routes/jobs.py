@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import Header, Query, Request
 from sse_starlette import EventSourceResponse
 
 from tuneforge.service.api.deps import PrincipalDep, RepoDep, StateDep, limits_of
@@ -18,6 +18,7 @@ from tuneforge.service.api.routes.events_stream import (
     LastEventIdHeader,
     open_stream,
 )
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.core.errors import InvalidRequest
 from tuneforge.service.core.roles import Permission, requires
@@ -27,7 +28,7 @@ from tuneforge.service.domain.job_evals import job_eval_report
 from tuneforge.service.domain.job_requests import create_job, estimate_job
 from tuneforge.service.schemas import DeletedObject, JobCreate, JobObject, ListObject
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = Router(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.post("", response_model=JobObject, summary="Create a fine-tuning job")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel
 
 from tuneforge.service.api.deps import RepoDep, StateDep
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.db.models import Job
+from tuneforge.service.db.repo import TunedModelRow
 from tuneforge.service.domain.artifacts import export_download_path, signed_files
 from tuneforge.service.domain.exports import Format, check_format, describe, export_prefix, exportable_job
 from tuneforge.service.domain.exports import start as start_export
@@ -21,14 +23,14 @@ from tuneforge.service.schemas import ExportObject, ListObject, ModelObject
 class ExportRequestBody(BaseModel):
     format: Literal["safetensors", "gguf"] = "safetensors"
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = Router(prefix="/v1/models", tags=["models"])
 
 
 def _base(model_id: str, engine: str | None) -> ModelObject:
     return ModelObject(id=model_id, created=BASE_CREATED, owned_by="tuneforge", engine=engine)
 
 
-def _tuned(job: Job, engine: str | None) -> ModelObject:
+def _tuned(job: Job | TunedModelRow, engine: str | None) -> ModelObject:
     generates = (job.method or {}).get("type") != "reward_model"
     return ModelObject(
         id=job.fine_tuned_model or job.id, created=job.finished_at or job.created_at, owned_by=job.tenant_id,
@@ -40,7 +42,7 @@ def _tuned(job: Job, engine: str | None) -> ModelObject:
 def list_models(repo: RepoDep, state: StateDep) -> ListObject:
     engine = state.serving.kind
     data = [_base(m.id, engine) for m in base_models(state.store)] + [_tuned(j, engine)
-                                                                      for j in repo.succeeded_jobs()]
+                                                                      for j in repo.tuned_models()]
     return ListObject(data=data)
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 
 from tuneforge.service.api.deps import OrgRepoDep, PrincipalDep, RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.db.models import ApiKey, AuditLog, Tenant
 from tuneforge.service.db.repo import OrganizationRepo, TenantRepo
@@ -42,7 +43,7 @@ from tuneforge.service.schemas import (
     OrganizationUsage,
 )
 
-router = APIRouter(tags=["organization"])
+router = Router(tags=["organization"])
 MANAGE = requires(Permission.MANAGE)
 OrgId = Annotated[str, Path(max_length=64, description="The organization's id")]
 KeyId = Annotated[str, Path(max_length=64, description="The API key's id (key_…)")]

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
@@ -20,12 +20,13 @@ from tuneforge.contracts.completions import ChatCompletionRequest, CompletionReq
 from tuneforge.contracts.validation import describe
 from tuneforge.service.api.deps import StateDep
 from tuneforge.service.api.openapi import ERROR_MODEL
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.api.state import AppState
 from tuneforge.service.core.errors import InvalidRequest, TooLarge
 from tuneforge.service.domain.serving import CHAT, TEXT, EngineReply, Target, completion_body, resolve_target
 
-router = APIRouter(tags=["serving"])
+router = Router(tags=["serving"])
 
 _REQUESTS: dict[str, TypeAdapter[Any]] = {CHAT: TypeAdapter(ChatCompletionRequest),
                                           TEXT: TypeAdapter(CompletionRequest)}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.errors import NotFound
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
@@ -20,7 +20,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
-router = APIRouter(tags=["dashboard"], include_in_schema=False)
+router = Router(tags=["dashboard"], include_in_schema=False)
 
 
 @router.get("/ui")

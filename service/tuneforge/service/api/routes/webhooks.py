@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 
-from fastapi import APIRouter
-
 from tuneforge.service.api.deps import RepoDep, StateDep
 from tuneforge.service.api.pagination import AfterQuery, LimitQuery, page
+from tuneforge.service.api.routing import Router
 from tuneforge.service.core.errors import QuotaExceeded
 from tuneforge.service.core.roles import Permission, requires
 from tuneforge.service.core.security import encrypt_secret
@@ -24,7 +23,7 @@ from tuneforge.service.schemas import (
     WebhookUpdate,
 )
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = Router(prefix="/v1/webhooks", tags=["webhooks"])
 #: where the organization's job events are sent is the organization's admins' decision
 MANAGE = requires(Permission.MANAGE)
 
