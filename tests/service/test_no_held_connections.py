@@ -156,6 +156,11 @@ def test_stalled_requests_hold_no_connection_and_others_answer_fast(
         # so the typical sample is near zero and none reaches half the stalled requests
         assert sorted(samples)[len(samples) // 2] <= 2, samples
         assert max(samples) <= STALLED // 2, samples
+        if kind == "event-streams":
+            # the streams' reads share a few tokens (server.stream_db_readers), so even streams opened together
+            # and re-reading in step never hold more connections than that (CI once saw 14 of 20 at once)
+            readers = api_server.settings.server.stream_db_readers
+            assert max(samples) <= readers + 2, (samples, readers)
 
         # another tenant, a few of its requests at once, and the readiness probe: all answer at once
         with httpx.Client(base_url=api_server.url, timeout=httpx.Timeout(20)) as anonymous:

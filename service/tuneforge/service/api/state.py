@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,3 +44,11 @@ class AppState:
     safety: SafetyReporter | None = None
     #: rounds of the feedback loop, moved on in the background (bootstrap sets it)
     rounds: RoundRunner | None = None
+    #: event streams' database reads take a token each (created on first use, in the server's event loop)
+    _stream_reads: anyio.CapacityLimiter | None = None
+
+    @property
+    def stream_reads(self) -> anyio.CapacityLimiter:
+        if self._stream_reads is None:
+            self._stream_reads = anyio.CapacityLimiter(self.settings.server.stream_db_readers)
+        return self._stream_reads

@@ -42,6 +42,9 @@ class ServerSettings(EnvSettings):
                             "(empty: http://HOST:PORT)")
     events_poll_seconds: float = Field(2.0, gt=0, le=3600, description="Event streams re-read the database this "
                                        "often when no notification arrived (PostgreSQL notifies every replica)")
+    stream_db_readers: int = Field(4, ge=1, le=64, description="At most this many event-stream reads hold a "
+                                   "database connection at once (the rest wait their turn), so open streams never "
+                                   "take the connection pool from other requests")
 
     @property
     def base_url(self) -> str:

@@ -13,31 +13,35 @@ A client that reconnects with ``Last-Event-ID: <id>`` (browsers' EventSource do 
 
 Auth is the usual bearer API key; a job of another tenant is a 404, as everywhere. A stream holds no
 database connection while it waits: the key and the job are checked in a session that is closed before the
-response starts (``api.short_sessions.ShortRepoDep``), and every later read opens its own short session.
+response starts (``api.short_sessions.ShortRepoDep``), and every later read opens its own short session. At
+most ``server.stream_db_readers`` of those reads run at once (``AppState.stream_reads``), and each stream's
+periodic re-read is jittered, so a thousand streams opened together never hold the pool's connections together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+import anyio
+from fastapi import Header, Query, Request
 from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.concurrency import run_in_threadpool
 
 from tuneforge.contracts.status import TERMINAL_STATUSES
 from tuneforge.service.api.deps import StateDep
 from tuneforge.service.api.presenters import event_object
+from tuneforge.service.api.routing import Router
 from tuneforge.service.api.short_sessions import ShortRepoDep
 from tuneforge.service.api.state import AppState
 from tuneforge.service.db.repo import SystemRepo, TenantRepo
 from tuneforge.service.domain.lifecycle import notifier
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = Router(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 #: how often the stream looks at the in-process notifier; the database is read only when it changed (on
 #: PostgreSQL every replica's notifier hears of every event: ``db.event_channel``), or every
@@ -114,13 +118,17 @@ async def _events(reader: _Reader, gauge: Gauge) -> AsyncIterator[ServerSentEven
         yield ServerSentEvent(retry=RETRY_MS, sep=SEP)
         seen_version: tuple[int, int] | None = None
         last_db = 0.0
+        poll_seconds = reader.poll_seconds
         while True:
             version = notifier.version(reader.job_id)
             now = time.monotonic()
-            if version != seen_version or now - last_db >= reader.poll_seconds:
+            if version != seen_version or now - last_db >= poll_seconds:
                 seen_version, last_db = version, now
+                # streams opened together drift apart instead of re-reading in lockstep
+                poll_seconds = reader.poll_seconds * random.uniform(0.75, 1.25)
                 try:
-                    status, events, more = await run_in_threadpool(reader.read)
+                    status, events, more = await anyio.to_thread.run_sync(
+                        reader.read, limiter=reader.state.stream_reads)
                 except KeyRevoked:
                     yield ServerSentEvent(json.dumps({"error": "the API key was revoked"}), event="error", sep=SEP)
                     return
