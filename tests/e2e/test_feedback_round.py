@@ -8,7 +8,6 @@ Then what a round refuses at once (and that nothing is left behind when it does)
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,39 +174,25 @@ def test_one_round_from_labels_to_the_next_campaign(server: ProcessServer, label
 
 def _check_the_pages(server: ProcessServer, campaign_id: str, round_id: str, rm_id: str, rl_id: str) -> None:
     """The built-in page (Chromium): the campaign lists its round; the round's page links its jobs."""
-    from tests.observability.support import CHROMIUM, CHROMIUM_ARGS, ROOT
+    from tests.observability.support import ROOT
+    from tests.support.browser import chromium_page, sign_in
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{server.url}/ui")
-            page.fill("#api-key", server.api_key)
-            page.click("#login-form button[type=submit]")
-            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
-            page.evaluate("location.hash = '#/feedback'")
-            page.wait_for_selector(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
-            page.click(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
-            page.wait_for_selector('tr[data-step="next_campaign"] code')
-            assert page.inner_text("#round-status") == "succeeded"
-            for step, job_id in (("reward_model", rm_id), ("reinforcement", rl_id)):
-                assert page.get_attribute(f'tr[data-step="{step}"] a', "href") == f"#/jobs/{job_id}"
-            shots = ROOT / "test-artifacts"
-            shots.mkdir(exist_ok=True)
-            page.screenshot(path=shots / "ui-feedback-round.png", full_page=True)
-            # from the round to the tuned model's page, with its base-vs-tuned report
-            page.click('tr[data-step="evaluation"] a')
-            page.wait_for_selector("#eval-report .eval-table tbody tr")
-            assert not errors, errors
-        finally:
-            browser.close()
+    with chromium_page(1280, 800, 60_000) as (page, errors):
+        sign_in(page, server.url, server.api_key)
+        page.evaluate("location.hash = '#/feedback'")
+        page.wait_for_selector(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
+        page.click(f'[data-campaign-id="{campaign_id}"] a[href$="{round_id}"]')
+        page.wait_for_selector('tr[data-step="next_campaign"] code')
+        assert page.inner_text("#round-status") == "succeeded"
+        for step, job_id in (("reward_model", rm_id), ("reinforcement", rl_id)):
+            assert page.get_attribute(f'tr[data-step="{step}"] a', "href") == f"#/jobs/{job_id}"
+        shots = ROOT / "test-artifacts"
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=shots / "ui-feedback-round.png", full_page=True)
+        # from the round to the tuned model's page, with its base-vs-tuned report
+        page.click('tr[data-step="evaluation"] a')
+        page.wait_for_selector("#eval-report .eval-table tbody tr")
+        assert not errors, errors
 
 
 @pytest.mark.parametrize(("body", "param"), [

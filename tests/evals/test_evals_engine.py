@@ -1,5 +1,6 @@
 """Eval runs that generate through the serving engine (the real engine process): a base and a tuned model
-through the official `openai` client, a judge whose replies are not scores, and a model that dies mid-run.
+through the official `openai` client, a judge whose replies are not scores and one whose replies are (the tiny
+model fitted to answer "7"), and a model that dies mid-run.
 
 One server and one engine for the module; few items and few tokens (the engine shares two cores)."""
 
@@ -18,7 +19,7 @@ import openai
 import pytest
 
 from tests.service.helpers import chat_file, chat_row, create_job, update_job, upload
-from tests.support.engine_models import make_lora, make_peaked_model, make_reward_model
+from tests.support.engine_models import make_judge_model, make_lora, make_peaked_model, make_reward_model
 from tests.support.live_server import ThreadServer, make_settings
 from tests.support.models import register_model
 from tests.support.waiting import free_port, wait_for
@@ -130,6 +131,32 @@ def test_a_judge_that_does_not_reply_with_a_score_errs_the_item_not_the_run(
     result = client.fine_tuning.alpha.graders.run(grader=judge, model_sample="4",  # type: ignore[arg-type]
                                                   item={"question": "2+2"})
     assert result.reward == 0.0 and result.metadata.errors.api_model_grader_parse_error
+
+
+def test_a_judge_that_replies_with_a_score_grades_every_item(served: tuple[ThreadServer, str],
+                                                            models: tuple[Path, Path]) -> None:
+    """A served model that answers "7" (the tiny model fitted to it) as a `score_model` judge: every item gets
+    the score 7, passes a threshold of 5 and fails one of 8, and /graders/run returns the same score."""
+    server, _ = served
+    register_model(server, make_judge_model(models[0], models[0].parent), "tiny-judge")
+    client = _client(server)
+    criteria = [{"type": "score_model", "name": name, "model": "tiny-judge", "range": [0, 10],
+                 "pass_threshold": threshold, "sampling_params": {"max_completions_tokens": 4, "temperature": 0},
+                 "input": [{"role": "user", "content": "Rate the answer {{sample.output_text}} to {{item.question}}"}]}
+                for name, threshold in (("lenient", 5), ("strict", 8))]
+    created = client.evals.create(name="scored", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                                  testing_criteria=criteria)  # type: ignore[arg-type]
+    run = client.evals.runs.create(created.id, data_source=_completions(BASE, items=ITEMS[:2]))  # type: ignore[arg-type]
+    done = _finished(client, created.id, run.id)
+    assert done.status == "completed", done.error
+    assert done.result_counts.errored == 0 and done.result_counts.total == 2
+    per = {c.testing_criteria: (c.passed, c.failed) for c in done.per_testing_criteria_results}
+    assert per == {"lenient": (2, 0), "strict": (0, 2)}
+    for item in client.evals.runs.output_items.list(run.id, eval_id=created.id).data:
+        assert [(r.name, r.score, r.passed) for r in item.results] == [("lenient", 7.0, True), ("strict", 7.0, False)]
+    result = client.fine_tuning.alpha.graders.run(grader=criteria[0], model_sample="4",  # type: ignore[arg-type]
+                                                  item={"question": "2+2"})
+    assert result.reward == 7.0 and not result.metadata.errors.api_model_grader_parse_error
 
 
 def test_a_model_that_fails_mid_run_fails_the_run_and_keeps_the_graded_items(
@@ -276,35 +303,21 @@ def test_jobs_evaluate_their_validation_files_on_base_and_tuned(served: tuple[Th
 
 def _check_the_page(server: ThreadServer, job_id: str) -> None:
     """The job's page shows the comparison table (Chromium, as a user sees it)."""
-    from tests.observability.support import CHROMIUM, CHROMIUM_ARGS, ROOT
+    from tests.observability.support import ROOT
+    from tests.support.browser import chromium_page, sign_in
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{server.url}/ui")
-            page.fill("#api-key", server.api_key)
-            page.click("#login-form button[type=submit]")
-            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
-            page.evaluate(f"location.hash = '#/jobs/{job_id}'")
-            page.wait_for_selector("#eval-report .eval-table tbody tr")
-            table = page.inner_text("#eval-report .eval-table")
-            for row in ("all criteria (pass rate)", "exact (pass rate)", "fuzzy (mean score)"):
-                assert row in table, table
-            assert "95% CI" in table
-            shots = ROOT / "test-artifacts"
-            shots.mkdir(exist_ok=True)
-            page.screenshot(path=shots / "ui-job-eval-report.png", full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with chromium_page(1280, 900, 120_000) as (page, errors):
+        sign_in(page, server.url, server.api_key)
+        page.evaluate(f"location.hash = '#/jobs/{job_id}'")
+        page.wait_for_selector("#eval-report .eval-table tbody tr")
+        table = page.inner_text("#eval-report .eval-table")
+        for row in ("all criteria (pass rate)", "exact (pass rate)", "fuzzy (mean score)"):
+            assert row in table, table
+        assert "95% CI" in table
+        shots = ROOT / "test-artifacts"
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=shots / "ui-job-eval-report.png", full_page=True)
+        assert not errors, errors
 
 
 def _direct_scores(reward_dir: Path, pairs: list[tuple[list[dict[str, str]], str]]) -> list[float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import threading
 from typing import Any
@@ -398,50 +397,40 @@ def test_bad_campaigns_are_refused_with_the_field_named(served: Served) -> None:
 def test_the_rating_page_in_headless_chromium(served: Served) -> None:
     """A person's view: the key and campaign in the URL fragment, one item at a time, 1-9 to choose, 0 for a tie,
     a comment, Enter to submit, progress, and 'All done' at the end; the labels arrive through the rating API."""
-    from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+    from tests.observability.support import ARTIFACTS
+    from tests.support.browser import chromium_page, require_chromium
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     campaign = _campaign(served, kind="ab", models=[served.base, served.tuned], prompts=PROMPTS[5:], raters_per_item=1,
                          sampling={**SAMPLING, "max_tokens": 24}, name="colours, blind", _raters=("idle",))
     key_id, secret = served.raters["idle"]
     page_response = httpx.get(f"{served.server.url}/ui/rate")
     assert page_response.status_code == 200 and "script-src 'self'" in page_response.headers["content-security-policy"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 720})
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{served.server.url}/ui/rate#key={secret}&campaign={campaign['id']}")
-            page.wait_for_selector("#rate-answers .answer")
-            assert secret not in page.url  # the key leaves the address bar
-            assert page.inner_text("#rate-title") == "colours, blind · ab"
-            body = page.inner_text("body")
-            assert served.base not in body and "ft:" not in body
-            assert "Name a colour." in page.inner_text("#rate-prompt")
-            first = page.get_attribute("#rate-answers .answer", "data-index")
-            page.keyboard.press("2")
-            assert page.inner_text("#rate-choice") == "Answer 2"
-            page.fill("#rate-comment", "The second one at least names something.")
-            progress = page.inner_text("#rate-progress")
-            assert "0 rated by you" in progress
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=ARTIFACTS / "ui-rating.png", full_page=True)
-            page.click("#rate-help")  # leave the comment box: Enter submits
-            page.keyboard.press("Enter")
-            page.wait_for_function("() => document.getElementById('rate-progress').textContent"
-                                   ".startsWith('1 rated by you')")
-            page.keyboard.press("0")
-            assert page.inner_text("#rate-choice") == "Tie"
-            page.keyboard.press("Enter")
-            page.wait_for_selector("#rate-done", state="visible")
-            assert first is not None and not errors, errors
-        finally:
-            browser.close()
+    with chromium_page(1100, 720, 60_000) as (page, errors):
+        page.goto(f"{served.server.url}/ui/rate#key={secret}&campaign={campaign['id']}")
+        page.wait_for_selector("#rate-answers .answer")
+        assert secret not in page.url  # the key leaves the address bar
+        assert page.inner_text("#rate-title") == "colours, blind · ab"
+        body = page.inner_text("body")
+        assert served.base not in body and "ft:" not in body
+        assert "Name a colour." in page.inner_text("#rate-prompt")
+        first = page.get_attribute("#rate-answers .answer", "data-index")
+        page.keyboard.press("2")
+        assert page.inner_text("#rate-choice") == "Answer 2"
+        page.fill("#rate-comment", "The second one at least names something.")
+        progress = page.inner_text("#rate-progress")
+        assert "0 rated by you" in progress
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "ui-rating.png", full_page=True)
+        page.click("#rate-help")  # leave the comment box: Enter submits
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('rate-progress').textContent"
+                               ".startsWith('1 rated by you')")
+        page.keyboard.press("0")
+        assert page.inner_text("#rate-choice") == "Tie"
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#rate-done", state="visible")
+        assert first is not None and not errors, errors
     with served.server.client() as client:
         report = client.get(f"/v1/feedback_campaigns/{campaign['id']}/report").json()
         assert report["labels"] == 2 and report["ab"]["ties"] == 1

@@ -1,4 +1,4 @@
-"""Helpers for the observability tests: a real Prometheus, headless Chromium's flags, small data files."""
+"""Helpers for the observability tests: a real Prometheus, small data files."""
 
 from __future__ import annotations
 
@@ -15,18 +15,8 @@ from tests.support.processes import stop_process
 from tests.support.waiting import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-#: Debian's Chromium, driven by Playwright (never a downloaded browser): quiet, offline, no GPU, no sandbox
-#: (the tests run as root)
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-    "--hide-scrollbars",
-]
-
-
 
 
 class Prometheus:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.observability.conftest import ObservedJob
-from tests.observability.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.observability.support import ARTIFACTS, ROOT
+from tests.support.browser import chromium_page, require_chromium, sign_in
 from tests.support.live_server import wait_for_status
 from tests.support.waiting import wait_for
 
@@ -96,71 +96,56 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_2_ui_shows_the_live_loss_curve(observed_job: ObservedJob) -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     server, job_id = observed_job.server, observed_job.job_id
     # the page is public; the data is not
     assert httpx.get(f"{server.url}/ui").status_code == 200
     assert httpx.get(f"{server.url}/v1/fine_tuning/jobs").status_code == 401
     assert httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/events/stream").status_code == 401
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(30_000)
-            errors: list[str] = []
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
+    with chromium_page(1280, 900, 30_000, console_errors=True) as (page, errors):
 
-            page.goto(f"{server.url}/ui")
-            page.wait_for_function("() => !document.getElementById('login').hidden")
-            page.fill("#api-key", server.api_key)
-            page.click("#login-form button[type=submit]")
-            page.wait_for_selector(f'tr[data-job-id="{job_id}"]')
-            page.screenshot(path=ARTIFACTS / "ui-jobs.png", full_page=True)
+        sign_in(page, server.url, server.api_key)
+        page.wait_for_selector(f'tr[data-job-id="{job_id}"]')
+        page.screenshot(path=ARTIFACTS / "ui-jobs.png", full_page=True)
 
-            page.evaluate(f"location.hash = '#/jobs/{job_id}'")
-            # a running job with a loss curve of several points, drawn from the live stream
-            wait_for("job running", lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, 0.3)
-            train_path = page.locator("#loss-chart path.series-train")
-            page.wait_for_function(
-                "() => { const p = document.querySelector('#loss-chart path.series-train');"
-                " return p && Number(p.dataset.points) >= 4; }", timeout=240_000)
-            points = train_path.get_attribute("data-points")
-            shown = page.text_content("#job-status")
-            api_status = _job_status(observed_job)
-            assert shown == "running" and api_status == "running", (
-                f"the job was no longer running when its curve had {points} points: page {shown!r}, "
-                f"API {api_status!r}")
-            step_text = page.text_content("#stat-step") or ""
-            assert re.match(r"^\d+ / \d+$", step_text), step_text
-            path_d = train_path.get_attribute("d") or ""
-            assert path_d.startswith("M") and path_d.count("L") >= 3
-            shot = ARTIFACTS / "ui-job-running.png"
-            page.screenshot(path=shot, full_page=True)
-            assert _png_size(shot)[0] == 1280
+        page.evaluate(f"location.hash = '#/jobs/{job_id}'")
+        # a running job with a loss curve of several points, drawn from the live stream
+        wait_for("job running", lambda: _job_status(observed_job) in ("running", *TERMINAL), 240, 0.3)
+        train_path = page.locator("#loss-chart path.series-train")
+        page.wait_for_function(
+            "() => { const p = document.querySelector('#loss-chart path.series-train');"
+            " return p && Number(p.dataset.points) >= 4; }", timeout=240_000)
+        points = train_path.get_attribute("data-points")
+        shown = page.text_content("#job-status")
+        api_status = _job_status(observed_job)
+        assert shown == "running" and api_status == "running", (
+            f"the job was no longer running when its curve had {points} points: page {shown!r}, "
+            f"API {api_status!r}")
+        step_text = page.text_content("#stat-step") or ""
+        assert re.match(r"^\d+ / \d+$", step_text), step_text
+        path_d = train_path.get_attribute("d") or ""
+        assert path_d.startswith("M") and path_d.count("L") >= 3
+        shot = ARTIFACTS / "ui-job-running.png"
+        page.screenshot(path=shot, full_page=True)
+        assert _png_size(shot)[0] == 1280
 
-            # the stream ends with the job; the final curve has validation points too
-            final = wait_for_status(observed_job.server.client(), job_id, TERMINAL, timeout=300)
-            assert final["status"] == "succeeded", final
-            page.wait_for_function(
-                "() => document.getElementById('stream-state').textContent.includes('stream closed')",
-                timeout=60_000)
-            page.wait_for_function("() => document.getElementById('job-status').textContent === 'succeeded'")
-            page.wait_for_function(
-                "() => { const p = document.querySelector('#loss-chart path.series-valid');"
-                " return p && Number(p.dataset.points) >= 2; }")
-            train_points = int(train_path.get_attribute("data-points") or 0)
-            metrics_events = [e for e in _all_events(observed_job)
-                              if e["type"] == "metrics" and "train_loss" in (e["data"] or {})]
-            assert train_points == len({e["data"]["step"] for e in metrics_events})
-            page.screenshot(path=ARTIFACTS / "ui-job-finished.png", full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+        # the stream ends with the job; the final curve has validation points too
+        final = wait_for_status(observed_job.server.client(), job_id, TERMINAL, timeout=300)
+        assert final["status"] == "succeeded", final
+        page.wait_for_function(
+            "() => document.getElementById('stream-state').textContent.includes('stream closed')",
+            timeout=60_000)
+        page.wait_for_function("() => document.getElementById('job-status').textContent === 'succeeded'")
+        page.wait_for_function(
+            "() => { const p = document.querySelector('#loss-chart path.series-valid');"
+            " return p && Number(p.dataset.points) >= 2; }")
+        train_points = int(train_path.get_attribute("data-points") or 0)
+        metrics_events = [e for e in _all_events(observed_job)
+                          if e["type"] == "metrics" and "train_loss" in (e["data"] or {})]
+        assert train_points == len({e["data"]["step"] for e in metrics_events})
+        page.screenshot(path=ARTIFACTS / "ui-job-finished.png", full_page=True)
+        assert not errors, errors
 
 
 def _job_status(job: ObservedJob) -> str:

@@ -208,39 +208,26 @@ def test_engines_listing_shows_only_this_tenants_adapters(served: Served) -> Non
 
 def test_playground_streams_two_models_side_by_side(served: Served) -> None:
     """The built-in page's playground in headless Chromium: base and tuned model, same prompt, both answers."""
-    from tests.observability.support import CHROMIUM, CHROMIUM_ARGS, ROOT
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
-    from playwright.sync_api import sync_playwright
+    from tests.observability.support import ROOT
+    from tests.support.browser import chromium_page, sign_in
 
     url = served.server.url
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.set_default_timeout(600_000)  # an engine may start on a busy machine
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/ui")
-            page.fill("#api-key", served.server.api_key)
-            page.click("#login-form button[type=submit]")
-            page.wait_for_function("() => !document.getElementById('jobs-view').hidden")
-            page.evaluate("location.hash = '#/playground'")
-            page.wait_for_selector(f'#play-model-b option[value="{served.tuned}"]', state="attached")
-            page.select_option("#play-model-a", BASE)
-            page.select_option("#play-model-b", served.tuned)
-            page.fill("#play-prompt", "hello there")
-            page.fill("#play-max-tokens", "24")
-            page.click("#play-send")
-            page.wait_for_function("() => document.getElementById('play-stats-a').textContent.includes('tokens') && "
-                                   "document.getElementById('play-stats-b').textContent.includes('tokens')")
-            left, right = page.inner_text("#play-out-a"), page.inner_text("#play-out-b")
-            assert left and right and left != right
-            assert page.inner_text("#play-title-b") == served.tuned
-            shots = ROOT / "test-artifacts"
-            shots.mkdir(exist_ok=True)
-            page.screenshot(path=shots / "ui-playground.png", full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+    # a long default timeout: an engine may start on a busy machine
+    with chromium_page(1280, 760, 600_000) as (page, errors):
+        sign_in(page, url, served.server.api_key)
+        page.evaluate("location.hash = '#/playground'")
+        page.wait_for_selector(f'#play-model-b option[value="{served.tuned}"]', state="attached")
+        page.select_option("#play-model-a", BASE)
+        page.select_option("#play-model-b", served.tuned)
+        page.fill("#play-prompt", "hello there")
+        page.fill("#play-max-tokens", "24")
+        page.click("#play-send")
+        page.wait_for_function("() => document.getElementById('play-stats-a').textContent.includes('tokens') && "
+                               "document.getElementById('play-stats-b').textContent.includes('tokens')")
+        left, right = page.inner_text("#play-out-a"), page.inner_text("#play-out-b")
+        assert left and right and left != right
+        assert page.inner_text("#play-title-b") == served.tuned
+        shots = ROOT / "test-artifacts"
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=shots / "ui-playground.png", full_page=True)
+        assert not errors, errors

@@ -28,6 +28,15 @@ def _publish(tmp: Path, target: Path) -> Path:
     return target
 
 
+def _save_model(model: Any, tokenizer: Any, target: Path) -> Path:
+    """Write ``model`` and ``tokenizer`` beside ``target`` and move them there at once (no half-written model)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    return _publish(tmp, target)
+
+
 def make_peaked_model(directory: Path, init_range: float = 0.25) -> Path:
     target = directory / f"tiny-peaked-{init_range:g}"
     if (target / "model.safetensors").is_file():
@@ -49,11 +58,7 @@ def make_peaked_model(directory: Path, init_range: float = 0.25) -> Path:
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".peaked-", dir=directory))
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    return _publish(tmp, target)
+    return _save_model(model, tokenizer, target)
 
 
 def make_lora(model_dir: Path, directory: Path, seed: int, *, scale: float = 1.0, r: int = 8,
@@ -100,7 +105,43 @@ def make_reward_model(model_dir: Path, directory: Path, seed: int = 3) -> Path:
                                                                pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():  # a head that tells texts apart (the default init scores everything near zero)
         model.score.weight.normal_(0.0, 1.0)
-    tmp = Path(tempfile.mkdtemp(prefix=".reward-", dir=directory))
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    return _publish(tmp, target)
+    return _save_model(model, tokenizer, target)
+
+
+def make_judge_model(base: Path, directory: Path, reply: str = "7") -> Path:
+    """The tiny peaked model fitted to answer every chat with ``reply`` and stop: a judge whose replies are scores.
+
+    A few dozen full-batch steps on random prompts (seconds on a CPU); the engine serves it like any base model."""
+    target = directory / f"tiny-judge-{reply}"
+    if (target / "model.safetensors").is_file():
+        return target
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    rng = random.Random(0)
+    words = ["rate", "the", "answer", "to", "hello", "what", "is", "two", "plus", "four", "blue", "colour", "name",
+             "there", "hi", "score", "question", "x", "0", "10", "!", "?"]
+    rows = []
+    for _ in range(32):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False)
+        tail = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((list(head), tail))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = torch.zeros(())
+        for head, tail in rows:
+            ids = torch.tensor([head + tail])
+            labels = torch.tensor([[-100] * len(head) + tail])
+            loss = loss + model(input_ids=ids, labels=labels).loss / len(rows)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return _save_model(model, tokenizer, target)
