@@ -146,7 +146,7 @@ def gsm8k(args: argparse.Namespace) -> dict[str, Any]:
                     "required": ["question", "answer"]}},
                 "testing_criteria": [
                     {"type": "string_check", "name": "correct", "input": "{{sample.output_text}}",
-                     "pattern": r"(-?[\d,]*\.?\d+)", "reference": "{{item.answer}}",
+                     "pattern": r"####\s*(-?[\d,]*\.?\d+)", "reference": "{{item.answer}}",
                      "reference_pattern": r"####\s*(.+)", "operation": "eq"},
                     {"type": "regex", "name": "format", "pattern": r"####\s*-?[\d,]*\.?\d+\s*$", "reference": None}],
             }).json()
@@ -175,9 +175,12 @@ def gsm8k(args: argparse.Namespace) -> dict[str, Any]:
 
 #: the instruction both models get for a GSM8K problem (the tuned model was trained on answers in this format)
 GSM8K_SYSTEM = "Solve the problem step by step. End with a line '#### <number>'."
+#: "correct" compares the number on the answer's '#### N' line (a bare number pattern takes the first number of the
+#: text, usually one restated from the question); "format" checks that line ends the answer
 GSM8K_CRITERIA = [
-    {"type": "string_check", "name": "correct", "input": "{{sample.output_text}}", "pattern": r"(-?[\d,]*\.?\d+)",
-     "reference": "{{item.answer}}", "reference_pattern": r"####\s*(.+)", "operation": "eq"},
+    {"type": "string_check", "name": "correct", "input": "{{sample.output_text}}",
+     "pattern": r"####\s*(-?[\d,]*\.?\d+)", "reference": "{{item.answer}}", "reference_pattern": r"####\s*(.+)",
+     "operation": "eq"},
     {"type": "regex", "name": "format", "pattern": r"####\s*-?[\d,]*\.?\d+\s*$", "reference": None}]
 CHAT_DATA = REPO / "examples" / "data" / "forge_chat.jsonl"
 
@@ -245,7 +248,7 @@ def compare_tuned(args: argparse.Namespace) -> dict[str, Any]:
                     "input_messages": {"type": "template", "template": [
                         {"role": "system", "content": "{{item.system}}"},
                         {"role": "user", "content": "{{item.question}}"}]}}}]
-            hyperparameters = {"n_epochs": args.epochs, "batch_size": 8, "learning_rate_multiplier": 5}
+            hyperparameters = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate_multiplier": 5}
             started = time.perf_counter()
             job = client.post("/v1/fine_tuning/jobs", json={
                 "model": model, "training_file": file["id"], "suffix": f"bench-{args.task}", **extra,
@@ -271,7 +274,8 @@ def compare_tuned(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
     comparison = entry.get("comparison") or {}
     result = {"mode": "compare", "task": args.task, "model": args.model, "train_rows": len(chats),
-              "epochs": args.epochs, "items": len(items), "tokens": args.tokens, "job_seconds": trained,
+              "epochs": args.epochs, "batch_size": args.batch_size, "items": len(items), "tokens": args.tokens,
+              "job_seconds": trained,
               "total_seconds": seconds, "trained_tokens": job.get("trained_tokens"),
               "runs": runs, "error": entry.get("error"),
               "pass_rate": comparison.get("pass_rate"),
@@ -289,6 +293,8 @@ def main() -> None:
                         "(ROUGE-L against held-out answers)")
     parser.add_argument("--train-rows", type=int, default=200, help="compare: SFT training rows")
     parser.add_argument("--epochs", type=int, default=2, help="compare: SFT epochs")
+    parser.add_argument("--batch-size", type=int, default=8, help="compare: SFT batch size (GSM8K-length rows at 8 "
+                        "grew past 15 GB on the CPU: docs/evals.md)")
     parser.add_argument("--model", default=None, help="tiny (a random tiny Llama) or a registered base model")
     parser.add_argument("--items", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None)

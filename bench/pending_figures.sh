@@ -4,8 +4,8 @@
 # idle one gives 13) and leave it alone. Each result lands in $OUT (default /tmp/tuneforge-figures) as JSON plus
 # its log; bench/README.md and the docs name the section each one fills.
 #
-#   bash bench/pending_figures.sh [rlhf] [serving] [rl_compare] [gsm8k] [chat] [ppo_memory] [safety]
-#                                                               # default: all, in this order
+#   bash bench/pending_figures.sh [rlhf] [rlhf_beta02] [serving] [rl_compare] [gsm8k] [chat] [ppo_memory] [safety]
+#                                     # default: all but rlhf_beta02 (PPO with beta 0.2, ~80 min), in this order
 #
 # About two hours on 2 idle cores: the classic RLHF pipeline SFT -> reward model -> PPO on HH-RLHF (#14)
 # ~20 min, serving (#12) ~25 min, PPO vs GRPO vs RLOO on the pipeline's reward model (#14, needs rlhf) ~40 min,
@@ -35,15 +35,20 @@ for step in "${steps[@]}"; do
     rlhf) run rlhf $PY -u examples/trainer_methods.py ppo --keep "$OUT/rlhf" --steps 16 ;;
     rl_compare) run rl_compare $PY -u bench/rl_reward_model.py --store "$OUT/rlcmp" --pipeline "$OUT/rlhf" \
                   --steps 16 ;;
+    rlhf_beta02) run rlhf_beta02 $PY -u examples/trainer_methods.py ppo --keep "$OUT/rlhf02" --steps 16 \
+                   --set kl_coef=0.2 &&
+                 run rl_compare_beta02 $PY -u bench/rl_reward_model.py --store "$OUT/rlcmp02" \
+                   --pipeline "$OUT/rlhf02" --algorithms ppo --kl-coef 0.2 --steps 16 --samples 8 ;;
     serving) run serving $PY -u bench/serving.py --engines tuneforge,vllm,hf --concurrency 1,4,16 \
                --mixes base,one,four --max-tokens 128 --out "$OUT/serving.json" ;;
     ppo_memory) run ppo_memory $PY -u bench/trainer_ppo_memory.py --steps 2 --out "$OUT/ppo_memory.json" ;;
-    gsm8k) run gsm8k $PY -u bench/evals.py compare --task gsm8k --train-rows 200 --epochs 1 --items 50 \
-             --tokens 256 --out "$OUT/gsm8k.json" ;;
+    gsm8k) run gsm8k $PY -u bench/evals.py compare --task gsm8k --train-rows 200 --epochs 1 --batch-size 4 \
+             --items 40 --tokens 200 --out "$OUT/gsm8k.json" ;;
     chat) run chat $PY -u bench/evals.py compare --task chat --train-rows 220 --epochs 2 --items 40 --tokens 64 \
             --out "$OUT/chat.json" ;;
     safety) run safety $PY -u bench/safety_report.py --rows 48 --redteam 20 --max-tokens 48 \
               --out "$OUT/safety_report.json" ;;
-    *) echo "unknown step: $step (rlhf, serving, rl_compare, gsm8k, chat, ppo_memory, safety)"; exit 2 ;;
+    *) echo "unknown step: $step (rlhf, rlhf_beta02, serving, rl_compare, gsm8k, chat, ppo_memory, safety)"
+       exit 2 ;;
   esac
 done

@@ -78,6 +78,10 @@ def rl_hyperparameters(algorithm: str) -> dict[str, Any]:
 
 def rl_spec(algorithm: str, ns: argparse.Namespace, store: Path, rows: int) -> dict[str, Any]:
     hp: dict[str, Any] = {**rl_hyperparameters(algorithm), "max_steps": ns.steps, "checkpoint_every_steps": 0}
+    if algorithm == "ppo" and ns.kl_horizon:
+        hp["kl_horizon"] = ns.kl_horizon
+    if algorithm == "ppo" and ns.kl_coef is not None:
+        hp["kl_coef"] = ns.kl_coef
     job_id = f"ftjob-cmp-{algorithm}"
     return {
         "job_id": job_id, "tenant_id": "bench",
@@ -105,12 +109,15 @@ def summarise(events: list[dict[str, Any]], wall_s: float | None, ns: argparse.N
     }
 
 
-def adopt_pipeline_ppo(pipeline: Path, store: Path, ns: argparse.Namespace) -> list[dict[str, Any]]:
-    """The pipeline's PPO job as this comparison's PPO run, after checking it ran with the same settings."""
+def pipeline_ppo_matches(pipeline: Path, store: Path, ns: argparse.Namespace) -> bool:
+    """Whether the pipeline's PPO job ran with this comparison's PPO settings (then it is adopted, not re-run)."""
     spec = json.loads((pipeline / f"{PIPELINE_PPO}.spec.json").read_text())
     mine = rl_spec("ppo", ns, store, 0)
-    if spec["hyperparameters"] != mine["hyperparameters"] or spec["base_model"] != ns.model:
-        raise SystemExit(f"the pipeline's PPO job ran with other settings: {spec['hyperparameters']}")
+    return bool(spec["hyperparameters"] == mine["hyperparameters"] and spec["base_model"] == ns.model)
+
+
+def adopt_pipeline_ppo(pipeline: Path, store: Path) -> list[dict[str, Any]]:
+    """The pipeline's PPO job as this comparison's PPO run (``pipeline_ppo_matches`` checked its settings)."""
     target = store / "jobs" / "ftjob-cmp-ppo"
     if not target.exists():
         shutil.copytree(pipeline / "store" / "jobs" / PIPELINE_PPO, target)
@@ -207,11 +214,17 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2, help="evaluation responses per held-out prompt")
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--kl-horizon", type=int, help="PPO's adaptive-KL horizon in responses (default: the "
+                        "contract's 10,000)")  # fmt: skip
+    parser.add_argument("--kl-coef", type=float, help="PPO's initial beta (default: the shared KL coefficient, "
+                        "0.05). With --pipeline, the pipeline's PPO job is adopted when it ran with exactly these "
+                        "settings (e.g. `trainer_methods.py ppo --set kl_coef=0.2`), else PPO is trained here")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already in --store")
     parser.add_argument("--no-eval", action="store_true",
                         help="only train (to run the algorithms as parallel processes on one --store)")  # fmt: skip
     ns = parser.parse_args()
     sys.path[:0] = [p for p in PYTHONPATH.split(os.pathsep) if p not in sys.path]
+    from tuneforge.contracts.hyperparameters import PPO_DEFAULTS
     root = Path(ns.store).resolve()
     store = root / "store"
     pipeline = Path(ns.pipeline).resolve() if ns.pipeline else None
@@ -236,14 +249,16 @@ def main() -> int:
     report: dict[str, Any] = {}
     report["settings"] = {
         "model": ns.model, "steps": ns.steps, "rows": ns.rows, "valid_rows": ns.valid_rows, "samples": ns.samples,
-        "seed": ns.seed, "hyperparameters": common,
+        "seed": ns.seed, "hyperparameters": common, "ppo_kl_horizon": ns.kl_horizon or PPO_DEFAULTS["kl_horizon"],
+        "ppo_kl_coef": ns.kl_coef if ns.kl_coef is not None else common["kl_coef"],
     }  # fmt: skip
     algorithms = [a for a in ns.algorithms.split(",") if a]
     for algorithm in algorithms:
         if ns.eval_only:
             break
-        if algorithm == "ppo" and pipeline is not None:
-            summary = summarise(adopt_pipeline_ppo(pipeline, store, ns), None, ns)
+        if algorithm == "ppo" and pipeline is not None and pipeline_ppo_matches(pipeline, store, ns):
+            print("adopting the pipeline's PPO job (same settings)", flush=True)
+            summary = summarise(adopt_pipeline_ppo(pipeline, store), None, ns)
         else:
             print(f"training {algorithm}", flush=True)
             seconds, events = run_trainer(rl_spec(algorithm, ns, store, len(train)), root)
