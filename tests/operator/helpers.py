@@ -147,6 +147,8 @@ class OperatorProcess:
             "TUNEFORGE_OPERATOR_FETCHER_TOKEN_SECRET": FETCHER_TOKEN_SECRET,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")]),
             "NO_PROXY": "127.0.0.1,localhost",
+            # a crash in C code (ssl, a driver) prints the Python stacks to the log instead of nothing
+            "PYTHONFAULTHANDLER": "1",
         })
         for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env.pop(proxy, None)

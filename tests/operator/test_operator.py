@@ -138,7 +138,7 @@ def test_reconciles_into_a_job_and_reports_success(testbed, custom, core, batch,
     assert obj["status"]["reason"] == "Completed" and obj["status"]["completionTime"]
     assert condition(obj, "Succeeded")["status"] == "True"
 
-    # kopf posts events from a queue of its own, after the status patch that ends the handler: poll for them
+    # reconcile posts a phase change's events after it patches the status (a client can see one before the other)
     def reasons() -> set[str]:
         events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=ftj-ok",
                                             _request_timeout=10).items
