@@ -126,11 +126,10 @@ def operator(operator_kubeconfig: Path, gpu_pool: str,
 @pytest.fixture
 def running_operator(operator: OperatorProcess, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
     """The session operator, restarted if an earlier test left it stopped; its log tail on failure."""
-    if operator.proc is None or operator.proc.poll() is not None:
-        if operator.proc is not None:  # it died: say how in its log (a negative code is the signal)
-            with open(operator.log_path, "a") as log:
-                log.write(f"\n==== the operator had exited with {operator.proc.returncode}\n")
+    if operator.proc is None:
         operator.start()
+    else:
+        operator.restart_if_dead()
     yield operator
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:

@@ -168,6 +168,17 @@ class OperatorProcess:
         wait_for("operator liveness", self._alive_and_healthy, timeout, 0.2)
         return self
 
+    def restart_if_dead(self) -> int | None:
+        """Start the operator again if it exited, and say so in its log; its exit code (negative: the signal), or
+        None when it was running."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            with open(self.log_path, "a") as log:
+                log.write(f"\n==== the operator had exited with {code}\n")
+            self.start()
+        return code
+
     def _alive_and_healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:

@@ -14,7 +14,8 @@ presenters), and a streaming response reads only the object store, never the dat
 Why some dependencies are ``async`` although they never await: FastAPI runs a plain ``def`` dependency in the
 thread pool, one hand-off each (about 0.1 ms of CPU on this project's machine, ``bench/README.md``, "Control
 plane"); the ones that do no I/O run on the event loop instead. The session is created on the loop (a
-``Session`` connects only at its first query) and closed in one thread hop, shielded like FastAPI's own exits.
+``Session`` connects only at its first query) and closed by the sync route that used it, in the route's own thread
+hop (:mod:`.request_sessions`), or else in a hop of its own, shielded like FastAPI's own exits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from tuneforge.service.api import request_sessions
 from tuneforge.service.api.state import AppState
 from tuneforge.service.core.errors import Forbidden, Unauthenticated
 from tuneforge.service.core.roles import WHAT_IT_ALLOWS, Principal, Role, permission_for
@@ -48,13 +50,18 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 async def get_session(state: StateDep) -> AsyncIterator[Session]:
     session = state.sessions()
+    request_sessions.track(session)  # a sync route closes it at its end, in its own thread hop
     try:
         yield session
     finally:
-        # in a worker thread (closing returns the connection: a rollback, a round trip on PostgreSQL), shielded so
-        # a cancelled request still closes it, with a limiter of its own so a full thread pool cannot deadlock it
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+        if not session.in_transaction():
+            session.close()  # holds no connection (never used, or closed by its route): no I/O
+        else:
+            # in a worker thread (closing returns the connection: a rollback, a round trip on PostgreSQL), shielded
+            # so a cancelled request still closes it, with a limiter of its own so a full thread pool cannot
+            # deadlock it
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
