@@ -12,10 +12,11 @@ a client that stops reading). Routes therefore turn rows into response objects b
 presenters), and a streaming response reads only the object store, never the database.
 
 Why some dependencies are ``async`` although they never await: FastAPI runs a plain ``def`` dependency in the
-thread pool, one hand-off each (about 0.1 ms of CPU on this project's machine, ``bench/README.md``, "Control
-plane"); the ones that do no I/O run on the event loop instead. The session is created on the loop (a
-``Session`` connects only at its first query) and closed by the sync route that used it, in the route's own thread
-hop (:mod:`.request_sessions`), or else in a hop of its own, shielded like FastAPI's own exits.
+thread pool, one hand-off each (0.1 ms of CPU in-process, up to 1 ms on this project's virtual machine:
+``bench/README.md``, "Control plane"); the ones that do no I/O run on the event loop instead. The session is
+created on the loop (a ``Session`` connects only at its first query) and closed by the sync route that used it, in
+the route's own thread hop (:mod:`.request_sessions`), or else in a hop of its own, shielded like FastAPI's own
+exits.
 """
 
 from __future__ import annotations

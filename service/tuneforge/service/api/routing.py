@@ -1,12 +1,12 @@
 """The routers every route module uses: a plain ``def`` route runs in the thread pool once, in one hop.
 
-FastAPI runs a sync endpoint in the thread pool and then, in a second hop, validates its return value against
-the ``response_model``; each hop costs about 0.1 ms of CPU on this project's machine (``bench/README.md``,
-"Control plane"). Wrapping the endpoint in an ``async`` function that makes the one hop itself lets FastAPI
-validate on the event loop (microseconds for a model that is already built). The wrapper keeps ``__wrapped__``,
-so FastAPI reads the parameters, annotations and module globals of the original function; the route behaves
-exactly as before. In the same hop, after the route returns, the request's database sessions are closed
-(:mod:`.request_sessions`), which would otherwise take a hop of their own.
+FastAPI runs a sync endpoint in the thread pool and then, in a second hop, validates its return value against the
+``response_model``; each hop costs 0.1 ms of CPU in-process and up to 1 ms on this project's virtual machine
+(``bench/README.md``, "Control plane"). Wrapping the endpoint in an ``async`` function that makes the one hop
+itself lets FastAPI validate on the event loop (microseconds for a model that is already built). The wrapper keeps
+``__wrapped__``, so FastAPI reads the parameters, annotations and module globals of the original function; the
+route behaves exactly as before. In the same hop, after the route returns, the request's database sessions are
+closed (:mod:`.request_sessions`), which would otherwise take a hop of their own.
 """
 
 from __future__ import annotations
