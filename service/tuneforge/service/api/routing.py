@@ -26,6 +26,7 @@ from tuneforge.service.api import request_sessions
 def in_one_thread_hop(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     """``endpoint`` as a coroutine function that runs it in the thread pool (a sync function only)."""
 
+    @functools.wraps(endpoint)  # named as the route: in profiles and thread-pool traces the hop is the route's
     def and_close_sessions(*args: Any, **kwargs: Any) -> Any:
         try:
             return endpoint(*args, **kwargs)
